@@ -1,0 +1,62 @@
+"""Settings, read from the environment (prefix ``FINOPS_``) with embedded defaults.
+
+Everything that builds a client or starts a process takes a :class:`Settings`; nothing
+else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "finops"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "finops"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FINOPS_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir,
+                           description="Local state: broker logs, embedded ClickHouse, pid files.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir,
+                            description="Downloaded Kafka jars (shared by every data dir).")
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="bootstrap.servers of an existing cluster; when set, nothing is started locally.")
+    kafka_version: str = Field(default="4.1.1", description="Apache Kafka version of the local broker.")
+    kafka_port: int = Field(default=9092, description="Client port of the local broker (controller: port+1).")
+    kafka_heap: str = Field(default="1g", description="-Xmx of the local broker.")
+    topic_partitions: int = Field(default=6, ge=1, description="Partitions of each v1 topic when created.")
+    clickhouse_url: str | None = Field(
+        default=None,
+        description="chdb:///PATH (embedded) or http(s)://user:pass@host:8123 (server). "
+                    "Default: chdb:///<data_dir>/clickhouse.")
+    clickhouse_database: str = Field(default="finops", description="ClickHouse database for all tables.")
+    group_prefix: str = Field(default="finops", description="Prefix of consumer group and transactional ids.")
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap servers to use: the configured cluster or the local broker."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def external_kafka(self) -> bool:
+        return bool(self.kafka_bootstrap)
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        return self.clickhouse_url or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+
+def load() -> Settings:
+    return Settings()

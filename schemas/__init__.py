@@ -1,0 +1,1 @@
+"""Wire models (v1), the money type and topic names. No I/O here."""

@@ -1,0 +1,31 @@
+"""Kafka topic names of wire v1 (see design.md)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+USAGE = "finops.usage.v1"
+COMMANDS = "finops.commands.v1"
+LEDGER = "finops.ledger.v1"
+BALANCES = "finops.balances.v1"
+ENFORCEMENT = "finops.enforcement.v1"
+ALERTS = "finops.alerts.v1"
+REJECTED = "finops.rejected.v1"
+
+
+class TopicSpec(NamedTuple):
+    name: str
+    compacted: bool = False
+
+
+ALL: tuple[TopicSpec, ...] = (
+    TopicSpec(USAGE),
+    TopicSpec(COMMANDS),
+    TopicSpec(LEDGER),
+    TopicSpec(BALANCES, compacted=True),
+    TopicSpec(ENFORCEMENT, compacted=True),
+    TopicSpec(ALERTS),
+    TopicSpec(REJECTED),
+)
+
+INPUTS = (USAGE, COMMANDS)
