@@ -1,0 +1,62 @@
+"""``finops fold``: the ledger over a JSONL file, without Kafka, with the stream processor's code."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from ..schemas import wire
+from ..schemas.money import credits_str
+from .ledger import Book, Rejected
+
+
+class FoldResult:
+    """A folded book plus what was refused, in input order."""
+
+    def __init__(self) -> None:
+        self.book = Book()
+        self.rejected: list[wire.Rejection] = []
+        self.lines = 0
+
+    def feed(self, raw: bytes | str) -> None:
+        self.lines += 1
+        message = wire.decode(raw)
+        if isinstance(message, wire.Rejection):
+            self.rejected.append(message)
+            return
+        try:
+            self.book.handle(message)
+        except Rejected as exc:
+            self.rejected.append(wire.Rejection(id=message.id, tenant_id=message.tenant_id, reason=exc.reason,
+                                                detail=exc.detail, input=wire.raw_text(raw)))
+
+    def summary(self) -> dict:
+        """The wire-v1 ``finops fold`` object (amounts as exact decimal credit strings)."""
+        accounts: dict[str, dict] = {}
+        totals = {"purchased": 0, "consumed": 0, "expired": 0, "overage": 0}
+        multi = len(self.book.tenants) > 1
+        for tenant_id, state in sorted(self.book.tenants.items()):
+            for acct in state.accounts.values():
+                key = f"{tenant_id}/{acct.id}" if multi else acct.id
+                accounts[key] = {"available": credits_str(acct.available), "consumed": credits_str(acct.consumed),
+                                 "reserved": credits_str(acct.reserved), "overage": credits_str(acct.overage)}
+            for name in totals:
+                totals[name] += getattr(state.totals, name)
+        return {
+            "accounts": accounts,
+            "totals": {name: credits_str(v) for name, v in totals.items()},
+            "rejected": [{"id": r.id, "tenant_id": r.tenant_id, "reason": r.reason, "detail": r.detail}
+                         for r in self.rejected],
+            "alerts": [],
+        }
+
+
+def fold_lines(lines: Iterable[bytes | str]) -> FoldResult:
+    result = FoldResult()
+    for line in lines:
+        if isinstance(line, bytes):
+            line = line.rstrip(b"\r\n")
+        else:
+            line = line.rstrip("\r\n")
+        if line.strip():
+            result.feed(line)
+    return result

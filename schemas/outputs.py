@@ -1,0 +1,83 @@
+"""Output messages of wire v1: ledger entries and balances.
+
+Amounts are integer micro-credits (``*_micros``) for programs plus the same value as an
+exact decimal credit string for people (``amount``, ``balance``, ...).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from .money import credits_str
+
+# Ledger entry kinds (wire-v1 "Outputs").
+CREDIT = "credit"
+ALLOCATION_OUT = "allocation_out"
+ALLOCATION_IN = "allocation_in"
+CONSUME = "consume"
+RESERVE = "reserve"
+RELEASE = "release"
+REFUND = "refund"
+RECLAIM = "reclaim"
+EXPIRE = "expire"
+OVERAGE = "overage"
+
+
+class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One balance movement on ``finops.ledger.v1``.
+
+    ``entry_id`` is unique and stable (cause id + position), so every consumer can
+    deduplicate. ``charged_to`` names the account a usage is charged to when the
+    credits come from an ancestor (the cascade).
+    """
+
+    entry_id: str
+    kind: str
+    tenant_id: str
+    account_id: str
+    cause_id: str
+    cause_type: str
+    ts: datetime
+    amount_micros: int
+    balance_micros: int
+    amount: str
+    balance: str
+    charged_to: str | None = None
+    grant_id: str | None = None
+    late: bool = False
+
+
+def entry(*, entry_id: str, kind: str, tenant_id: str, account_id: str, cause_id: str,
+          cause_type: str, ts: datetime, amount: int, balance: int,
+          charged_to: str | None = None, grant_id: str | None = None,
+          late: bool = False) -> LedgerEntry:
+    return LedgerEntry(
+        entry_id=entry_id, kind=kind, tenant_id=tenant_id, account_id=account_id,
+        cause_id=cause_id, cause_type=cause_type, ts=ts, amount_micros=amount,
+        balance_micros=balance, amount=credits_str(amount), balance=credits_str(balance),
+        charged_to=charged_to, grant_id=grant_id, late=late)
+
+
+class Balance(msgspec.Struct, frozen=True, kw_only=True):
+    """The latest state of one account on ``finops.balances.v1`` (key ``tenant_id/account_id``)."""
+
+    tenant_id: str
+    account_id: str
+    kind: str
+    parent_id: str | None
+    available_micros: int
+    consumed_micros: int
+    reserved_micros: int
+    overage_micros: int
+    available: str
+    consumed: str
+    reserved: str
+    overage: str
+    ts: datetime | None
+
+
+def balance_key(tenant_id: str, account_id: str) -> str:
+    """Account ids are unique per tenant only, so the compacted key carries both."""
+    return f"{tenant_id}/{account_id}"

@@ -1,0 +1,90 @@
+"""The fixed vocabulary of rejection reasons (``finops.rejected.v1`` field ``reason``).
+
+Reading errors (the message could not be taken apart):
+
+==========================  =====================================================
+``not_json``                the bytes are not JSON (or not UTF-8)
+``not_object``              JSON, but not an object
+``missing_type``            no ``type`` field
+``unknown_type``            a ``type`` that wire v1 does not know
+``unknown_version``         a ``schema_version`` other than 1
+``missing_id``              no ``id`` field
+``missing_tenant``          no ``tenant_id`` field
+``missing_field``           another required field is absent
+``invalid_timestamp``       a time that is not RFC 3339 with a time zone
+``invalid_amount``          negative, more than 6 decimals, not a number, too large
+``wrong_type``              a field of the wrong JSON type
+``invalid``                 any other constraint (empty id, percent over 100, ...)
+==========================  =====================================================
+
+Ledger decisions (the message was read, but refused):
+
+==========================  =====================================================
+``duplicate_id_conflict``   the id was used before with different content
+``unknown_account``         an account that does not exist in this tenant
+``account_exists``          ``open_account`` for an id already open
+``unknown_parent``          ``open_account`` under a parent that does not exist
+``not_parent``              allocate/reclaim between accounts that are not parent and child
+``insufficient_funds``      more than the account can spend now
+``invalid_window``          ``ends_at``/``expires_at`` not after ``starts_at`` / ``ts``
+``no_rate``                 usage without ``credits_consumed`` and no rate for its model/operation
+``not_supported``           a v1 command this version of the ledger cannot apply yet
+==========================  =====================================================
+"""
+
+from __future__ import annotations
+
+import re
+
+NOT_JSON = "not_json"
+NOT_OBJECT = "not_object"
+MISSING_TYPE = "missing_type"
+UNKNOWN_TYPE = "unknown_type"
+UNKNOWN_VERSION = "unknown_version"
+MISSING_ID = "missing_id"
+MISSING_TENANT = "missing_tenant"
+MISSING_FIELD = "missing_field"
+INVALID_TIMESTAMP = "invalid_timestamp"
+INVALID_AMOUNT = "invalid_amount"
+WRONG_TYPE = "wrong_type"
+INVALID = "invalid"
+
+DUPLICATE_ID_CONFLICT = "duplicate_id_conflict"
+UNKNOWN_ACCOUNT = "unknown_account"
+ACCOUNT_EXISTS = "account_exists"
+UNKNOWN_PARENT = "unknown_parent"
+NOT_PARENT = "not_parent"
+INSUFFICIENT_FUNDS = "insufficient_funds"
+INVALID_WINDOW = "invalid_window"
+NO_RATE = "no_rate"
+NOT_SUPPORTED = "not_supported"
+
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+_PATH = re.compile(r"at `\$\.?([^`\[]*)")
+_TIME_FIELDS = {"ts", "expires_at", "starts_at", "ends_at", "until"}
+
+
+def classify_decode_error(exc: Exception, loose: object) -> str:
+    """Map a msgspec error (and the loosely decoded value, if any) to a reason."""
+    if loose is None:
+        return NOT_JSON
+    if not isinstance(loose, dict):
+        return NOT_OBJECT
+    text = str(exc)
+    missing = _MISSING.search(text)
+    if missing:
+        return {"type": MISSING_TYPE, "id": MISSING_ID, "tenant_id": MISSING_TENANT}.get(
+            missing.group(1), MISSING_FIELD)
+    match = _PATH.search(text)
+    field = match.group(1).split(".")[0] if match else ""
+    if field == "type":
+        return UNKNOWN_TYPE
+    if field == "schema_version":
+        return UNKNOWN_VERSION
+    if "amount" in text:
+        return INVALID_AMOUNT
+    if field in _TIME_FIELDS and ("datetime" in text or "timezone" in text):
+        return INVALID_TIMESTAMP
+    if text.startswith("Expected `"):
+        return WRONG_TYPE
+    return INVALID

@@ -1,0 +1,194 @@
+"""Wire format v1: every input message, decoded straight from bytes with msgspec.
+
+``decode(raw)`` returns a typed message or a :class:`Rejection` with a reason from the
+fixed vocabulary in :mod:`finops.schemas.reasons`; it never raises for bad input.
+Unknown extra fields are ignored here (raw history keeps them).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal, Union
+
+import msgspec
+
+from . import reasons
+from .money import AmountError, Micros, credits_str, to_micros
+
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
+Threshold = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+
+DEFAULT_THRESHOLDS = (50, 70, 90, 100)
+
+
+class _Message(msgspec.Struct, frozen=True, tag_field="type", kw_only=True, omit_defaults=True):
+    """Common fields of every v1 message."""
+
+    id: NonEmpty
+    tenant_id: NonEmpty
+    ts: Timestamp
+    schema_version: Literal[1] = 1
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+class Purchase(_Message, tag="purchase", frozen=True, kw_only=True):
+    credits: Micros
+    expires_at: Timestamp | None = None
+
+
+class OpenAccount(_Message, tag="open_account", frozen=True, kw_only=True):
+    account_id: NonEmpty
+    kind: NonEmpty
+    parent_id: NonEmpty
+    fallback: bool = True
+    name: str | None = None
+
+
+class Recurrence(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    every: Literal["month"]
+    rollover_pct: Percent = 0
+
+
+class Allocate(_Message, tag="allocate", frozen=True, kw_only=True):
+    from_account: NonEmpty
+    to_account: NonEmpty
+    credits: Micros
+    starts_at: Timestamp | None = None
+    ends_at: Timestamp | None = None
+    recurrence: Recurrence | None = None
+    expires_at: Timestamp | None = None
+    on_expiry: Literal["expire", "return"] = "expire"
+    cap: Literal["soft", "hard"] = "soft"
+    thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS
+
+
+class Reclaim(_Message, tag="reclaim", frozen=True, kw_only=True):
+    from_account: NonEmpty
+    to_account: NonEmpty
+    credits: Micros | None = None
+    all: bool = False
+
+
+class SetMembers(_Message, tag="set_members", frozen=True, kw_only=True):
+    account_id: NonEmpty
+    members: tuple[NonEmpty, ...]
+
+
+class BindKey(_Message, tag="bind_key", frozen=True, kw_only=True):
+    api_key_id: NonEmpty
+    account_id: NonEmpty
+
+
+class Reserve(_Message, tag="reserve", frozen=True, kw_only=True):
+    account_id: NonEmpty
+    credits: Micros
+    expires_at: Timestamp
+
+
+class Settle(_Message, tag="settle", frozen=True, kw_only=True):
+    reservation_id: NonEmpty
+    credits: Micros
+
+
+class OverrideCap(_Message, tag="override_cap", frozen=True, kw_only=True):
+    account_id: NonEmpty
+    until: Timestamp
+    approvals: tuple[NonEmpty, ...]
+
+
+class Tick(_Message, tag="tick", frozen=True, kw_only=True):
+    pass
+
+
+# ----------------------------------------------------------------------------- usage
+
+
+class Usage(_Message, tag="usage", frozen=True, kw_only=True):
+    api_key_id: NonEmpty
+    model_name: NonEmpty
+    operation_type: NonEmpty
+    units_consumed: Annotated[float, msgspec.Meta(ge=0)]
+    account_id: NonEmpty | None = None
+    credits_consumed: Micros | None = None
+    usage_labels: dict[str, str] = {}
+    response_latency_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    error_code: str | None = None
+
+
+Command = Union[
+    Purchase, OpenAccount, Allocate, Reclaim, SetMembers, BindKey, Reserve, Settle,
+    OverrideCap, Tick,
+]
+Message = Union[Usage, Command]
+
+COMMAND_TYPES = frozenset(t.__struct_config__.tag for t in Command.__args__)  # type: ignore[attr-defined]
+MESSAGE_TYPES = COMMAND_TYPES | {"usage"}
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    """An input that was refused, as published on ``finops.rejected.v1``."""
+
+    id: str | None
+    tenant_id: str | None
+    reason: str
+    detail: str = ""
+    input: str = ""
+
+
+# ----------------------------------------------------------------------------- decode / encode
+
+
+def _dec_hook(kind: type, obj: object) -> object:
+    if kind is Micros:
+        if type(obj) is bool:
+            raise AmountError("amount must be a number or a decimal string, not bool")
+        return to_micros(obj)
+    raise NotImplementedError(kind)
+
+
+def _enc_hook(obj: object) -> object:
+    if isinstance(obj, Micros):
+        return credits_str(obj)
+    raise NotImplementedError(type(obj))
+
+
+_decoder = msgspec.json.Decoder(Message, dec_hook=_dec_hook)
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+_loose = msgspec.json.Decoder()
+
+
+def decode(raw: bytes | str) -> Message | Rejection:
+    """Decode one v1 message; bad input becomes a :class:`Rejection`, never an exception."""
+    try:
+        return _decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return reject_unreadable(raw, exc)
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def raw_text(raw: bytes | str, limit: int = 100_000) -> str:
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    return raw[:limit]
+
+
+def reject_unreadable(raw: bytes | str, exc: Exception) -> Rejection:
+    """Classify a decoding error into a reason; keep id and tenant when they can be read."""
+    ident: str | None = None
+    tenant: str | None = None
+    try:
+        loose = _loose.decode(raw)
+    except msgspec.DecodeError:
+        loose = None
+    if isinstance(loose, dict):
+        ident = loose.get("id") if isinstance(loose.get("id"), str) else None
+        tenant = loose.get("tenant_id") if isinstance(loose.get("tenant_id"), str) else None
+    reason = reasons.classify_decode_error(exc, loose)
+    return Rejection(id=ident, tenant_id=tenant, reason=reason, detail=str(exc), input=raw_text(raw))
