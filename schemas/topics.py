@@ -11,6 +11,9 @@ BALANCES = "finops.balances.v1"
 ENFORCEMENT = "finops.enforcement.v1"
 ALERTS = "finops.alerts.v1"
 REJECTED = "finops.rejected.v1"
+# Internal: the ledger processor's per-tenant state, written in the same transaction as the
+# input offsets it covers (compacted, key = tenant id, partition = input partition).
+SNAPSHOTS = "finops.snapshots.v1"
 
 
 class TopicSpec(NamedTuple):
@@ -26,6 +29,7 @@ ALL: tuple[TopicSpec, ...] = (
     TopicSpec(ENFORCEMENT, compacted=True),
     TopicSpec(ALERTS),
     TopicSpec(REJECTED),
+    TopicSpec(SNAPSHOTS, compacted=True),
 )
 
 INPUTS = (USAGE, COMMANDS)

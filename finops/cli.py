@@ -1,0 +1,327 @@
+"""The ``finops`` command: a thin layer over the library. Each command parses, calls one
+library function and prints: a table for people, ``--json`` (or ``--format``) for programs.
+Expected failures are one line on stderr and exit code 1; bad usage exits 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import FinopsError
+from .settings import Settings, load
+
+app = typer.Typer(
+    help="finops: an event-sourced FinOps pipeline for AI/API credit spend on Kafka and ClickHouse.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]})
+stack_app = typer.Typer(help="The local Apache Kafka broker (skipped when FINOPS_KAFKA_BOOTSTRAP is set).",
+                        no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def command(fn: Callable) -> Callable:
+    """Turn expected failures into one line and exit 1; Ctrl-C into exit 130."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .stack import StackError
+
+        try:
+            return fn(*args, **kwargs)
+        except (FinopsError, StackError) as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130)
+    return wrapper
+
+
+def _settings() -> Settings:
+    try:
+        return load()
+    except Exception as exc:  # pydantic's ValidationError for a bad FINOPS_* value
+        _fail(f"bad configuration: {str(exc).splitlines()[0]} ({exc})")
+        raise
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # librdkafka reports every failed connection attempt; show them only when asked.
+    logging.getLogger("finops.kafka").setLevel(logging.INFO if verbose else logging.CRITICAL)
+
+
+def _print_rows(columns: list[str], rows: Iterable[tuple], fmt: str, title: str | None = None) -> None:
+    rows = list(rows)
+    if fmt == "json":
+        out.print_json(json.dumps([dict(zip(columns, r)) for r in rows], default=str))
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        sys.stdout.write(buffer.getvalue())
+    else:
+        table = Table(title=title, title_justify="left")
+        for c in columns:
+            table.add_column(c)
+        for r in rows:
+            table.add_row(*("" if v is None else str(v) for v in r))
+        out.print(table)
+
+
+# ----------------------------------------------------------------------------- stack
+
+
+@stack_app.command("up")
+@command
+def stack_up(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show client logs.")) -> None:
+    """Fetch the Kafka jars once, start one KRaft broker on 127.0.0.1, create the v1 topics.
+
+    Running it again is a no-op. Example: FINOPS_KAFKA_PORT=19092 finops stack up
+    """
+    from . import stack
+
+    _setup_logging(verbose)
+    status = stack.up(_settings(), log=err.print)
+    for line in status.lines():
+        out.print(line)
+
+
+@stack_app.command("down")
+@command
+def stack_down() -> None:
+    """Stop the local broker (its data stays in the data dir)."""
+    from . import stack
+
+    stack.down(_settings(), log=err.print)
+
+
+@stack_app.command("status")
+@command
+def stack_status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """What runs where: broker pid, bootstrap, data dir, log file, topics."""
+    from dataclasses import asdict
+
+    from . import stack
+
+    _setup_logging(False)
+    status = stack.status(_settings())
+    if as_json:
+        out.print_json(json.dumps(asdict(status), default=str))
+    else:
+        for line in status.lines():
+            out.print(line)
+
+
+# ----------------------------------------------------------------------------- data in
+
+
+@app.command()
+@command
+def publish(
+    file: str = typer.Argument(..., help="A JSONL file of wire-v1 messages, or - for stdin."),
+    raw: bool = typer.Option(False, "--raw", help="Send lines as they are, without checking them first."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Send wire-v1 messages to Kafka (usage and commands to their topics, keyed by tenant).
+
+    Lines that are not valid v1 messages are reported and not sent (unless --raw).
+    Exit code 1 when any line failed. Example: finops publish events.jsonl
+    """
+    from .producers.publish import publish_lines
+
+    _setup_logging(False)
+    if file == "-":
+        lines: Iterable[bytes] = sys.stdin.buffer
+        report = publish_lines(_settings(), lines, validate=not raw)
+    else:
+        path = Path(file)
+        if not path.is_file():
+            _fail(f"cannot read {file}: no such file")
+        with path.open("rb") as handle:
+            report = publish_lines(_settings(), handle, validate=not raw)
+    if as_json:
+        out.print_json(json.dumps({"sent": report.sent, "failed": report.failed, "by_topic": report.by_topic,
+                                   "errors": report.errors}))
+    else:
+        for line in report.errors:
+            err.print(f"  {line}", soft_wrap=True)
+        topics_text = ", ".join(f"{n} to {t}" for t, n in sorted(report.by_topic.items()))
+        out.print(f"sent {report.sent} ({topics_text or 'nothing'}), failed {report.failed}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- processors
+
+
+@app.command()
+@command
+def run(
+    parts: Optional[list[str]] = typer.Argument(None, help="Processors to run: ledger, sink (default: all)."),
+    instance: str = typer.Option("0", help="Instance id, unique per running ledger instance."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log assignments and client messages."),
+) -> None:
+    """Run the processors in the foreground until Ctrl-C (or SIGTERM).
+
+    ledger: usage + commands -> ledger, balances, rejected (exactly once).
+    sink: usage + ledger topics -> ClickHouse tables. Example: finops run ledger
+    """
+    from .pipeline import PARTS, Pipeline
+
+    _setup_logging(verbose)
+    settings = _settings()
+    pipeline = Pipeline(settings, tuple(parts or PARTS), instance=instance)
+    signal.signal(signal.SIGTERM, _interrupt)
+    err.print(f"running {', '.join(parts or PARTS)} against {settings.bootstrap} "
+              f"and {settings.clickhouse_dsn} (Ctrl-C stops)")
+    with pipeline:
+        try:
+            while not pipeline.wait(10):
+                _report(pipeline)
+        except KeyboardInterrupt:
+            err.print("stopping")
+
+
+def _interrupt(*_args) -> None:
+    raise KeyboardInterrupt
+
+
+def _report(pipeline) -> None:
+    parts = []
+    if pipeline.ledger is not None:
+        s = pipeline.ledger.stats
+        parts.append(f"ledger: {s.consumed} in, {s.applied} applied, {s.rejected} rejected, "
+                     f"{s.transactions} txns, last {s.last_txn_ms:.0f} ms")
+    if pipeline.sink is not None:
+        p = pipeline.sink.progress
+        parts.append("sink: " + ", ".join(f"{n} {t}" for t, n in sorted(p.rows.items())))
+    err.print(" | ".join(parts))
+
+
+# ----------------------------------------------------------------------------- queries
+
+
+@app.command()
+@command
+def balance(
+    account: str = typer.Argument(..., help="Account id (the tenant id for its root pool)."),
+    tenant: str = typer.Option(..., "--tenant", "-t", help="Tenant id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (amounts as credit strings and micros)."),
+) -> None:
+    """The current balance of one account, from the balances topic.
+
+    Example: finops balance team-search --tenant acme --json
+    """
+    from .projections.balances import read_balances
+
+    _setup_logging(False)
+    balances = read_balances(_settings(), tenant_id=tenant)
+    b = balances.get((tenant, account))
+    if b is None:
+        _fail(f"no balance for account {account!r} of tenant {tenant!r} (is `finops run` processing?)")
+    if as_json:
+        import msgspec
+
+        out.print_json(msgspec.json.encode(b).decode())
+    else:
+        _print_rows(["tenant", "account", "kind", "available", "consumed", "reserved", "overage", "as of"],
+                    [(b.tenant_id, b.account_id, b.kind, b.available, b.consumed, b.reserved, b.overage, b.ts)],
+                    "table")
+
+
+@app.command()
+@command
+def sql(
+    query: str = typer.Argument(..., help="A ClickHouse SQL query."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+) -> None:
+    """Run SQL on the ClickHouse history (FINOPS_CLICKHOUSE_URL; default: embedded chdb).
+
+    Example: finops sql "SELECT team, sum(credits_micros)/1e6 FROM usage_events GROUP BY team"
+    """
+    from .projections.clickhouse import connect, query as run_query
+
+    if fmt not in ("table", "json", "csv"):
+        _fail(f"unknown format {fmt!r}; choose table, json or csv", 2)
+    columns, rows = run_query(connect(_settings()), query)
+    _print_rows(columns, rows, fmt)
+
+
+@app.command()
+@command
+def fold(file: str = typer.Argument(..., help="A JSONL file of wire-v1 messages, or - for stdin.")) -> None:
+    """Apply a file of messages with the ledger's own code, no Kafka; print the result as JSON.
+
+    Exit 0 even when lines are rejected (they are listed); non-zero only when the file
+    cannot be read. Example: finops fold examples/seed.jsonl
+    """
+    from .processors.fold import fold_lines
+
+    if file == "-":
+        result = fold_lines(sys.stdin.buffer)
+    else:
+        try:
+            with open(file, "rb") as handle:
+                result = fold_lines(handle)
+        except OSError as exc:
+            _fail(f"cannot read {file}: {exc.strerror}")
+    sys.stdout.write(json.dumps(result.summary(), indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@app.command()
+@command
+def demo(
+    usage: int = typer.Option(3000, help="Usage events to generate."),
+    tenants: int = typer.Option(2, help="Tenants to generate."),
+) -> None:
+    """Run the whole pipeline on the embedded defaults and show what it computed.
+
+    Starts the broker if needed, runs the processors, publishes a generated workload,
+    waits until it is processed, prints balances and spend per team, stops what it started.
+    """
+    from . import demo as demo_mod
+
+    _setup_logging(False)
+    settings = _settings()
+    result = demo_mod.run(settings, usage=usage, tenants=tenants, log=lambda m: err.print(m, soft_wrap=True))
+    _print_rows(["tenant", "account", "kind", "available", "consumed", "overage"], result.balances, "table",
+                title="Balances (finops.balances.v1)")
+    columns, rows = result.spend_by_team
+    _print_rows(columns, [(t, team, n, f"{c:.6f}") for t, team, n, c in rows], "table",
+                title="Spend per team (ClickHouse: usage_events)")
+    tenants_sql = ", ".join(f"'{t}'" for t in result.workload.tenants)
+    out.print(f"usage rows in ClickHouse for this run: {result.usage_rows}; "
+              f"balances match `finops fold` of the same input: {'yes' if result.matches_fold else 'NO'}; "
+              f"{result.seconds:.1f} s")
+    out.print(f'try: finops sql "SELECT model_name, count(), sum(credits_micros)/1e6 FROM usage_events '
+              f'WHERE tenant_id IN ({tenants_sql}) GROUP BY model_name"', soft_wrap=True)
+    if not result.matches_fold:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

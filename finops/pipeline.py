@@ -1,0 +1,76 @@
+"""Runs the processors of one process in threads: the ledger processor and the ClickHouse sink.
+
+In embedded mode (chdb) this process owns the ClickHouse data directory, so the sink
+and anything that queries ClickHouse here share one client and one lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from .errors import FinopsError
+from .processors.runner import LedgerProcessor
+from .projections.sink import Sink
+from .settings import Settings
+
+log = logging.getLogger("finops.pipeline")
+
+PARTS = ("ledger", "sink")
+
+
+class Pipeline:
+    """Start, watch and stop the chosen processors; a crash in one stops all and is re-raised."""
+
+    def __init__(self, settings: Settings, parts: tuple[str, ...] = PARTS, *, instance: str = "0") -> None:
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise FinopsError(f"unknown processor {sorted(unknown)[0]!r}; choose from {', '.join(PARTS)}")
+        self.ledger = LedgerProcessor(settings, instance=instance) if "ledger" in parts else None
+        self.sink = Sink(settings) if "sink" in parts else None
+        self._threads: list[threading.Thread] = []
+        self._errors: list[BaseException] = []
+        self._stopped = threading.Event()
+
+    def start(self) -> Pipeline:
+        for name, part in (("ledger", self.ledger), ("sink", self.sink)):
+            if part is not None:
+                thread = threading.Thread(target=self._guard(part.run), name=f"finops-{name}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        return self
+
+    def _guard(self, run: Callable[[], None]) -> Callable[[], None]:
+        def target() -> None:
+            try:
+                run()
+            except BaseException as exc:  # noqa: BLE001 - reported to the owner, not lost
+                log.error("processor stopped: %s", exc)
+                self._errors.append(exc)
+                self._stopped.set()
+        return target
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a processor fails (then raise its error) or the timeout passes."""
+        self._stopped.wait(timeout)
+        self.raise_failure()
+        return self._stopped.is_set()
+
+    def raise_failure(self) -> None:
+        if self._errors:
+            raise self._errors[0]
+
+    def stop(self) -> None:
+        for part in (self.ledger, self.sink):
+            if part is not None:
+                part.stop()
+        for thread in self._threads:
+            thread.join(30)
+        self._stopped.set()
+
+    def __enter__(self) -> Pipeline:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
