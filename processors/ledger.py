@@ -426,6 +426,8 @@ def _(event: ClockAdvanced, state: Tenant) -> list[out.LedgerEntry]:
 
 
 def _new_grant(state: Tenant, acct: Account, grant_id: str, amount: int, **window) -> None:
+    if amount == 0:
+        return  # an empty grant could never be drawn from; the ledger entry still records the cause
     grant = Grant(id=grant_id, remaining=amount, seq=state.next_seq(), **window)
     acct.add_grant(grant)
     if grant.ends_at is not None:
@@ -477,6 +479,8 @@ def _(event: UsageCharged, state: Tenant) -> list[out.LedgerEntry]:
     accounts = state.accounts
     charged = accounts[event.account_id]
     charged.consumed += event.amount
+    charged.updated = event.ts
+    state.touched.add(charged.id)  # its consumed changed, wherever the credits came from
     state.totals.consumed += event.amount
     entries = []
     for n, (account_id, grant_id, amount) in enumerate(event.draws):
@@ -488,8 +492,6 @@ def _(event: UsageCharged, state: Tenant) -> list[out.LedgerEntry]:
         charged.overage += event.overage
         state.totals.overage += event.overage
         entries.append(_entry(state, event, len(event.draws), out.OVERAGE, charged, event.overage))
-    elif not event.draws:
-        state.touched.add(charged.id)  # a zero-credit usage still counts as activity
     return entries
 
 

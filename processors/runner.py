@@ -97,7 +97,9 @@ class LedgerProcessor:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = {tp.partition for tp in partitions}
-        consumer.committed(partitions, timeout=60)  # waits for pending transactional offsets
+        # Waits for transactional offsets still pending, so the snapshots read next are theirs.
+        for tp in consumer.committed(partitions, timeout=60):
+            self.stats.committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
         self._restore(numbers)
         self._assigned |= numbers
         log.info("assigned partitions %s", sorted(numbers))

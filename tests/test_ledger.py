@@ -1,0 +1,229 @@
+"""The pure ledger, command by command, and the seed situations with exact numbers."""
+
+from __future__ import annotations
+
+from ledger_helpers import Script, at, balances, c, conservation_holds, reasons
+
+
+class TestPurchase:
+    def test_credits_enter_the_root_pool(self):
+        s = Script()
+        s.purchase(1000)
+        s.purchase("0.5")
+        r = s.fold()
+        assert balances(r)["acme"] == (c("1000.5"), 0, 0)
+        assert r.book.tenants["acme"].totals.purchased == c("1000.5")
+
+    def test_purchase_that_expires_leaves_as_expired(self):
+        s = Script()
+        s.purchase(100, expires_at=at(days=1))
+        s.tick(ts=at(days=2))
+        r = s.fold()
+        assert balances(r)["acme"] == (0, 0, 0)
+        assert r.book.tenants["acme"].totals.expired == c(100)
+        assert conservation_holds(r)
+
+
+class TestOpenAccount:
+    def test_opens_a_child_with_nothing_in_it(self):
+        s = Script()
+        s.open("org", "acme", kind="org")
+        assert balances(s.fold())["org"] == (0, 0, 0)
+
+    def test_rejects_unknown_parent_and_reopening(self):
+        s = Script()
+        s.open("org", "acme")
+        s.open("org", "acme")
+        s.open("team", "nowhere")
+        assert reasons(s.fold()) == ["account_exists", "unknown_parent"]
+
+
+class TestAllocate:
+    def test_moves_credits_to_child(self):
+        s = Script()
+        s.purchase(1000)
+        s.open("org", "acme")
+        s.allocate("acme", "org", 600)
+        b = balances(s.fold())
+        assert b["acme"][0] == c(400) and b["org"][0] == c(600)
+
+    def test_rejects_more_than_available(self):
+        s = Script()
+        s.purchase(100)
+        s.open("org", "acme")
+        s.allocate("acme", "org", "100.000001")
+        r = s.fold()
+        assert reasons(r) == ["insufficient_funds"]
+        assert balances(r)["acme"][0] == c(100)
+
+    def test_rejects_when_not_parent_and_child(self):
+        s = Script()
+        s.purchase(100)
+        s.open("org", "acme")
+        s.open("team", "org")
+        s.allocate("acme", "team", 10)
+        s.allocate("acme", "ghost", 10)
+        assert reasons(s.fold()) == ["not_parent", "unknown_account"]
+
+    def test_grant_outside_its_window_cannot_be_spent(self):
+        s = Script()
+        s.purchase(100)
+        s.open("ws", "acme", fallback=False)
+        s.allocate("acme", "ws", 40, starts_at=at(days=2), ends_at=at(days=3))
+        s.use("ws", 10, ts=at(days=1))  # before the window: overage
+        s.use("ws", 10, ts=at(days=2, hours=1))  # inside
+        s.tick(ts=at(days=4))  # window over: the rest expires
+        r = s.fold()
+        assert balances(r)["ws"] == (0, c(20), c(10))
+        assert r.book.tenants["acme"].totals.expired == c(30)
+        assert conservation_holds(r)
+
+    def test_on_expiry_return_gives_the_rest_back_to_the_parent(self):
+        s = Script()
+        s.purchase(100)
+        s.open("ws", "acme")
+        s.allocate("acme", "ws", 40, ends_at=at(days=3), on_expiry="return")
+        s.use("ws", 15)
+        s.tick(ts=at(days=3))
+        r = s.fold()
+        assert balances(r)["acme"][0] == c(85)
+        assert balances(r)["ws"][0] == 0
+        assert r.book.tenants["acme"].totals.expired == 0
+
+
+class TestReclaim:
+    def test_returns_an_amount_or_all(self):
+        s = Script()
+        s.purchase(100)
+        s.open("org", "acme")
+        s.allocate("acme", "org", 60)
+        s.reclaim("org", "acme", 10)
+        s.reclaim("org", "acme", all=True)
+        b = balances(s.fold())
+        assert b["acme"][0] == c(100) and b["org"][0] == 0
+
+    def test_rejects_overdraft(self):
+        s = Script()
+        s.purchase(100)
+        s.open("org", "acme")
+        s.allocate("acme", "org", 60)
+        s.reclaim("org", "acme", 61)
+        r = s.fold()
+        assert reasons(r) == ["insufficient_funds"]
+        assert balances(r)["org"][0] == c(60)
+
+
+class TestUsage:
+    def test_user_falls_back_workspace_org_tenant(self):
+        """Seed: tenant buys 1,000; org gets 600; workspace a one-time windowed budget; a user
+        with no grant of its own falls back workspace -> org -> tenant."""
+        s = Script()
+        s.purchase(1000)
+        s.open("org", "acme", kind="org")
+        s.allocate("acme", "org", 600)
+        s.open("ws", "org", kind="workspace")
+        s.allocate("org", "ws", 100, starts_at=at(), ends_at=at(days=30))
+        s.open("alice", "ws", kind="user")
+        s.use("alice", 80)  # ws: 100 -> 20
+        s.use("alice", 70)  # ws 20, org 50
+        s.use("alice", 900)  # org 450, tenant 400, overage 50
+        r = s.fold()
+        b = balances(r)
+        assert b["alice"] == (0, c(1050), c(50))
+        assert b["ws"] == (0, 0, 0)
+        assert b["org"] == (0, 0, 0)
+        assert b["acme"] == (0, 0, 0)
+        assert conservation_holds(r)
+
+    def test_each_level_runs_dry_in_turn(self):
+        s = Script()
+        s.purchase(300)
+        s.open("org", "acme", kind="org")
+        s.allocate("acme", "org", 300)
+        s.open("team", "org")
+        s.allocate("org", "team", 100)
+        s.open("bob", "team", kind="user")
+        s.allocate("team", "bob", 30)
+        s.use("bob", 20)
+        b1 = balances(s.fold())
+        s.use("bob", 20)
+        b2 = balances(s.fold())
+        s.use("bob", 100)
+        b3 = balances(s.fold())
+        s.use("bob", 200)
+        b4 = balances(s.fold())
+        assert (b1["bob"][0], b1["team"][0], b1["org"][0]) == (c(10), c(70), c(200))
+        assert (b2["bob"][0], b2["team"][0], b2["org"][0]) == (0, c(60), c(200))
+        assert (b3["bob"][0], b3["team"][0], b3["org"][0]) == (0, 0, c(160))
+        assert b4["bob"] == (0, c(340), c(40))
+        assert b4["org"][0] == 0
+
+    def test_no_fallback_stops_the_cascade(self):
+        s = Script()
+        s.purchase(100)
+        s.open("team", "acme", fallback=False)
+        s.use("team", 5)
+        assert balances(s.fold())["team"] == (0, c(5), c(5))
+
+    def test_pool_only_members_may_draw(self):
+        s = Script()
+        s.purchase(1000)
+        s.open("pool", "acme", kind="pool")
+        s.allocate("acme", "pool", 500)
+        s.open("member", "pool", kind="user")
+        s.open("outsider", "pool", kind="user")
+        s.allocate("pool", "outsider", 10)
+        s.msg("set_members", account_id="pool", members=["member"])
+        s.use("member", 100)
+        s.use("outsider", 30)
+        r = s.fold()
+        b = balances(r)
+        assert b["pool"][0] == c(390)
+        assert b["member"] == (0, c(100), 0)
+        assert b["outsider"] == (0, c(30), c(20))
+        assert b["acme"][0] == c(500)
+
+    def test_bound_key_charges_its_account(self):
+        s = Script()
+        s.purchase(10)
+        s.open("team", "acme")
+        s.msg("bind_key", api_key_id="k-team", account_id="team")
+        s.use(None, 4, api_key_id="k-team")
+        s.use(None, 4, api_key_id="k-unbound")
+        r = s.fold()
+        assert balances(r)["team"][1] == c(4)
+        assert reasons(r) == ["unknown_account"]
+
+    def test_same_id_twice_is_a_no_op_and_other_content_conflicts(self):
+        s = Script()
+        s.purchase(10)
+        first = s.use("acme", 1, id="req-1")
+        s.lines.append(first)
+        s.use("acme", 2, id="req-1")
+        r = s.fold()
+        assert balances(r)["acme"] == (c(9), c(1), 0)
+        assert reasons(r) == ["duplicate_id_conflict"]
+
+    def test_rejected_id_can_be_sent_again(self):
+        s = Script()
+        s.open("org", "acme")
+        s.allocate("acme", "org", 5, id="alloc-1")
+        s.purchase(10)
+        s.allocate("acme", "org", 5, id="alloc-1")
+        r = s.fold()
+        assert reasons(r) == ["insufficient_funds"]
+        assert balances(r)["org"][0] == c(5)
+
+    def test_tenants_are_isolated(self):
+        a, b = Script("acme"), Script("globex")
+        a.purchase(10)
+        b.purchase(10)
+        b.open("team", "globex")
+        b.allocate("acme", "team", 5)  # another tenant's root
+        a.use("team", 1)  # globex's account, from acme
+        r = Script("acme").fold()
+        for line in a.lines + b.lines:
+            r.feed(line)
+        assert reasons(r) == ["unknown_account", "unknown_account"]
+        assert balances(r, "acme")["acme"][0] == c(10)
+        assert balances(r, "globex")["globex"][0] == c(10)

@@ -1,0 +1,126 @@
+"""End to end through the real broker and real ClickHouse (chdb): publish, ledger, sink."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from finops.demo import input_ends, ledger_caught_up, same_as_fold
+from finops.pipeline import Pipeline
+from finops.processors.ledger import Book, Rejected
+from finops.producers.publish import publish_lines
+from finops.producers.workload import generate
+from finops.projections.balances import read_balances
+from finops.schemas import wire
+
+pytestmark = pytest.mark.integration
+
+
+def wait_until(condition, timeout: float, what: str, pipeline: Pipeline | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if pipeline is not None:
+            pipeline.raise_failure()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def ledger_entry_count(lines: list[bytes]) -> int:
+    book, n = Book(), 0
+    for line in lines:
+        message = wire.decode(line)
+        try:
+            n += len(book.handle(message))
+        except Rejected:
+            pass
+    return n
+
+
+def tenant_count(pipeline: Pipeline, table: str, tenants: list[str]) -> int:
+    sql = f"SELECT count() FROM {table} WHERE tenant_id IN {{tenants:Array(String)}}"
+    return int(pipeline.sink.query(sql, {"tenants": tenants})[1][0][0])
+
+
+class TestThinSlice:
+    def test_published_usage_reaches_balances_and_clickhouse(self, settings):
+        workload = generate(tenants=2, usage=2000, suffix=f"-{uuid.uuid4().hex[:6]}")
+        report = publish_lines(settings, workload.lines)
+        assert (report.sent, report.failed) == (len(workload.lines), 0)
+        with Pipeline(settings) as pipeline:
+            ends = input_ends(settings)
+            wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the ledger", pipeline)
+            wait_until(lambda: tenant_count(pipeline, "usage_events", workload.tenants) >= 2000, 60,
+                       "usage rows in ClickHouse", pipeline)
+            expected_entries = ledger_entry_count(workload.lines)
+            wait_until(lambda: tenant_count(pipeline, "ledger_entries", workload.tenants) >= expected_entries,
+                       60, "ledger rows in ClickHouse", pipeline)
+            assert tenant_count(pipeline, "usage_events", workload.tenants) == 2000
+            assert tenant_count(pipeline, "ledger_entries", workload.tenants) == expected_entries
+
+        latest = {}
+        for tenant in workload.tenants:
+            latest.update(read_balances(settings, tenant_id=tenant))
+        assert same_as_fold(latest, workload)
+
+        # and the CLI answers the same, as a program would read it
+        tenant = workload.tenants[0]
+        env = {**os.environ, "FINOPS_KAFKA_BOOTSTRAP": settings.bootstrap}
+        out = subprocess.run([sys.executable, "-m", "finops.cli", "balance", "search", "--tenant", tenant, "--json"],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        shown = json.loads(out.stdout)
+        b = latest[(tenant, "search")]
+        assert (shown["available"], shown["consumed"], shown["reserved"], shown["overage"]) == (
+            b.available, b.consumed, b.reserved, b.overage)
+
+    def test_a_restarted_ledger_resumes_from_its_snapshots(self, settings):
+        workload = generate(tenants=2, usage=1000, suffix=f"-{uuid.uuid4().hex[:6]}")
+        half = len(workload.lines) // 2
+        publish_lines(settings, workload.lines[:half])
+        with Pipeline(settings, ("ledger",)) as pipeline:
+            ends = input_ends(settings)
+            wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the first half", pipeline)
+        publish_lines(settings, workload.lines[half:] + workload.lines[:10])  # with a resend of ten
+        with Pipeline(settings, ("ledger",)) as pipeline:
+            ends = input_ends(settings)
+            wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the second half", pipeline)
+            assert pipeline.ledger.stats.rejected == 0
+        latest = {}
+        for tenant in workload.tenants:
+            latest.update(read_balances(settings, tenant_id=tenant))
+        assert same_as_fold(latest, workload)
+
+    def test_unreadable_bytes_are_rejected_and_the_ledger_goes_on(self, settings):
+        from finops import clients
+        from finops.schemas import topics
+
+        tenant = f"t-{uuid.uuid4().hex[:6]}"
+        good = [
+            f'{{"type":"purchase","id":"p1","tenant_id":"{tenant}","ts":"2026-11-01T00:00:00Z","credits":5}}',
+            f'{{"type":"usage","id":"r1","tenant_id":"{tenant}","ts":"2026-11-01T00:00:01Z","account_id":"{tenant}",'
+            f'"api_key_id":"k","model_name":"m","operation_type":"chat","units_consumed":1,"credits_consumed":2}}',
+        ]
+        publish_lines(settings, [line.encode() for line in good[:1]])
+        producer = clients.producer(settings)
+        marker = f"not json {uuid.uuid4().hex}".encode()
+        producer.produce(topics.USAGE, marker, tenant.encode())
+        producer.flush(10)
+        publish_lines(settings, [good[1].encode()])
+        with Pipeline(settings, ("ledger",)) as pipeline:
+            ends = input_ends(settings)
+            wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the ledger", pipeline)
+        rejected = []
+        for m in clients.read_to_end(settings, topics.REJECTED, range(settings.topic_partitions)):
+            record = json.loads(m.value())
+            if record["input"] == marker.decode():
+                rejected.append(record)
+        assert [r["reason"] for r in rejected] == ["not_json"]
+        balances = read_balances(settings, tenant_id=tenant)
+        assert balances[(tenant, tenant)].available == "3"
