@@ -48,37 +48,42 @@ def tenant_count(pipeline: Pipeline, table: str, tenants: list[str]) -> int:
     return int(pipeline.sink.query(sql, {"tenants": tenants})[1][0][0])
 
 
+def check_thin_slice(settings) -> None:
+    """Publish a workload, run ledger + sink, check balances (topic and CLI) and ClickHouse rows."""
+    workload = generate(tenants=2, usage=2000, suffix=f"-{uuid.uuid4().hex[:6]}")
+    report = publish_lines(settings, workload.lines)
+    assert (report.sent, report.failed) == (len(workload.lines), 0)
+    with Pipeline(settings) as pipeline:
+        ends = input_ends(settings)
+        wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the ledger", pipeline)
+        wait_until(lambda: tenant_count(pipeline, "usage_events", workload.tenants) >= 2000, 60,
+                   "usage rows in ClickHouse", pipeline)
+        expected_entries = ledger_entry_count(workload.lines)
+        wait_until(lambda: tenant_count(pipeline, "ledger_entries", workload.tenants) >= expected_entries,
+                   60, "ledger rows in ClickHouse", pipeline)
+        assert tenant_count(pipeline, "usage_events", workload.tenants) == 2000
+        assert tenant_count(pipeline, "ledger_entries", workload.tenants) == expected_entries
+
+    latest = {}
+    for tenant in workload.tenants:
+        latest.update(read_balances(settings, tenant_id=tenant))
+    assert same_as_fold(latest, workload)
+
+    # and the CLI answers the same, as a program would read it
+    tenant = workload.tenants[0]
+    env = {**os.environ, "FINOPS_KAFKA_BOOTSTRAP": settings.bootstrap}
+    out = subprocess.run([sys.executable, "-m", "finops.cli", "balance", "search", "--tenant", tenant, "--json"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    b = latest[(tenant, "search")]
+    assert (shown["available"], shown["consumed"], shown["reserved"], shown["overage"]) == (
+        b.available, b.consumed, b.reserved, b.overage)
+
+
 class TestThinSlice:
     def test_published_usage_reaches_balances_and_clickhouse(self, settings):
-        workload = generate(tenants=2, usage=2000, suffix=f"-{uuid.uuid4().hex[:6]}")
-        report = publish_lines(settings, workload.lines)
-        assert (report.sent, report.failed) == (len(workload.lines), 0)
-        with Pipeline(settings) as pipeline:
-            ends = input_ends(settings)
-            wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the ledger", pipeline)
-            wait_until(lambda: tenant_count(pipeline, "usage_events", workload.tenants) >= 2000, 60,
-                       "usage rows in ClickHouse", pipeline)
-            expected_entries = ledger_entry_count(workload.lines)
-            wait_until(lambda: tenant_count(pipeline, "ledger_entries", workload.tenants) >= expected_entries,
-                       60, "ledger rows in ClickHouse", pipeline)
-            assert tenant_count(pipeline, "usage_events", workload.tenants) == 2000
-            assert tenant_count(pipeline, "ledger_entries", workload.tenants) == expected_entries
-
-        latest = {}
-        for tenant in workload.tenants:
-            latest.update(read_balances(settings, tenant_id=tenant))
-        assert same_as_fold(latest, workload)
-
-        # and the CLI answers the same, as a program would read it
-        tenant = workload.tenants[0]
-        env = {**os.environ, "FINOPS_KAFKA_BOOTSTRAP": settings.bootstrap}
-        out = subprocess.run([sys.executable, "-m", "finops.cli", "balance", "search", "--tenant", tenant, "--json"],
-                             capture_output=True, text=True, env=env, timeout=60)
-        assert out.returncode == 0, out.stderr
-        shown = json.loads(out.stdout)
-        b = latest[(tenant, "search")]
-        assert (shown["available"], shown["consumed"], shown["reserved"], shown["overage"]) == (
-            b.available, b.consumed, b.reserved, b.overage)
+        check_thin_slice(settings)
 
     def test_a_restarted_ledger_resumes_from_its_snapshots(self, settings):
         workload = generate(tenants=2, usage=1000, suffix=f"-{uuid.uuid4().hex[:6]}")
