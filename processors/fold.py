@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ..schemas import wire
+from ..schemas import outputs, wire
 from ..schemas.money import credits_str
-from .ledger import Book, Rejected
+from .ledger import Book, Output
 
 
 class FoldResult:
@@ -15,6 +15,7 @@ class FoldResult:
     def __init__(self) -> None:
         self.book = Book()
         self.rejected: list[wire.Rejection] = []
+        self.outputs: list[Output] = []
         self.lines = 0
 
     def feed(self, raw: bytes | str) -> None:
@@ -23,11 +24,11 @@ class FoldResult:
         if isinstance(message, wire.Rejection):
             self.rejected.append(message)
             return
-        try:
-            self.book.handle(message)
-        except Rejected as exc:
-            self.rejected.append(wire.Rejection(id=message.id, tenant_id=message.tenant_id, reason=exc.reason,
-                                                detail=exc.detail, input=wire.raw_text(raw)))
+        produced, refused = self.book.handle(message)
+        self.outputs.extend(produced)
+        if refused is not None:
+            self.rejected.append(wire.Rejection(id=message.id, tenant_id=message.tenant_id, reason=refused.reason,
+                                                detail=refused.detail, input=wire.raw_text(raw)))
 
     def summary(self) -> dict:
         """The wire-v1 ``finops fold`` object (amounts as exact decimal credit strings)."""
@@ -46,7 +47,9 @@ class FoldResult:
             "totals": {name: credits_str(v) for name, v in totals.items()},
             "rejected": [{"id": r.id, "tenant_id": r.tenant_id, "reason": r.reason, "detail": r.detail}
                          for r in self.rejected],
-            "alerts": [],
+            "alerts": [{"type": a.type, "severity": a.severity, "account_id": a.account_id,
+                        "threshold": a.threshold, "status": a.status, "tenant_id": a.tenant_id, "id": a.id}
+                       for a in self.outputs if isinstance(a, outputs.Alert)],
         }
 
 

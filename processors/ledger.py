@@ -1,234 +1,140 @@
-"""The pure ledger: ``decide(state, message) -> events`` and ``apply(state, event) -> entries``.
+"""The pure ledger: ``decide(state, message) -> events``, ``apply(state, event) -> outputs``.
 
-No clock, no I/O, no randomness: time comes from the messages. One :class:`Tenant`
-holds one tenant's accounts; nothing a tenant sends can reach another tenant's state,
-because every message is routed to the state of its own ``tenant_id``.
+No clock, no I/O, no randomness: time comes from the messages. One :class:`Tenant` holds
+one tenant's accounts, and every message is routed to the state of its own ``tenant_id``,
+so nothing a tenant sends can touch another tenant's accounts.
 
-Rules (wire-v1.md):
+Rules (wire-v1.md, plus the choices written here):
 
-* The ledger clock is the latest event time seen. Before a message is decided, every
-  grant whose end (``expires_at`` or ``ends_at``) is at or before the message's time
-  expires. A message older than the clock is *late*: it is judged against what is
-  spendable at the clock, and its ledger entries carry ``late: true``. The same input
-  in the same order always gives the same result.
-* A draw from an account (usage, allocate, reclaim) takes from its spendable grants,
-  earliest expiry first (no expiry last), then oldest first.
-* Usage climbs account -> parent while the account has ``fallback`` and the parent is
-  not a pool the account's chain is not a member of; what nobody covers is overage.
+* **Time.** The ledger clock is the latest event time seen. Before a message is judged,
+  time advances to its ``ts``: grants whose window or expiry ends at or before it expire
+  (or return), monthly allocations renew, unsettled holds are released, cap overrides
+  end — each at its own instant, in time order. Time advances even if the message is
+  then refused. A message older than the clock is *late*: it is judged against what is
+  spendable at the clock and its ledger entries carry ``late: true``.
+* **Draws.** A draw from an account (usage, allocate, reclaim, reserve) takes from its
+  spendable grants, earliest end first (no end last), then oldest first.
+* **Cascade.** Usage (and a reserve) climbs account -> parent while the account has
+  ``fallback``, is not hard-capped (a hard cap keeps spend inside its budget unless
+  overridden), and the parent is not a pool that the chain is not a member of. What
+  nobody covers is overage on the charged account.
+* **Budget periods.** An account's period is its lifetime, or the calendar month (UTC)
+  once it has a monthly allocation. Threshold alerts compare the usage of the account's
+  subtree in the period with what was granted to the account for the period (a renewal's
+  grant is the carried rollover plus the new amount). A hard-capped account is blocked
+  when that usage reaches 100 %, until a top-up, a new period or an override.
+* **Recurrence.** At each month boundary the unspent remainder of the period grant
+  carries over up to ``rollover_pct`` % of the amount, the rest returns to the parent,
+  and the amount is drawn again from the parent (as much as it can spend then).
 """
 
 from __future__ import annotations
 
 import heapq
 import zlib
-from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_EVEN, Decimal
 from functools import singledispatch
-from typing import Iterable
 
 import msgspec
 
 from ..schemas import outputs as out
-from ..schemas import reasons
-from ..schemas import wire
-from ..schemas.money import credits_str
+from ..schemas import reasons, wire
+from ..schemas.money import MICROS_PER_CREDIT, credits_str
+from .events import (
+    AccountOpened, Allocated, CapOverridden, ClockAdvanced, Draw, Event, GrantEnded, HoldReleased, IdRecorded,
+    KeyBound, MembersSet, OverrideEnded, PeriodRenewed, Purchased, RatesSet, Reclaimed, Reserved, Settled,
+    TimerDropped, TimerEvent, UsageCharged,
+)
+from .state import (
+    GRANT_END, HOLD_END, OVERRIDE_END, RENEW, Account, Grant, Hold, Recurring, Rejected, Tenant, rate_key,
+)
 
-class Rejected(Exception):
-    """``decide`` refuses a message; nothing changes."""
+Output = out.LedgerEntry | out.Alert | out.Enforcement
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-
-# ----------------------------------------------------------------------------- state
-
-
-@dataclass(slots=True)
-class Grant:
-    """Credits an account may spend, within an optional window."""
-
-    id: str
-    remaining: int
-    seq: int
-    starts_at: datetime | None = None
-    ends_at: datetime | None = None  # end of spending: min(ends_at, expires_at)
-    on_expiry: str = "expire"  # or "return" (to source)
-    source: str | None = None  # the account it came from
-    cap: str = "soft"
-
-    def order(self) -> tuple[float, int]:
-        return (self.ends_at.timestamp() if self.ends_at else float("inf"), self.seq)
-
-    def spendable_at(self, t: datetime) -> bool:
-        if self.remaining <= 0:
-            return False
-        if self.starts_at is not None and t < self.starts_at:
-            return False
-        return self.ends_at is None or t < self.ends_at
+__all__ = ["Book", "Rejected", "Tenant", "Output", "decide", "apply", "advance", "balance_of"]
 
 
-@dataclass(slots=True)
-class Account:
-    id: str
-    kind: str
-    parent_id: str | None
-    fallback: bool = True
-    name: str | None = None
-    members: frozenset[str] | None = None  # a pool: only these (and their descendants) draw
-    grants: list[Grant] = field(default_factory=list)  # kept in draw order
-    available: int = 0
-    consumed: int = 0
-    reserved: int = 0
-    overage: int = 0
-    updated: datetime | None = None
-
-    def add_grant(self, grant: Grant) -> None:
-        self.grants.append(grant)
-        self.grants.sort(key=Grant.order)
-        self.available += grant.remaining
-
-    def spendable(self, t: datetime) -> int:
-        return sum(g.remaining for g in self.grants if g.spendable_at(t))
-
-    def plan_draw(self, amount: int, t: datetime) -> tuple[list[tuple[str, int]], int]:
-        """Which grants pay ``amount`` at ``t``: ([(grant_id, micros)], still unpaid)."""
-        draws: list[tuple[str, int]] = []
-        for g in self.grants:
-            if amount == 0:
-                break
-            if g.spendable_at(t):
-                take = g.remaining if g.remaining < amount else amount
-                draws.append((g.id, take))
-                amount -= take
-        return draws, amount
-
-    def take(self, grant_id: str, amount: int) -> None:
-        for i, g in enumerate(self.grants):
-            if g.id == grant_id:
-                g.remaining -= amount
-                self.available -= amount
-                if g.remaining == 0:
-                    del self.grants[i]
-                return
-        raise KeyError(grant_id)
+# ----------------------------------------------------------------------------- time
 
 
-@dataclass(slots=True)
-class Totals:
-    purchased: int = 0
-    consumed: int = 0
-    expired: int = 0
-    overage: int = 0
+def month_of(t: datetime) -> str:
+    return f"{t.year:04d}-{t.month:02d}"
 
 
-@dataclass(slots=True)
-class Tenant:
-    """One tenant's ledger state. The root account's id is the tenant id."""
-
-    tenant_id: str
-    accounts: dict[str, Account] = field(default_factory=dict)
-    seen: dict[str, int] = field(default_factory=dict)  # id -> content fingerprint
-    keys: dict[str, str] = field(default_factory=dict)  # api_key_id -> account_id
-    totals: Totals = field(default_factory=Totals)
-    clock: datetime | None = None
-    seq: int = 0
-    expiries: list[tuple[datetime, int, str, str]] = field(default_factory=list)  # heap
-    touched: set[str] = field(default_factory=set)  # accounts changed since last drain
-
-    def __post_init__(self) -> None:
-        if self.tenant_id not in self.accounts:
-            self.accounts[self.tenant_id] = Account(self.tenant_id, "tenant", None, fallback=False)
-
-    def account(self, account_id: str) -> Account:
-        acct = self.accounts.get(account_id)
-        if acct is None:
-            raise Rejected(reasons.UNKNOWN_ACCOUNT, f"no account {account_id!r} in tenant {self.tenant_id!r}")
-        return acct
-
-    def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
-
-    def drain_touched(self) -> set[str]:
-        touched, self.touched = self.touched, set()
-        return touched
+def next_month(t: datetime) -> datetime:
+    """The first instant of the calendar month (UTC) after ``t``."""
+    t = t.astimezone(timezone.utc)
+    return datetime(t.year + (t.month == 12), t.month % 12 + 1, 1, tzinfo=timezone.utc)
 
 
-# ----------------------------------------------------------------------------- events
+def advance(state: Tenant, t: datetime) -> list[Output]:
+    """Let time pass up to ``t``: fire every due timer in time order, then move the clock."""
+    outputs: list[Output] = []
+    if state.clock is not None and t <= state.clock:
+        return outputs
+    timers = state.timers
+    while timers and timers[0][0] <= t:
+        outputs.extend(apply(state, _decide_timer(state, timers[0])))
+    outputs.extend(apply(state, ClockAdvanced(cause_id="", cause_type="clock", ts=t)))
+    return outputs
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
-    """Something that happened to the ledger; past tense; carries its cause and time."""
-
-    cause_id: str
-    cause_type: str
-    ts: datetime
-    late: bool = False
-
-
-class IdRecorded(Event, frozen=True, kw_only=True):
-    fingerprint: int
-
-
-class ClockAdvanced(Event, frozen=True, kw_only=True):
-    pass
-
-
-class Purchased(Event, frozen=True, kw_only=True):
-    amount: int
-    expires_at: datetime | None
-
-
-class AccountOpened(Event, frozen=True, kw_only=True):
-    account_id: str
-    kind: str
-    parent_id: str
-    fallback: bool
-    name: str | None
+def _decide_timer(state: Tenant, timer) -> TimerEvent:
+    when, _seq, kind, ref, _ref2 = timer
+    if kind == GRANT_END:
+        acct = state.accounts[ref]
+        grant = acct.grant(_ref2)
+        if grant is None:
+            return TimerDropped(cause_id="", cause_type="timer", ts=when, timer=timer)
+        return _grant_ended(acct, grant, when, timer)
+    if kind == RENEW:
+        rec = state.recurring.get(ref)
+        if rec is None:
+            return TimerDropped(cause_id="", cause_type="timer", ts=when, timer=timer)
+        return _renewal(state, rec, when, timer)
+    if kind == HOLD_END:
+        if ref not in state.holds:
+            return TimerDropped(cause_id="", cause_type="timer", ts=when, timer=timer)
+        return HoldReleased(cause_id=f"release:{ref}", cause_type="release", ts=when, timer=timer, hold_id=ref)
+    if kind == OVERRIDE_END:
+        acct = state.accounts[ref]
+        if acct.override_until != when:
+            return TimerDropped(cause_id="", cause_type="timer", ts=when, timer=timer)
+        return OverrideEnded(cause_id=f"override-end:{ref}:{when.isoformat()}", cause_type="override_end",
+                             ts=when, timer=timer, account_id=ref)
+    raise ValueError(f"unknown timer kind {kind!r}")
 
 
-class Allocated(Event, frozen=True, kw_only=True):
-    from_account: str
-    to_account: str
-    amount: int
-    draws: tuple[tuple[str, int], ...]
-    starts_at: datetime | None
-    ends_at: datetime | None
-    on_expiry: str
-    cap: str
+def _grant_ended(acct: Account, grant: Grant, when: datetime, timer, recurrence: str | None = None) -> GrantEnded:
+    return GrantEnded(cause_id=f"expire:{acct.id}:{grant.id}", cause_type="expire", ts=when, timer=timer,
+                      account_id=acct.id, grant_id=grant.id, amount=grant.remaining,
+                      returned_to=grant.source if grant.on_expiry == "return" else None, recurrence=recurrence)
 
 
-class Reclaimed(Event, frozen=True, kw_only=True):
-    from_account: str
-    to_account: str
-    amount: int
-    draws: tuple[tuple[str, int], ...]
-
-
-class UsageCharged(Event, frozen=True, kw_only=True):
-    account_id: str
-    amount: int
-    draws: tuple[tuple[str, str, int], ...]  # (funding account, grant id, micros)
-    overage: int
-
-
-class GrantExpired(Event, frozen=True, kw_only=True):
-    account_id: str
-    grant_id: str
-    amount: int
-    returned_to: str | None
-
-
-class MembersSet(Event, frozen=True, kw_only=True):
-    account_id: str
-    members: tuple[str, ...]
-
-
-class KeyBound(Event, frozen=True, kw_only=True):
-    api_key_id: str
-    account_id: str
+def _renewal(state: Tenant, rec: Recurring, when: datetime, timer) -> TimerEvent:
+    child = state.accounts[rec.child]
+    grant = child.grant(rec.grant_id)
+    if rec.ends_at is not None and when >= rec.ends_at:
+        if grant is None:  # spent to the last credit: only the recurrence ends
+            return GrantEnded(cause_id=f"expire:{child.id}:{rec.grant_id}", cause_type="expire", ts=when,
+                              timer=timer, account_id=child.id, grant_id=rec.grant_id, amount=0,
+                              returned_to=None, recurrence=rec.id)
+        return _grant_ended(child, grant, when, timer, recurrence=rec.id)
+    remaining = grant.remaining if grant is not None else 0
+    carry = min(remaining, rec.amount * rec.rollover_pct // 100)
+    returned = remaining - carry
+    period = month_of(when)
+    cause = f"renew:{rec.id}:{period}"
+    draws, unpaid = state.accounts[rec.parent].plan_draw(rec.amount, when)
+    if unpaid and returned:  # the returned remainder becomes a parent grant that can pay too
+        draws.append((f"{cause}:return", min(unpaid, returned)))
+    ends_at = next_month(when)
+    if rec.ends_at is not None and rec.ends_at < ends_at:
+        ends_at = rec.ends_at
+    return PeriodRenewed(cause_id=cause, cause_type="renew", ts=when, timer=timer, recurrence=rec.id,
+                         period=period, old_grant=rec.grant_id, old_remaining=remaining, carry=carry,
+                         returned=returned, draws=tuple(draws), new_grant=f"{rec.id}@{period}", ends_at=ends_at)
 
 
 # ----------------------------------------------------------------------------- decide
@@ -242,48 +148,32 @@ def fingerprint(message: wire.Message) -> int:
 
 
 def decide(state: Tenant, message: wire.Message) -> list[Event]:
-    """The events that ``message`` causes, or :class:`Rejected`. Changes nothing."""
-    previous = state.seen.get(message.id)
+    """The events ``message`` causes (time already advanced to it), or :class:`Rejected`."""
     print_ = fingerprint(message)
+    previous = state.seen.get(message.id)
     if previous is not None:
         if previous == print_:
             return []  # the same message again: a no-op
-        raise Rejected(reasons.DUPLICATE_ID_CONFLICT, f"id {message.id!r} was used with other content")
-    events: list[Event] = _expiries_until(state, message.ts)
-    now = state.clock if state.clock is not None and state.clock > message.ts else message.ts
-    late = state.clock is not None and message.ts < state.clock
-    events.extend(_decide(message, state, now, late))
-    events.append(IdRecorded(cause_id=message.id, cause_type=message.__struct_config__.tag,
-                             ts=message.ts, fingerprint=print_))
-    return events
-
-
-def _expiries_until(state: Tenant, t: datetime) -> list[Event]:
-    """Grants that end at or before ``t`` expire, in end-time order, before ``t`` is judged."""
-    events: list[Event] = []
-    if state.clock is None or t > state.clock:
-        due = sorted(e for e in state.expiries if e[0] <= t) if state.expiries and state.expiries[0][0] <= t else ()
-        for ends_at, _seq, account_id, grant_id in due:
-            acct = state.accounts[account_id]
-            grant = next((g for g in acct.grants if g.id == grant_id), None)
-            if grant is None or grant.remaining == 0:
-                continue
-            returned = grant.source if grant.on_expiry == "return" else None
-            events.append(GrantExpired(cause_id=f"expire:{account_id}:{grant_id}", cause_type="expire",
-                                       ts=ends_at, account_id=account_id, grant_id=grant_id,
-                                       amount=grant.remaining, returned_to=returned))
-        events.append(ClockAdvanced(cause_id="", cause_type="clock", ts=t))
+        raise Rejected(reasons.DUPLICATE_ID_CONFLICT, f"id {message.id!r} was used before with other content")
+    clock = state.clock
+    late = clock is not None and message.ts < clock
+    events = _decide(message, state, clock if late else message.ts, late)
+    events.append(IdRecorded(cause_id=message.id, cause_type="id", ts=message.ts, fingerprint=print_))
     return events
 
 
 @singledispatch
 def _decide(message: wire.Message, state: Tenant, now: datetime, late: bool) -> list[Event]:
-    raise Rejected(reasons.NOT_SUPPORTED, f"{message.__struct_config__.tag!r} is not supported yet")
+    raise Rejected(reasons.NOT_SUPPORTED, f"{message.__struct_config__.tag!r} is not supported")
 
 
 def _common(message: wire.Message, late: bool) -> dict:
-    return {"cause_id": message.id, "cause_type": message.__struct_config__.tag,
-            "ts": message.ts, "late": late}
+    return {"cause_id": message.id, "cause_type": message.__struct_config__.tag, "ts": message.ts, "late": late}
+
+
+def _insufficient(acct: Account, amount: int, unpaid: int, verb: str = "spend") -> Rejected:
+    return Rejected(reasons.INSUFFICIENT_FUNDS,
+                    f"{acct.id!r} can {verb} {credits_str(amount - unpaid)} of {credits_str(amount)} now")
 
 
 @_decide.register
@@ -317,21 +207,28 @@ def _parent_and_child(state: Tenant, parent_id: str, child_id: str) -> tuple[Acc
 
 @_decide.register
 def _(message: wire.Allocate, state: Tenant, now: datetime, late: bool) -> list[Event]:
-    if message.recurrence is not None:
-        raise Rejected(reasons.NOT_SUPPORTED, "recurring allocations are not supported yet")
     parent, _child = _parent_and_child(state, message.from_account, message.to_account)
     ends = [t for t in (message.ends_at, message.expires_at) if t is not None]
-    ends_at = min(ends) if ends else None
-    if ends_at is not None and (ends_at <= now or (message.starts_at and ends_at <= message.starts_at)):
+    final = min(ends) if ends else None
+    start = message.starts_at if message.starts_at is not None and message.starts_at > now else now
+    if final is not None and final <= start:
         raise Rejected(reasons.INVALID_WINDOW, "the grant would end before it can be spent")
     amount = int(message.credits)
     draws, unpaid = parent.plan_draw(amount, now)
     if unpaid:
-        raise Rejected(reasons.INSUFFICIENT_FUNDS,
-                       f"{parent.id!r} can spend {credits_str(amount - unpaid)} of {credits_str(amount)}")
-    return [Allocated(from_account=parent.id, to_account=message.to_account, amount=amount,
-                      draws=tuple(draws), starts_at=message.starts_at, ends_at=ends_at,
-                      on_expiry=message.on_expiry, cap=message.cap, **_common(message, late))]
+        raise _insufficient(parent, amount, unpaid)
+    recurring = message.recurrence is not None
+    ends_at = final
+    if recurring:
+        boundary = next_month(start)
+        ends_at = boundary if final is None or boundary < final else final
+    return [Allocated(
+        from_account=parent.id, to_account=message.to_account, amount=amount, draws=tuple(draws),
+        starts_at=message.starts_at, ends_at=ends_at, on_expiry=message.on_expiry, cap=message.cap,
+        thresholds=tuple(sorted(set(message.thresholds))),
+        rollover_pct=message.recurrence.rollover_pct if recurring else None,
+        recurrence_ends_at=final if recurring else None, period=month_of(start) if recurring else "",
+        **_common(message, late))]
 
 
 @_decide.register
@@ -345,8 +242,7 @@ def _(message: wire.Reclaim, state: Tenant, now: datetime, late: bool) -> list[E
         amount = int(message.credits)
     draws, unpaid = child.plan_draw(amount, now)
     if unpaid:
-        raise Rejected(reasons.INSUFFICIENT_FUNDS,
-                       f"{child.id!r} can return {credits_str(amount - unpaid)} of {credits_str(amount)}")
+        raise _insufficient(child, amount, unpaid, "return")
     return [Reclaimed(from_account=child.id, to_account=parent.id, amount=amount, draws=tuple(draws),
                       **_common(message, late))]
 
@@ -366,76 +262,311 @@ def _(message: wire.BindKey, state: Tenant, now: datetime, late: bool) -> list[E
 
 
 @_decide.register
+def _(message: wire.SetRates, state: Tenant, now: datetime, late: bool) -> list[Event]:
+    rates = tuple((rate_key(r.model_name, r.operation_type), r.credits_per_unit) for r in message.rates)
+    return [RatesSet(rates=rates, **_common(message, late))]
+
+
+@_decide.register
+def _(message: wire.OverrideCap, state: Tenant, now: datetime, late: bool) -> list[Event]:
+    state.account(message.account_id)
+    if len(set(message.approvals)) < 2:
+        raise Rejected(reasons.APPROVALS_REQUIRED,
+                       f"an override needs 2 distinct approvers, got {len(set(message.approvals))}")
+    if message.until <= now:
+        raise Rejected(reasons.INVALID_WINDOW, "until is not after the override time")
+    return [CapOverridden(account_id=message.account_id, until=message.until, **_common(message, late))]
+
+
+def _cascade(state: Tenant, charged: Account, amount: int, now: datetime) -> tuple[list[Draw], int]:
+    """Who pays ``amount`` charged to ``charged``: the account, then up the fallback chain."""
+    draws: list[Draw] = []
+    unpaid = amount
+    acct = charged
+    chain = {acct.id}
+    while True:
+        grant_draws, unpaid = acct.plan_draw(unpaid, now)
+        for grant_id, take in grant_draws:
+            draws.append((acct.id, grant_id, take))
+        if not unpaid or not acct.fallback or acct.parent_id is None or acct.hard_capped(now):
+            return draws, unpaid
+        parent = state.accounts[acct.parent_id]
+        if parent.members is not None and parent.members.isdisjoint(chain):
+            return draws, unpaid
+        acct = parent
+        chain.add(acct.id)
+
+
+def usage_credits(state: Tenant, message: wire.Usage) -> int:
+    """``credits_consumed``, or units x the tenant's rate for the model and operation."""
+    if message.credits_consumed is not None:
+        return int(message.credits_consumed)
+    rate = state.rates.get(rate_key(message.model_name, message.operation_type))
+    if rate is None:
+        raise Rejected(reasons.NO_RATE, f"no credits_consumed and no rate for {message.model_name!r} / "
+                                        f"{message.operation_type!r} (send set_rates)")
+    credits = (Decimal(repr(message.units_consumed)) * rate).quantize(Decimal("0.000001"), ROUND_HALF_EVEN)
+    return int(credits * MICROS_PER_CREDIT)
+
+
+@_decide.register
 def _(message: wire.Usage, state: Tenant, now: datetime, late: bool) -> list[Event]:
     account_id = message.account_id or state.keys.get(message.api_key_id)
     if account_id is None:
         raise Rejected(reasons.UNKNOWN_ACCOUNT, f"no account_id and api key {message.api_key_id!r} is not bound")
     charged = state.account(account_id)
-    if message.credits_consumed is None:
-        raise Rejected(reasons.NO_RATE, "usage without credits_consumed and no rate card entry")
-    amount = int(message.credits_consumed)
-    draws: list[tuple[str, str, int]] = []
-    unpaid = amount
-    acct = charged
-    chain: set[str] = {acct.id}
-    while True:
-        grant_draws, unpaid = acct.plan_draw(unpaid, now)
-        draws.extend((acct.id, gid, take) for gid, take in grant_draws)
-        if not unpaid or not acct.fallback or acct.parent_id is None:
-            break
-        parent = state.accounts[acct.parent_id]
-        if parent.members is not None and parent.members.isdisjoint(chain):
-            break
-        acct = parent
-        chain.add(acct.id)
+    amount = usage_credits(state, message)
+    draws, unpaid = _cascade(state, charged, amount, now)
     return [UsageCharged(account_id=charged.id, amount=amount, draws=tuple(draws), overage=unpaid,
                          **_common(message, late))]
+
+
+@_decide.register
+def _(message: wire.Reserve, state: Tenant, now: datetime, late: bool) -> list[Event]:
+    charged = state.account(message.account_id)
+    if message.expires_at <= now:
+        raise Rejected(reasons.INVALID_WINDOW, "expires_at is not after the reservation time")
+    amount = int(message.credits)
+    draws, unpaid = _cascade(state, charged, amount, now)
+    if unpaid:
+        raise _insufficient(charged, amount, unpaid, "reserve")
+    return [Reserved(account_id=charged.id, amount=amount, draws=tuple(draws), expires_at=message.expires_at,
+                     **_common(message, late))]
+
+
+@_decide.register
+def _(message: wire.Settle, state: Tenant, now: datetime, late: bool) -> list[Event]:
+    hold = state.holds.get(message.reservation_id)
+    if hold is None:
+        closed = state.closed_holds.get(message.reservation_id)
+        if closed is not None:
+            raise Rejected(reasons.RESERVATION_CLOSED, f"reservation {message.reservation_id!r} was {closed}")
+        raise Rejected(reasons.UNKNOWN_RESERVATION, f"no reservation {message.reservation_id!r}")
+    amount = int(message.credits)
+    left = min(amount, hold.amount)
+    from_hold: list[Draw] = []
+    released: list[Draw] = []
+    for account_id, grant_id, take in hold.draws:
+        used = min(take, left)
+        left -= used
+        if used:
+            from_hold.append((account_id, grant_id, used))
+        if take - used:
+            released.append((account_id, grant_id, take - used))
+    extra, overage = _cascade(state, state.accounts[hold.account], amount - min(amount, hold.amount), now)
+    return [Settled(hold_id=hold.id, account_id=hold.account, amount=amount, from_hold=tuple(from_hold),
+                    released=tuple(released), extra=tuple(extra), overage=overage, **_common(message, late))]
 
 
 # ----------------------------------------------------------------------------- apply
 
 
-def apply(state: Tenant, event: Event) -> list[out.LedgerEntry]:
-    """Fold one event into the state; returns the ledger entries it makes."""
+def apply(state: Tenant, event: Event) -> list[Output]:
+    """Fold one event into the state; returns the outputs it makes (entries, alerts, blocks)."""
     return _apply(event, state)
 
 
 @singledispatch
-def _apply(event: Event, state: Tenant) -> list[out.LedgerEntry]:
+def _apply(event: Event, state: Tenant) -> list[Output]:
     raise TypeError(f"no apply for {type(event).__name__}")
 
 
 def _entry(state: Tenant, event: Event, n: int, kind: str, acct: Account, amount: int, **extra) -> out.LedgerEntry:
     acct.updated = event.ts
     state.touched.add(acct.id)
-    return out.entry(entry_id=f"{event.cause_id}#{n}", kind=kind, tenant_id=state.tenant_id,
-                     account_id=acct.id, cause_id=event.cause_id, cause_type=event.cause_type,
-                     ts=event.ts, amount=amount, balance=acct.available, late=event.late, **extra)
+    return out.entry(entry_id=f"{event.cause_id}#{n}", kind=kind, tenant_id=state.tenant_id, account_id=acct.id,
+                     cause_id=event.cause_id, cause_type=event.cause_type, ts=event.ts, amount=amount,
+                     balance=acct.available, late=event.late, **extra)
+
+
+def _push_timer(state: Tenant, when: datetime, kind: str, ref: str, ref2: str = "") -> None:
+    heapq.heappush(state.timers, (when, state.next_seq(), kind, ref, ref2))
+
+
+def _pop_timer(state: Tenant, event: TimerEvent) -> None:
+    popped = heapq.heappop(state.timers)
+    assert popped == event.timer, "timers fire in heap order"
+    if state.clock is None or event.ts > state.clock:
+        state.clock = event.ts
+
+
+def _new_grant(state: Tenant, acct: Account, grant_id: str, amount: int, *, starts_at=None, ends_at=None,
+               on_expiry: str = "expire", source: str | None = None, recurrence: str | None = None) -> None:
+    if amount == 0:
+        return  # an empty grant could never be drawn from; the ledger entry still records the cause
+    grant = Grant(id=grant_id, remaining=amount, seq=state.next_seq(), starts_at=starts_at, ends_at=ends_at,
+                  on_expiry=on_expiry, source=source, recurrence=recurrence,
+                  order_key=ends_at.timestamp() if ends_at is not None else float("inf"))
+    acct.add_grant(grant)
+    if ends_at is not None and recurrence is None:
+        _push_timer(state, ends_at, GRANT_END, acct.id, grant_id)
+
+
+# --- budget periods: threshold alerts and hard-cap enforcement
+
+
+def _severity(threshold: int) -> str:
+    return "info" if threshold < 70 else "warning" if threshold < 90 else "critical"
+
+
+def _check_budget(state: Tenant, acct: Account, event: Event) -> list[Output]:
+    """Fire or resolve threshold alerts and block or open a hard cap, after ``acct``'s period changed."""
+    outputs: list[Output] = []
+    used, granted = acct.period_used, acct.period_granted
+    for threshold in acct.thresholds:
+        crossed = granted > 0 and used * 100 >= threshold * granted
+        if crossed == (threshold in acct.alerted):
+            continue
+        if crossed:
+            acct.alerted.append(threshold)
+        else:
+            acct.alerted.remove(threshold)
+        hard_block = crossed and threshold >= 100 and acct.cap == "hard"
+        outputs.append(out.Alert(
+            id=f"{event.cause_id}/{acct.id}/threshold/{threshold}/{'firing' if crossed else 'resolved'}",
+            tenant_id=state.tenant_id, account_id=acct.id, type="threshold",
+            severity=_severity(threshold) if crossed else "info", threshold=threshold,
+            current_usage=credits_str(used), monthly_allocation=credits_str(granted), ts=event.ts,
+            status="firing" if crossed else "resolved", period=acct.period,
+            action={"type": "block"} if hard_block else None))
+    blocked = acct.hard_capped(state.clock or event.ts) and granted > 0 and used >= granted
+    if blocked != acct.blocked:
+        acct.blocked = blocked
+        keys = sorted(k for k, owner in state.keys.items()
+                      if any(a.id == acct.id for a in state.ancestors(state.accounts[owner])))
+        reason = "hard cap reached" if blocked else "within budget"
+        outputs.append(out.Enforcement(tenant_id=state.tenant_id, account_id=acct.id,
+                                       state="blocked" if blocked else "open", reason=reason,
+                                       api_key_ids=keys, ts=event.ts))
+    return outputs
+
+
+def _record_usage(state: Tenant, charged: Account, amount: int, event: Event) -> list[Output]:
+    outputs: list[Output] = []
+    for acct in state.ancestors(charged):
+        acct.period_used += amount
+        if acct.period_granted or acct.alerted:
+            outputs.extend(_check_budget(state, acct, event))
+    return outputs
+
+
+def _start_period(acct: Account, period: str, granted: int) -> None:
+    acct.period = period
+    acct.period_granted = granted
+    acct.period_used = 0
+
+
+# --- time
 
 
 @_apply.register
-def _(event: IdRecorded, state: Tenant) -> list[out.LedgerEntry]:
+def _(event: IdRecorded, state: Tenant) -> list[Output]:
     state.seen[event.cause_id] = event.fingerprint
     return []
 
 
 @_apply.register
-def _(event: ClockAdvanced, state: Tenant) -> list[out.LedgerEntry]:
+def _(event: ClockAdvanced, state: Tenant) -> list[Output]:
     state.clock = event.ts
     return []
 
 
-def _new_grant(state: Tenant, acct: Account, grant_id: str, amount: int, **window) -> None:
-    if amount == 0:
-        return  # an empty grant could never be drawn from; the ledger entry still records the cause
-    grant = Grant(id=grant_id, remaining=amount, seq=state.next_seq(), **window)
-    acct.add_grant(grant)
-    if grant.ends_at is not None:
-        heapq.heappush(state.expiries, (grant.ends_at, grant.seq, acct.id, grant.id))
+@_apply.register
+def _(event: TimerDropped, state: Tenant) -> list[Output]:
+    _pop_timer(state, event)
+    return []
 
 
 @_apply.register
-def _(event: Purchased, state: Tenant) -> list[out.LedgerEntry]:
+def _(event: GrantEnded, state: Tenant) -> list[Output]:
+    _pop_timer(state, event)
+    acct = state.accounts[event.account_id]
+    if event.recurrence is not None:
+        del state.recurring[event.recurrence]
+    if not event.amount:
+        return []
+    acct.take(event.grant_id, event.amount)
+    outputs: list[Output] = [_entry(state, event, 0, out.EXPIRE, acct, event.amount, grant_id=event.grant_id)]
+    if event.returned_to is None:
+        state.totals.expired += event.amount
+    else:
+        target = state.accounts[event.returned_to]
+        _new_grant(state, target, event.cause_id, event.amount, source=acct.id)
+        outputs.append(_entry(state, event, 1, out.CREDIT, target, event.amount, grant_id=event.cause_id))
+    return outputs
+
+
+@_apply.register
+def _(event: PeriodRenewed, state: Tenant) -> list[Output]:
+    _pop_timer(state, event)
+    rec = state.recurring[event.recurrence]
+    child, parent = state.accounts[rec.child], state.accounts[rec.parent]
+    outputs: list[Output] = []
+    n = 0
+    if event.old_remaining:
+        child.take(event.old_grant, event.old_remaining)
+    if event.returned:
+        return_id = f"{event.cause_id}:return"
+        outputs.append(_entry(state, event, n, out.RECLAIM, child, event.returned, grant_id=event.old_grant))
+        _new_grant(state, parent, return_id, event.returned, source=child.id)
+        outputs.append(_entry(state, event, n + 1, out.CREDIT, parent, event.returned, grant_id=return_id))
+        n += 2
+    drawn = 0
+    for grant_id, amount in event.draws:
+        parent.take(grant_id, amount)
+        drawn += amount
+    if drawn:
+        outputs.append(_entry(state, event, n, out.ALLOCATION_OUT, parent, drawn))
+        n += 1
+    _new_grant(state, child, event.new_grant, event.carry + drawn, starts_at=event.ts, ends_at=event.ends_at,
+               on_expiry=rec.on_expiry, source=parent.id, recurrence=rec.id)
+    if drawn:
+        outputs.append(_entry(state, event, n, out.ALLOCATION_IN, child, drawn, grant_id=event.new_grant))
+    rec.grant_id = event.new_grant
+    _push_timer(state, event.ends_at, RENEW, rec.id)
+    _start_period(child, event.period, event.carry + drawn)
+    state.touched.add(child.id)
+    outputs.extend(_check_budget(state, child, event))
+    return outputs
+
+
+@_apply.register
+def _(event: HoldReleased, state: Tenant) -> list[Output]:
+    _pop_timer(state, event)
+    hold = state.holds.pop(event.hold_id)
+    state.closed_holds[hold.id] = "released at expiry"
+    charged = state.accounts[hold.account]
+    charged.reserved -= hold.amount
+    state.touched.add(charged.id)
+    return _release(state, event, hold.draws, hold.account, hold.id, first=0)
+
+
+def _release(state: Tenant, event: Event, draws, charged: str, hold_id: str, first: int) -> list[Output]:
+    """Held credits go back to the accounts that paid them, as grants with no window."""
+    outputs: list[Output] = []
+    for n, (account_id, _grant_id, amount) in enumerate(draws, start=first):
+        acct = state.accounts[account_id]
+        grant_id = f"{event.cause_id}:release:{n}"
+        _new_grant(state, acct, grant_id, amount, source=account_id)
+        outputs.append(_entry(state, event, n, out.RELEASE, acct, amount, charged_to=charged, grant_id=grant_id,
+                              hold_id=hold_id))
+    return outputs
+
+
+@_apply.register
+def _(event: OverrideEnded, state: Tenant) -> list[Output]:
+    _pop_timer(state, event)
+    acct = state.accounts[event.account_id]
+    acct.override_until = None
+    state.touched.add(acct.id)
+    return _check_budget(state, acct, event)
+
+
+# --- messages
+
+
+@_apply.register
+def _(event: Purchased, state: Tenant) -> list[Output]:
     root = state.accounts[state.tenant_id]
     _new_grant(state, root, event.cause_id, event.amount, ends_at=event.expires_at)
     state.totals.purchased += event.amount
@@ -443,92 +574,146 @@ def _(event: Purchased, state: Tenant) -> list[out.LedgerEntry]:
 
 
 @_apply.register
-def _(event: AccountOpened, state: Tenant) -> list[out.LedgerEntry]:
+def _(event: AccountOpened, state: Tenant) -> list[Output]:
     state.accounts[event.account_id] = Account(event.account_id, event.kind, event.parent_id,
                                                fallback=event.fallback, name=event.name, updated=event.ts)
     state.touched.add(event.account_id)
     return []
 
 
-def _take_all(state: Tenant, acct: Account, draws: Iterable[tuple[str, int]]) -> None:
-    for grant_id, amount in draws:
-        acct.take(grant_id, amount)
-
-
 @_apply.register
-def _(event: Allocated, state: Tenant) -> list[out.LedgerEntry]:
+def _(event: Allocated, state: Tenant) -> list[Output]:
     parent, child = state.accounts[event.from_account], state.accounts[event.to_account]
-    _take_all(state, parent, event.draws)
+    for grant_id, amount in event.draws:
+        parent.take(grant_id, amount)
+    recurrence = event.cause_id if event.rollover_pct is not None else None
     _new_grant(state, child, event.cause_id, event.amount, starts_at=event.starts_at, ends_at=event.ends_at,
-               on_expiry=event.on_expiry, source=parent.id, cap=event.cap)
-    return [_entry(state, event, 0, out.ALLOCATION_OUT, parent, event.amount),
-            _entry(state, event, 1, out.ALLOCATION_IN, child, event.amount, grant_id=event.cause_id)]
+               on_expiry=event.on_expiry, source=parent.id, recurrence=recurrence)
+    child.cap = event.cap
+    child.thresholds = event.thresholds
+    if recurrence is not None:
+        state.recurring[recurrence] = Recurring(
+            id=recurrence, parent=parent.id, child=child.id, amount=event.amount,
+            rollover_pct=event.rollover_pct, grant_id=event.cause_id, ends_at=event.recurrence_ends_at,
+            on_expiry=event.on_expiry)
+        _push_timer(state, event.ends_at, RENEW, recurrence)
+    if event.period and event.period != child.period:  # a monthly allocation starts monthly periods
+        _start_period(child, event.period, 0)
+    child.period_granted += event.amount
+    outputs: list[Output] = [
+        _entry(state, event, 0, out.ALLOCATION_OUT, parent, event.amount),
+        _entry(state, event, 1, out.ALLOCATION_IN, child, event.amount, grant_id=event.cause_id)]
+    outputs.extend(_check_budget(state, child, event))
+    return outputs
 
 
 @_apply.register
-def _(event: Reclaimed, state: Tenant) -> list[out.LedgerEntry]:
+def _(event: Reclaimed, state: Tenant) -> list[Output]:
     child, parent = state.accounts[event.from_account], state.accounts[event.to_account]
-    _take_all(state, child, event.draws)
+    for grant_id, amount in event.draws:
+        child.take(grant_id, amount)
     _new_grant(state, parent, event.cause_id, event.amount, source=child.id)
     return [_entry(state, event, 0, out.RECLAIM, child, event.amount),
             _entry(state, event, 1, out.CREDIT, parent, event.amount, grant_id=event.cause_id)]
 
 
-@_apply.register
-def _(event: UsageCharged, state: Tenant) -> list[out.LedgerEntry]:
+def _draw_entries(state: Tenant, event: Event, draws, charged: Account, kind: str, first: int,
+                  hold_id: str | None = None, take: bool = True) -> list[Output]:
+    outputs: list[Output] = []
     accounts = state.accounts
-    charged = accounts[event.account_id]
-    charged.consumed += event.amount
+    for n, (account_id, grant_id, amount) in enumerate(draws, start=first):
+        acct = accounts[account_id]
+        if take:
+            acct.take(grant_id, amount)
+        outputs.append(_entry(state, event, n, kind, acct, amount, charged_to=charged.id, grant_id=grant_id,
+                              hold_id=hold_id))
+    return outputs
+
+
+def _charge(state: Tenant, event: Event, charged: Account, amount: int, overage: int, n: int) -> list[Output]:
+    """Book ``amount`` as consumed by ``charged`` (``overage`` of it unfunded); entry ``n`` is next."""
+    charged.consumed += amount
     charged.updated = event.ts
     state.touched.add(charged.id)  # its consumed changed, wherever the credits came from
-    state.totals.consumed += event.amount
-    entries = []
-    for n, (account_id, grant_id, amount) in enumerate(event.draws):
-        acct = accounts[account_id]
-        acct.take(grant_id, amount)
-        entries.append(_entry(state, event, n, out.CONSUME, acct, amount, charged_to=charged.id,
-                              grant_id=grant_id))
-    if event.overage:
-        charged.overage += event.overage
-        state.totals.overage += event.overage
-        entries.append(_entry(state, event, len(event.draws), out.OVERAGE, charged, event.overage))
-    return entries
+    state.totals.consumed += amount
+    outputs: list[Output] = []
+    if overage:
+        charged.overage += overage
+        state.totals.overage += overage
+        outputs.append(_entry(state, event, n, out.OVERAGE, charged, overage))
+    outputs.extend(_record_usage(state, charged, amount, event))
+    return outputs
 
 
 @_apply.register
-def _(event: GrantExpired, state: Tenant) -> list[out.LedgerEntry]:
-    acct = state.accounts[event.account_id]
-    acct.take(event.grant_id, event.amount)
-    state.expiries = [e for e in state.expiries if not (e[2] == acct.id and e[3] == event.grant_id)]
-    heapq.heapify(state.expiries)
-    entries = [_entry(state, event, 0, out.EXPIRE, acct, event.amount, grant_id=event.grant_id)]
-    if event.returned_to is None:
-        state.totals.expired += event.amount
-    else:
-        target = state.accounts[event.returned_to]
-        _new_grant(state, target, event.cause_id, event.amount, source=acct.id)
-        entries.append(_entry(state, event, 1, out.CREDIT, target, event.amount, grant_id=event.cause_id))
-    return entries
+def _(event: UsageCharged, state: Tenant) -> list[Output]:
+    charged = state.accounts[event.account_id]
+    outputs = _draw_entries(state, event, event.draws, charged, out.CONSUME, 0)
+    outputs.extend(_charge(state, event, charged, event.amount, event.overage, len(event.draws)))
+    return outputs
 
 
 @_apply.register
-def _(event: MembersSet, state: Tenant) -> list[out.LedgerEntry]:
+def _(event: Reserved, state: Tenant) -> list[Output]:
+    charged = state.accounts[event.account_id]
+    outputs = _draw_entries(state, event, event.draws, charged, out.RESERVE, 0, hold_id=event.cause_id)
+    charged.reserved += event.amount
+    state.touched.add(charged.id)
+    state.holds[event.cause_id] = Hold(id=event.cause_id, account=charged.id, amount=event.amount,
+                                       draws=list(event.draws), expires_at=event.expires_at)
+    _push_timer(state, event.expires_at, HOLD_END, event.cause_id)
+    return outputs
+
+
+@_apply.register
+def _(event: Settled, state: Tenant) -> list[Output]:
+    hold = state.holds.pop(event.hold_id)
+    state.closed_holds[hold.id] = "settled"
+    charged = state.accounts[hold.account]
+    charged.reserved -= hold.amount
+    # from the hold: already taken from the grants at reserve time
+    outputs = _draw_entries(state, event, event.from_hold, charged, out.CONSUME, 0, hold_id=hold.id, take=False)
+    n = len(outputs)
+    outputs.extend(_release(state, event, event.released, charged.id, hold.id, first=n))
+    n = len(outputs)
+    outputs.extend(_draw_entries(state, event, event.extra, charged, out.CONSUME, n))
+    outputs.extend(_charge(state, event, charged, event.amount, event.overage, n + len(event.extra)))
+    return outputs
+
+
+@_apply.register
+def _(event: MembersSet, state: Tenant) -> list[Output]:
     state.accounts[event.account_id].members = frozenset(event.members)
     state.touched.add(event.account_id)
     return []
 
 
 @_apply.register
-def _(event: KeyBound, state: Tenant) -> list[out.LedgerEntry]:
+def _(event: KeyBound, state: Tenant) -> list[Output]:
     state.keys[event.api_key_id] = event.account_id
     return []
+
+
+@_apply.register
+def _(event: RatesSet, state: Tenant) -> list[Output]:
+    state.rates.update(event.rates)
+    return []
+
+
+@_apply.register
+def _(event: CapOverridden, state: Tenant) -> list[Output]:
+    acct = state.accounts[event.account_id]
+    acct.override_until = event.until
+    state.touched.add(acct.id)
+    _push_timer(state, event.until, OVERRIDE_END, acct.id)
+    return _check_budget(state, acct, event)
 
 
 # ----------------------------------------------------------------------------- the book
 
 
 class Book:
-    """All tenants' states; the entry point for folding messages (used by fold and the runner)."""
+    """All tenants' states; the one entry point for folding messages (fold and the runner)."""
 
     __slots__ = ("tenants",)
 
@@ -541,17 +726,21 @@ class Book:
             state = self.tenants[tenant_id] = Tenant(tenant_id)
         return state
 
-    def handle(self, message: wire.Message) -> list[out.LedgerEntry]:
-        """Decide and apply one message. Raises :class:`Rejected` and changes nothing if refused."""
-        state = self.tenant(message.tenant_id)
-        entries: list[out.LedgerEntry] = []
-        for event in decide(state, message):
-            entries.extend(apply(state, event))
-        return entries
+    def handle(self, message: wire.Message) -> tuple[list[Output], Rejected | None]:
+        """Advance the tenant's time to the message, then decide and apply it.
 
-    def balance(self, tenant_id: str, account_id: str) -> out.Balance:
-        state = self.tenants[tenant_id]
-        return balance_of(state, state.accounts[account_id])
+        Returns every output and, if the message was refused, why (its own events are
+        then not applied; what time caused is).
+        """
+        state = self.tenant(message.tenant_id)
+        outputs = advance(state, message.ts)
+        try:
+            events = decide(state, message)
+        except Rejected as refused:
+            return outputs, refused
+        for event in events:
+            outputs.extend(apply(state, event))
+        return outputs, None
 
 
 def balance_of(state: Tenant, acct: Account) -> out.Balance:

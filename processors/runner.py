@@ -31,11 +31,13 @@ from ..errors import FinopsError
 from .. import clients
 from ..schemas import outputs, topics, wire
 from ..settings import Settings
-from .ledger import Book, Rejected, Tenant, balance_of
+from .ledger import Book, Tenant, balance_of
 
 log = logging.getLogger("finops.ledger")
 
 _TOPIC_RANK = {topics.COMMANDS: 0, topics.USAGE: 1}
+_OUTPUT_TOPIC = {outputs.LedgerEntry: topics.LEDGER, outputs.Alert: topics.ALERTS,
+                 outputs.Enforcement: topics.ENFORCEMENT}
 _encoder = msgspec.json.Encoder(enc_hook=wire._enc_hook)
 _snapshot_decoder = msgspec.json.Decoder(Tenant)
 
@@ -186,22 +188,27 @@ class LedgerProcessor:
         decoded.sort(key=lambda item: item[:3])
 
         produce = self.producer.produce
-        book = self.book
+        handle = self.book.handle
         touched: set[str] = set()
         for _ts, _rank, _offset, m, message in decoded:
             partition = m.partition()
-            self.partition_of[message.tenant_id] = partition
-            try:
-                entries = book.handle(message)
-            except Rejected as exc:
-                rejections.append((m, wire.Rejection(id=message.id, tenant_id=message.tenant_id, reason=exc.reason,
-                                                     detail=exc.detail, input=wire.raw_text(m.value()))))
-                continue
-            touched.add(message.tenant_id)
-            self.stats.applied += 1
-            key = message.tenant_id.encode()
-            for e in entries:
-                produce(topics.LEDGER, _encoder.encode(e), key, partition=partition)
+            tenant_id = message.tenant_id
+            self.partition_of[tenant_id] = partition
+            touched.add(tenant_id)  # even a refused message may let time pass
+            produced, refused = handle(message)
+            if refused is None:
+                self.stats.applied += 1
+            else:
+                rejections.append((m, wire.Rejection(id=message.id, tenant_id=tenant_id, reason=refused.reason,
+                                                     detail=refused.detail, input=wire.raw_text(m.value()))))
+            key = tenant_id.encode()
+            for output in produced:
+                topic = _OUTPUT_TOPIC[type(output)]
+                if topic is topics.ENFORCEMENT:
+                    produce(topic, _encoder.encode(output),
+                            outputs.balance_key(tenant_id, output.account_id).encode(), partition=partition)
+                else:
+                    produce(topic, _encoder.encode(output), key, partition=partition)
 
         for m, rejection in rejections:
             key = rejection.tenant_id.encode() if rejection.tenant_id else None
@@ -209,7 +216,7 @@ class LedgerProcessor:
         self.stats.rejected += len(rejections)
 
         for tenant_id in touched:
-            state = book.tenants[tenant_id]
+            state = self.book.tenants[tenant_id]
             partition = self.partition_of[tenant_id]
             for account_id in state.drain_touched():
                 balance = balance_of(state, state.accounts[account_id])

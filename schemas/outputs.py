@@ -46,18 +46,19 @@ class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     balance: str
     charged_to: str | None = None
     grant_id: str | None = None
+    hold_id: str | None = None
     late: bool = False
 
 
 def entry(*, entry_id: str, kind: str, tenant_id: str, account_id: str, cause_id: str,
           cause_type: str, ts: datetime, amount: int, balance: int,
-          charged_to: str | None = None, grant_id: str | None = None,
+          charged_to: str | None = None, grant_id: str | None = None, hold_id: str | None = None,
           late: bool = False) -> LedgerEntry:
     return LedgerEntry(
         entry_id=entry_id, kind=kind, tenant_id=tenant_id, account_id=account_id,
         cause_id=cause_id, cause_type=cause_type, ts=ts, amount_micros=amount,
         balance_micros=balance, amount=credits_str(amount), balance=credits_str(balance),
-        charged_to=charged_to, grant_id=grant_id, late=late)
+        charged_to=charged_to, grant_id=grant_id, hold_id=hold_id, late=late)
 
 
 class Balance(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +77,39 @@ class Balance(msgspec.Struct, frozen=True, kw_only=True):
     reserved: str
     overage: str
     ts: datetime | None
+
+
+class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A ``spend.alert`` on ``finops.alerts.v1``; ``status`` is ``firing`` or ``resolved``.
+
+    ``id`` is stable across replays, so subscribers can drop repeats.
+    """
+
+    event: str = "spend.alert"
+    id: str
+    tenant_id: str
+    account_id: str
+    type: str
+    severity: str
+    threshold: int
+    current_usage: str
+    monthly_allocation: str
+    ts: datetime
+    status: str = "firing"
+    period: str = ""
+    action: dict | None = None
+    notify: list[str] | None = None
+
+
+class Enforcement(msgspec.Struct, frozen=True, kw_only=True):
+    """What a gateway must refuse now, on compacted ``finops.enforcement.v1`` (key ``tenant_id/account_id``)."""
+
+    tenant_id: str
+    account_id: str
+    state: str  # "blocked" | "open"
+    reason: str
+    api_key_ids: list[str]
+    ts: datetime
 
 
 def balance_key(tenant_id: str, account_id: str) -> str:

@@ -27,6 +27,9 @@ Ledger decisions (the message was read, but refused):
 ``not_parent``              allocate/reclaim between accounts that are not parent and child
 ``insufficient_funds``      more than the account can spend now
 ``invalid_window``          ``ends_at``/``expires_at`` not after ``starts_at`` / ``ts``
+``unknown_reservation``     ``settle`` of a reservation id that was never reserved
+``reservation_closed``      ``settle`` of a reservation already settled or released at expiry
+``approvals_required``      ``override_cap`` without two distinct approvers
 ``no_rate``                 usage without ``credits_consumed`` and no rate for its model/operation
 ``not_supported``           a v1 command this version of the ledger cannot apply yet
 ==========================  =====================================================
@@ -56,6 +59,9 @@ UNKNOWN_PARENT = "unknown_parent"
 NOT_PARENT = "not_parent"
 INSUFFICIENT_FUNDS = "insufficient_funds"
 INVALID_WINDOW = "invalid_window"
+UNKNOWN_RESERVATION = "unknown_reservation"
+RESERVATION_CLOSED = "reservation_closed"
+APPROVALS_REQUIRED = "approvals_required"
 NO_RATE = "no_rate"
 NOT_SUPPORTED = "not_supported"
 

@@ -8,6 +8,7 @@ Unknown extra fields are ignored here (raw history keeps them).
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Literal, Union
 
 import msgspec
@@ -104,6 +105,25 @@ class Tick(_Message, tag="tick", frozen=True, kw_only=True):
     pass
 
 
+class Rate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Credits per unit for one model and operation (up to 12 decimals: token prices are tiny)."""
+
+    model_name: NonEmpty
+    operation_type: NonEmpty
+    credits_per_unit: Decimal
+
+    def __post_init__(self) -> None:
+        rate = self.credits_per_unit
+        if not rate.is_finite() or rate < 0 or rate.as_tuple().exponent < -12:  # type: ignore[operator]
+            raise AmountError(f"rate amount {rate} must be finite, non-negative, at most 12 decimals")
+
+
+class SetRates(_Message, tag="set_rates", frozen=True, kw_only=True):
+    """Addition to wire v1: the tenant's rate card, used for usage without ``credits_consumed``."""
+
+    rates: tuple[Rate, ...]
+
+
 # ----------------------------------------------------------------------------- usage
 
 
@@ -121,7 +141,7 @@ class Usage(_Message, tag="usage", frozen=True, kw_only=True):
 
 Command = Union[
     Purchase, OpenAccount, Allocate, Reclaim, SetMembers, BindKey, Reserve, Settle,
-    OverrideCap, Tick,
+    OverrideCap, Tick, SetRates,
 ]
 Message = Union[Usage, Command]
 

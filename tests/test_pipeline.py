@@ -13,11 +13,11 @@ import pytest
 
 from finops.demo import input_ends, ledger_caught_up, same_as_fold
 from finops.pipeline import Pipeline
-from finops.processors.ledger import Book, Rejected
+from finops.processors.fold import fold_lines
+from finops.schemas.outputs import LedgerEntry
 from finops.producers.publish import publish_lines
 from finops.producers.workload import generate
 from finops.projections.balances import read_balances
-from finops.schemas import wire
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +33,7 @@ def wait_until(condition, timeout: float, what: str, pipeline: Pipeline | None =
 
 
 def ledger_entry_count(lines: list[bytes]) -> int:
-    book, n = Book(), 0
-    for line in lines:
-        message = wire.decode(line)
-        try:
-            n += len(book.handle(message))
-        except Rejected:
-            pass
-    return n
+    return sum(isinstance(o, LedgerEntry) for o in fold_lines(lines).outputs)
 
 
 def tenant_count(pipeline: Pipeline, table: str, tenants: list[str]) -> int:

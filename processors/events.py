@@ -1,0 +1,150 @@
+"""Ledger events: what happened, in the past tense. ``decide`` makes them, ``apply`` folds them.
+
+Every event carries its cause (the message id, or a stable id for what time caused:
+``expire:...``, ``renew:...``, ``release:...``) and its event time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import msgspec
+
+Timer = tuple[datetime, int, str, str, str]  # (when, seq, kind, ref, ref2)
+Draw = tuple[str, str, int]  # (funding account, grant id, micros)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    cause_id: str
+    cause_type: str
+    ts: datetime
+    late: bool = False
+
+
+class IdRecorded(Event, frozen=True, kw_only=True):
+    fingerprint: int
+
+
+class ClockAdvanced(Event, frozen=True, kw_only=True):
+    pass
+
+
+# ----------------------------------------------------------------------------- caused by time
+
+
+class TimerEvent(Event, frozen=True, kw_only=True):
+    timer: Timer
+
+
+class TimerDropped(TimerEvent, frozen=True, kw_only=True):
+    """A timer whose subject is gone (grant spent, hold settled, override replaced)."""
+
+
+class GrantEnded(TimerEvent, frozen=True, kw_only=True):
+    account_id: str
+    grant_id: str
+    amount: int
+    returned_to: str | None  # None: the credits leave as expired
+    recurrence: str | None = None  # a recurring allocation that ends with this grant
+
+
+class PeriodRenewed(TimerEvent, frozen=True, kw_only=True):
+    recurrence: str
+    period: str  # "YYYY-MM"
+    old_grant: str
+    old_remaining: int
+    carry: int
+    returned: int
+    draws: tuple[tuple[str, int], ...]  # parent grants paying the new period
+    new_grant: str
+    ends_at: datetime
+
+
+class HoldReleased(TimerEvent, frozen=True, kw_only=True):
+    hold_id: str
+
+
+class OverrideEnded(TimerEvent, frozen=True, kw_only=True):
+    account_id: str
+
+
+# ----------------------------------------------------------------------------- caused by messages
+
+
+class Purchased(Event, frozen=True, kw_only=True):
+    amount: int
+    expires_at: datetime | None
+
+
+class AccountOpened(Event, frozen=True, kw_only=True):
+    account_id: str
+    kind: str
+    parent_id: str
+    fallback: bool
+    name: str | None
+
+
+class Allocated(Event, frozen=True, kw_only=True):
+    from_account: str
+    to_account: str
+    amount: int
+    draws: tuple[tuple[str, int], ...]
+    starts_at: datetime | None
+    ends_at: datetime | None  # of this grant (for a recurrence: of its first period)
+    on_expiry: str
+    cap: str
+    thresholds: tuple[int, ...]
+    rollover_pct: int | None = None  # set: a monthly recurring allocation
+    recurrence_ends_at: datetime | None = None
+    period: str = ""
+
+
+class Reclaimed(Event, frozen=True, kw_only=True):
+    from_account: str
+    to_account: str
+    amount: int
+    draws: tuple[tuple[str, int], ...]
+
+
+class UsageCharged(Event, frozen=True, kw_only=True):
+    account_id: str
+    amount: int
+    draws: tuple[Draw, ...]
+    overage: int
+
+
+class Reserved(Event, frozen=True, kw_only=True):
+    account_id: str
+    amount: int
+    draws: tuple[Draw, ...]
+    expires_at: datetime
+
+
+class Settled(Event, frozen=True, kw_only=True):
+    hold_id: str
+    account_id: str
+    amount: int  # consumed in all
+    from_hold: tuple[Draw, ...]
+    released: tuple[Draw, ...]
+    extra: tuple[Draw, ...]  # drawn beyond the hold
+    overage: int
+
+
+class MembersSet(Event, frozen=True, kw_only=True):
+    account_id: str
+    members: tuple[str, ...]
+
+
+class KeyBound(Event, frozen=True, kw_only=True):
+    api_key_id: str
+    account_id: str
+
+
+class RatesSet(Event, frozen=True, kw_only=True):
+    rates: tuple[tuple[str, Decimal], ...]
+
+
+class CapOverridden(Event, frozen=True, kw_only=True):
+    account_id: str
+    until: datetime

@@ -1,0 +1,197 @@
+"""The ledger's state: plain dataclasses, serialisable with msgspec (snapshots).
+
+Only :mod:`.ledger` changes them, through ``apply``. Money is integer micro-credits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from ..schemas import reasons
+
+# Timer kinds (``Tenant.timers`` entries are (when, seq, kind, ref, ref2)).
+GRANT_END = "grant"  # a one-time grant's window or expiry ends: (account, grant)
+RENEW = "renew"  # a recurring allocation's period ends: (recurrence id, "")
+HOLD_END = "hold"  # an unsettled reservation is released: (reservation id, "")
+OVERRIDE_END = "override"  # a cap override ends: (account, "")
+
+
+class Rejected(Exception):
+    """``decide`` refuses a message; nothing changes."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Grant:
+    """Credits an account may spend, within an optional window."""
+
+    id: str
+    remaining: int
+    seq: int
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None  # end of spending: min(ends_at, expires_at, period end)
+    on_expiry: str = "expire"  # or "return" (to source)
+    source: str | None = None  # the account it came from
+    recurrence: str | None = None  # the recurring allocation this period grant belongs to
+    order_key: float = float("inf")  # ends_at as a timestamp: draw order is (order_key, seq)
+
+    def spendable_at(self, t: datetime) -> bool:
+        if self.starts_at is not None and t < self.starts_at:
+            return False
+        return self.ends_at is None or t < self.ends_at
+
+
+@dataclass(slots=True)
+class Account:
+    id: str
+    kind: str
+    parent_id: str | None
+    fallback: bool = True
+    name: str | None = None
+    members: frozenset[str] | None = None  # a pool: only these (and their descendants) draw
+    grants: list[Grant] = field(default_factory=list)  # kept in draw order
+    available: int = 0
+    consumed: int = 0
+    reserved: int = 0
+    overage: int = 0
+    updated: datetime | None = None
+    # budget period, for threshold alerts and hard caps: usage of this account's subtree
+    # in the period against what was granted to it for the period
+    cap: str = "soft"
+    thresholds: tuple[int, ...] = (50, 70, 90, 100)
+    period: str = ""
+    period_granted: int = 0
+    period_used: int = 0
+    alerted: list[int] = field(default_factory=list)  # thresholds fired in this period
+    override_until: datetime | None = None
+    blocked: bool = False
+
+    def add_grant(self, grant: Grant) -> None:
+        self.grants.append(grant)
+        self.grants.sort(key=_draw_order)
+        self.available += grant.remaining
+
+    def grant(self, grant_id: str) -> Grant | None:
+        for g in self.grants:
+            if g.id == grant_id:
+                return g
+        return None
+
+    def spendable(self, t: datetime) -> int:
+        return sum(g.remaining for g in self.grants if g.spendable_at(t))
+
+    def plan_draw(self, amount: int, t: datetime) -> tuple[list[tuple[str, int]], int]:
+        """Which grants pay ``amount`` at ``t``: ([(grant_id, micros)], still unpaid)."""
+        draws: list[tuple[str, int]] = []
+        for g in self.grants:
+            if amount == 0:
+                break
+            if g.spendable_at(t):
+                take = g.remaining if g.remaining < amount else amount
+                draws.append((g.id, take))
+                amount -= take
+        return draws, amount
+
+    def take(self, grant_id: str, amount: int) -> None:
+        for i, g in enumerate(self.grants):
+            if g.id == grant_id:
+                g.remaining -= amount
+                self.available -= amount
+                if g.remaining == 0:
+                    del self.grants[i]
+                return
+        raise KeyError(grant_id)
+
+    def hard_capped(self, t: datetime) -> bool:
+        return self.cap == "hard" and not (self.override_until is not None and t < self.override_until)
+
+
+def _draw_order(g: Grant) -> tuple[float, int]:
+    return (g.order_key, g.seq)
+
+
+@dataclass(slots=True)
+class Recurring:
+    """A monthly allocation: re-granted from the parent at each calendar month (UTC)."""
+
+    id: str
+    parent: str
+    child: str
+    amount: int
+    rollover_pct: int
+    grant_id: str  # the current period's grant
+    ends_at: datetime | None = None  # the whole recurrence stops here
+    on_expiry: str = "expire"
+
+
+@dataclass(slots=True)
+class Hold:
+    """Credits reserved for an in-flight request."""
+
+    id: str
+    account: str  # charged account
+    amount: int
+    draws: list[tuple[str, str, int]]  # (funding account, grant id, micros)
+    expires_at: datetime
+
+
+@dataclass(slots=True)
+class Totals:
+    purchased: int = 0
+    consumed: int = 0
+    expired: int = 0
+    overage: int = 0
+
+
+@dataclass(slots=True)
+class Tenant:
+    """One tenant's ledger state. The root account's id is the tenant id."""
+
+    tenant_id: str
+    accounts: dict[str, Account] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)  # id -> content fingerprint
+    keys: dict[str, str] = field(default_factory=dict)  # api_key_id -> account_id
+    rates: dict[str, Decimal] = field(default_factory=dict)  # "model\x1foperation" -> credits/unit
+    recurring: dict[str, Recurring] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)
+    closed_holds: dict[str, str] = field(default_factory=dict)  # reservation id -> "settled"/"released"
+    totals: Totals = field(default_factory=Totals)
+    clock: datetime | None = None
+    seq: int = 0
+    timers: list[tuple[datetime, int, str, str, str]] = field(default_factory=list)  # a heap
+    touched: set[str] = field(default_factory=set)  # accounts changed since the last drain
+
+    def __post_init__(self) -> None:
+        if self.tenant_id not in self.accounts:
+            self.accounts[self.tenant_id] = Account(self.tenant_id, "tenant", None, fallback=False)
+
+    def account(self, account_id: str) -> Account:
+        acct = self.accounts.get(account_id)
+        if acct is None:
+            raise Rejected(reasons.UNKNOWN_ACCOUNT, f"no account {account_id!r} in tenant {self.tenant_id!r}")
+        return acct
+
+    def ancestors(self, acct: Account):
+        """The account itself, then its parent, up to the root."""
+        accounts = self.accounts
+        while acct is not None:
+            yield acct
+            acct = accounts[acct.parent_id] if acct.parent_id is not None else None
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def drain_touched(self) -> set[str]:
+        touched, self.touched = self.touched, set()
+        return touched
+
+
+def rate_key(model_name: str, operation_type: str) -> str:
+    return f"{model_name}\x1f{operation_type}"
