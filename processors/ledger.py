@@ -47,7 +47,7 @@ from .events import (
     TimerDropped, TimerEvent, UsageCharged,
 )
 from .state import (
-    GRANT_END, HOLD_END, OVERRIDE_END, RENEW, Account, Grant, Hold, Recurring, Rejected, Tenant, rate_key,
+    GRANT_END, HOLD_END, NO_END, OVERRIDE_END, RENEW, Account, Grant, Hold, Recurring, Rejected, Tenant, rate_key,
 )
 
 Output = out.LedgerEntry | out.Alert | out.Enforcement
@@ -396,7 +396,7 @@ def _new_grant(state: Tenant, acct: Account, grant_id: str, amount: int, *, star
         return  # an empty grant could never be drawn from; the ledger entry still records the cause
     grant = Grant(id=grant_id, remaining=amount, seq=state.next_seq(), starts_at=starts_at, ends_at=ends_at,
                   on_expiry=on_expiry, source=source, recurrence=recurrence,
-                  order_key=ends_at.timestamp() if ends_at is not None else float("inf"))
+                  order_key=ends_at.timestamp() if ends_at is not None else NO_END)
     acct.add_grant(grant)
     if ends_at is not None and recurrence is None:
         _push_timer(state, ends_at, GRANT_END, acct.id, grant_id)
@@ -503,14 +503,15 @@ def _(event: PeriodRenewed, state: Tenant) -> list[Output]:
     child, parent = state.accounts[rec.child], state.accounts[rec.parent]
     outputs: list[Output] = []
     n = 0
-    if event.old_remaining:
-        child.take(event.old_grant, event.old_remaining)
     if event.returned:
+        child.take(event.old_grant, event.returned)
         return_id = f"{event.cause_id}:return"
         outputs.append(_entry(state, event, n, out.RECLAIM, child, event.returned, grant_id=event.old_grant))
         _new_grant(state, parent, return_id, event.returned, source=child.id)
         outputs.append(_entry(state, event, n + 1, out.CREDIT, parent, event.returned, grant_id=return_id))
         n += 2
+    if event.carry:  # moves from the old period's grant into the new one: no balance movement
+        child.take(event.old_grant, event.carry)
     drawn = 0
     for grant_id, amount in event.draws:
         parent.take(grant_id, amount)

@@ -31,7 +31,8 @@ from ..errors import FinopsError
 from .. import clients
 from ..schemas import outputs, topics, wire
 from ..settings import Settings
-from .ledger import Book, Tenant, balance_of
+from .ledger import Book, balance_of
+from .state import restore, snapshot
 
 log = logging.getLogger("finops.ledger")
 
@@ -39,7 +40,6 @@ _TOPIC_RANK = {topics.COMMANDS: 0, topics.USAGE: 1}
 _OUTPUT_TOPIC = {outputs.LedgerEntry: topics.LEDGER, outputs.Alert: topics.ALERTS,
                  outputs.Enforcement: topics.ENFORCEMENT}
 _encoder = msgspec.json.Encoder(enc_hook=wire._enc_hook)
-_snapshot_decoder = msgspec.json.Decoder(Tenant)
 
 
 class Fenced(FinopsError):
@@ -67,8 +67,8 @@ class LedgerProcessor:
         self.book = Book()
         self.stats = LedgerStats()
         self.partition_of: dict[str, int] = {}  # tenant -> input partition number
-        self._assigned: set[int] = set()
         self._stop = threading.Event()
+        self._callback_error: Exception | None = None
         group = group_id or f"{settings.group_prefix}-ledger"
         self.producer = clients.transactional_producer(
             settings, f"{group}-{instance}", **{"queue.buffering.max.messages": 1_000_000})
@@ -98,17 +98,22 @@ class LedgerProcessor:
     # ------------------------------------------------------------------ assignment and restore
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # librdkafka cannot carry an exception out of a callback: keep it, raise it after consume().
+        try:
+            self._assign(consumer, partitions)
+        except Exception as exc:  # noqa: BLE001 - re-raised by step()
+            self._callback_error = exc
+
+    def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = {tp.partition for tp in partitions}
         # Waits for transactional offsets still pending, so the snapshots read next are theirs.
         for tp in consumer.committed(partitions, timeout=60):
             self.stats.committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
         self._restore(numbers)
-        self._assigned |= numbers
         log.info("assigned partitions %s", sorted(numbers))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = {tp.partition for tp in partitions}
-        self._assigned -= numbers
         for tenant, partition in list(self.partition_of.items()):
             if partition in numbers:
                 del self.partition_of[tenant]
@@ -117,10 +122,8 @@ class LedgerProcessor:
 
     def _restore(self, numbers: set[int]) -> None:
         """Load the latest committed snapshot of every tenant on these partitions."""
-        if not numbers:
-            return
         for m in clients.read_to_end(self.settings, topics.SNAPSHOTS, numbers):
-            state = _snapshot_decoder.decode(m.value())
+            state = restore(m.value())
             self.book.tenants[state.tenant_id] = state
             self.partition_of[state.tenant_id] = m.partition()
 
@@ -140,6 +143,8 @@ class LedgerProcessor:
     def step(self) -> int:
         """Consume one batch and commit it with its outputs in one transaction."""
         messages = self.consumer.consume(self.batch_max, self.batch_s)
+        if self._callback_error is not None:
+            raise self._callback_error
         batch = []
         for m in messages:
             err = m.error()
@@ -222,7 +227,7 @@ class LedgerProcessor:
                 balance = balance_of(state, state.accounts[account_id])
                 produce(topics.BALANCES, _encoder.encode(balance),
                         outputs.balance_key(tenant_id, account_id).encode(), partition=partition)
-            produce(topics.SNAPSHOTS, _encoder.encode(state), tenant_id.encode(), partition=partition)
+            produce(topics.SNAPSHOTS, snapshot(state), tenant_id.encode(), partition=partition)
 
         positions: dict[tuple[str, int], int] = {}
         for m in batch:

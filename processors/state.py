@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+import msgspec
+
 from ..schemas import reasons
 
 # Timer kinds (``Tenant.timers`` entries are (when, seq, kind, ref, ref2)).
@@ -16,6 +18,9 @@ GRANT_END = "grant"  # a one-time grant's window or expiry ends: (account, grant
 RENEW = "renew"  # a recurring allocation's period ends: (recurrence id, "")
 HOLD_END = "hold"  # an unsettled reservation is released: (reservation id, "")
 OVERRIDE_END = "override"  # a cap override ends: (account, "")
+
+# Draw-order key of a grant with no end: after every real end, and finite so it survives JSON.
+NO_END = 1e18
 
 
 class Rejected(Exception):
@@ -39,7 +44,7 @@ class Grant:
     on_expiry: str = "expire"  # or "return" (to source)
     source: str | None = None  # the account it came from
     recurrence: str | None = None  # the recurring allocation this period grant belongs to
-    order_key: float = float("inf")  # ends_at as a timestamp: draw order is (order_key, seq)
+    order_key: float = NO_END  # ends_at as a timestamp: draw order is (order_key, seq)
 
     def spendable_at(self, t: datetime) -> bool:
         if self.starts_at is not None and t < self.starts_at:
@@ -195,3 +200,16 @@ class Tenant:
 
 def rate_key(model_name: str, operation_type: str) -> str:
     return f"{model_name}\x1f{operation_type}"
+
+
+_snapshot_encoder = msgspec.json.Encoder()
+_snapshot_decoder = msgspec.json.Decoder(Tenant)
+
+
+def snapshot(state: Tenant) -> bytes:
+    """The whole tenant state as JSON (``finops.snapshots.v1``); ``restore`` reads it back equal."""
+    return _snapshot_encoder.encode(state)
+
+
+def restore(raw: bytes) -> Tenant:
+    return _snapshot_decoder.decode(raw)
