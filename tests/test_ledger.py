@@ -227,3 +227,58 @@ class TestUsage:
         assert reasons(r) == ["unknown_account", "unknown_account"]
         assert balances(r, "acme")["acme"][0] == c(10)
         assert balances(r, "globex")["globex"][0] == c(10)
+
+
+class TestRateCard:
+    def test_usage_without_credits_is_priced_by_the_tenant_rate(self):
+        s = Script()
+        s.purchase(10)
+        s.msg("set_rates", rates=[{"model_name": "gpt-4o", "operation_type": "chat",
+                                   "credits_per_unit": "0.00001"}])
+        s.use("acme", None, units_consumed=1234)
+        s.use("acme", None, units_consumed=1, model_name="other")
+        r = s.fold()
+        assert balances(r)["acme"] == (c(10) - c("0.01234"), c("0.01234"), 0)
+        assert reasons(r) == ["no_rate"]
+
+    def test_rounds_half_even_to_micro_credits(self):
+        s = Script()
+        s.msg("set_rates", rates=[{"model_name": "gpt-4o", "operation_type": "chat",
+                                   "credits_per_unit": "0.0000005"}])
+        s.use("acme", None, units_consumed=1)  # 0.5 micro -> 0
+        s.use("acme", None, units_consumed=3)  # 1.5 micro -> 2
+        assert balances(s.fold())["acme"][1] == 2
+
+
+class TestThresholdAlerts:
+    def test_fire_once_per_threshold_and_resolve_on_top_up(self):
+        s = Script()
+        s.purchase(1000)
+        s.open("team", "acme")
+        s.open("alice", "team", kind="user")
+        s.allocate("acme", "team", 100, thresholds=[50, 90])
+        s.use("alice", 55)  # the subtree's usage counts for the team
+        s.use("alice", 1)
+        s.use("team", 40)  # 96 %
+        s.allocate("acme", "team", 60)  # top-up: 96 of 160 = 60 % -> 90 % clears, 50 % holds
+        r = s.fold()
+        from finops.schemas.outputs import Alert
+
+        alerts = [(a.account_id, a.threshold, a.severity, a.status) for a in r.outputs if isinstance(a, Alert)]
+        assert alerts == [("team", 50, "info", "firing"), ("team", 90, "critical", "firing"),
+                          ("team", 90, "info", "resolved")]
+
+    def test_a_new_month_resolves_the_last_months_alerts(self):
+        s = Script()
+        s.purchase(1000, ts="2026-11-01T00:00:00Z")
+        s.open("team", "acme", ts="2026-11-01T00:00:01Z")
+        s.allocate("acme", "team", 10, recurrence={"every": "month"}, ts="2026-11-01T00:00:02Z")
+        s.use("team", 8, ts="2026-11-20T00:00:00Z")
+        s.tick(ts="2026-12-01T00:00:00Z")
+        r = s.fold()
+        from finops.schemas.outputs import Alert
+
+        alerts = [(a.threshold, a.status, a.period) for a in r.outputs if isinstance(a, Alert)]
+        assert alerts == [(50, "firing", "2026-11"), (70, "firing", "2026-11"), (50, "resolved", "2026-12"),
+                          (70, "resolved", "2026-12")]
+        assert balances(r)["team"][0] == c(10)  # no rollover: 2 returned, 10 granted again
