@@ -15,7 +15,7 @@ Timer = tuple[datetime, int, str, str, str]  # (when, seq, kind, ref, ref2)
 Draw = tuple[str, str, int]  # (funding account, grant id, micros)
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     cause_id: str
     cause_type: str
     ts: datetime
@@ -24,10 +24,6 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
 class IdRecorded(Event, frozen=True, kw_only=True):
     fingerprint: int
-
-
-class ClockAdvanced(Event, frozen=True, kw_only=True):
-    pass
 
 
 # ----------------------------------------------------------------------------- caused by time

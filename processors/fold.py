@@ -12,10 +12,11 @@ from .ledger import Book, Output
 class FoldResult:
     """A folded book plus what was refused, in input order."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_outputs: bool = False) -> None:
         self.book = Book()
         self.rejected: list[wire.Rejection] = []
-        self.outputs: list[Output] = []
+        self.keep_outputs = keep_outputs
+        self.outputs: list[Output] = []  # alerts; every output (entries too) with keep_outputs
         self.lines = 0
 
     def feed(self, raw: bytes | str) -> None:
@@ -24,8 +25,11 @@ class FoldResult:
         if isinstance(message, wire.Rejection):
             self.rejected.append(message)
             return
-        produced, refused = self.book.handle(message)
-        self.outputs.extend(produced)
+        produced, refused = self.book.handle(message, raw if isinstance(raw, bytes) else raw.encode())
+        if self.keep_outputs:
+            self.outputs.extend(produced)
+        else:
+            self.outputs.extend(o for o in produced if type(o) is outputs.Alert)
         if refused is not None:
             self.rejected.append(wire.Rejection(id=message.id, tenant_id=message.tenant_id, reason=refused.reason,
                                                 detail=refused.detail, input=wire.raw_text(raw)))
@@ -53,13 +57,10 @@ class FoldResult:
         }
 
 
-def fold_lines(lines: Iterable[bytes | str]) -> FoldResult:
-    result = FoldResult()
+def fold_lines(lines: Iterable[bytes | str], keep_outputs: bool = False) -> FoldResult:
+    result = FoldResult(keep_outputs)
     for line in lines:
-        if isinstance(line, bytes):
-            line = line.rstrip(b"\r\n")
-        else:
-            line = line.rstrip("\r\n")
-        if line.strip():
+        line = line.strip()  # as `finops publish` sends it, so ids fingerprint alike
+        if line:
             result.feed(line)
     return result

@@ -34,15 +34,15 @@ import heapq
 import zlib
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
-from functools import singledispatch
+from typing import Callable
 
 import msgspec
 
 from ..schemas import outputs as out
 from ..schemas import reasons, wire
-from ..schemas.money import MICROS_PER_CREDIT, credits_str
+from ..schemas.money import MICROS_PER_CREDIT, Micros, credits_str
 from .events import (
-    AccountOpened, Allocated, CapOverridden, ClockAdvanced, Draw, Event, GrantEnded, HoldReleased, IdRecorded,
+    AccountOpened, Allocated, CapOverridden, Draw, Event, GrantEnded, HoldReleased, IdRecorded,
     KeyBound, MembersSet, OverrideEnded, PeriodRenewed, Purchased, RatesSet, Reclaimed, Reserved, Settled,
     TimerDropped, TimerEvent, UsageCharged,
 )
@@ -76,7 +76,7 @@ def advance(state: Tenant, t: datetime) -> list[Output]:
     timers = state.timers
     while timers and timers[0][0] <= t:
         outputs.extend(apply(state, _decide_timer(state, timers[0])))
-    outputs.extend(apply(state, ClockAdvanced(cause_id="", cause_type="clock", ts=t)))
+    state.clock = t
     return outputs
 
 
@@ -142,14 +142,18 @@ def _renewal(state: Tenant, rec: Recurring, when: datetime, timer) -> TimerEvent
 _fingerprint_encoder = msgspec.json.Encoder(enc_hook=wire._enc_hook)
 
 
-def fingerprint(message: wire.Message) -> int:
-    """A stable digest of a message's content (not Python's per-process ``hash``)."""
-    return zlib.crc32(_fingerprint_encoder.encode(message))
+def fingerprint(message: wire.Message, raw: bytes | None = None) -> int:
+    """A stable digest of a message's content (not Python's per-process ``hash``).
+
+    The content is the message as sent (``raw``), so a retry of the same bytes is a
+    no-op; without raw bytes, the message's canonical encoding.
+    """
+    return zlib.crc32(raw if raw is not None else _fingerprint_encoder.encode(message))
 
 
-def decide(state: Tenant, message: wire.Message) -> list[Event]:
+def decide(state: Tenant, message: wire.Message, raw: bytes | None = None) -> list[Event]:
     """The events ``message`` causes (time already advanced to it), or :class:`Rejected`."""
-    print_ = fingerprint(message)
+    print_ = fingerprint(message, raw)
     previous = state.seen.get(message.id)
     if previous is not None:
         if previous == print_:
@@ -162,9 +166,31 @@ def decide(state: Tenant, message: wire.Message) -> list[Event]:
     return events
 
 
-@singledispatch
+# One small function per message type (and per event type below), found by exact type:
+# a dict lookup, cheaper than functools.singledispatch on the hot path.
+_DECIDERS: dict[type, Callable[..., list[Event]]] = {}
+_APPLIERS: dict[type, Callable[..., list[Output]]] = {}
+
+
+def _decides(kind: type) -> Callable:
+    def register(fn: Callable) -> Callable:
+        _DECIDERS[kind] = fn
+        return fn
+    return register
+
+
+def _applies(kind: type) -> Callable:
+    def register(fn: Callable) -> Callable:
+        _APPLIERS[kind] = fn
+        return fn
+    return register
+
+
 def _decide(message: wire.Message, state: Tenant, now: datetime, late: bool) -> list[Event]:
-    raise Rejected(reasons.NOT_SUPPORTED, f"{message.__struct_config__.tag!r} is not supported")
+    decider = _DECIDERS.get(type(message))
+    if decider is None:
+        raise Rejected(reasons.NOT_SUPPORTED, f"{message.__struct_config__.tag!r} is not supported")
+    return decider(message, state, now, late)
 
 
 def _common(message: wire.Message, late: bool) -> dict:
@@ -176,19 +202,19 @@ def _insufficient(acct: Account, amount: int, unpaid: int, verb: str = "spend") 
                     f"{acct.id!r} can {verb} {credits_str(amount - unpaid)} of {credits_str(amount)} now")
 
 
-@_decide.register
+@_decides(wire.Tick)
 def _(message: wire.Tick, state: Tenant, now: datetime, late: bool) -> list[Event]:
     return []
 
 
-@_decide.register
+@_decides(wire.Purchase)
 def _(message: wire.Purchase, state: Tenant, now: datetime, late: bool) -> list[Event]:
     if message.expires_at is not None and message.expires_at <= now:
         raise Rejected(reasons.INVALID_WINDOW, "expires_at is not after the purchase time")
     return [Purchased(amount=int(message.credits), expires_at=message.expires_at, **_common(message, late))]
 
 
-@_decide.register
+@_decides(wire.OpenAccount)
 def _(message: wire.OpenAccount, state: Tenant, now: datetime, late: bool) -> list[Event]:
     if message.account_id in state.accounts:
         raise Rejected(reasons.ACCOUNT_EXISTS, f"account {message.account_id!r} is already open")
@@ -205,7 +231,7 @@ def _parent_and_child(state: Tenant, parent_id: str, child_id: str) -> tuple[Acc
     return parent, child
 
 
-@_decide.register
+@_decides(wire.Allocate)
 def _(message: wire.Allocate, state: Tenant, now: datetime, late: bool) -> list[Event]:
     parent, _child = _parent_and_child(state, message.from_account, message.to_account)
     ends = [t for t in (message.ends_at, message.expires_at) if t is not None]
@@ -231,7 +257,7 @@ def _(message: wire.Allocate, state: Tenant, now: datetime, late: bool) -> list[
         **_common(message, late))]
 
 
-@_decide.register
+@_decides(wire.Reclaim)
 def _(message: wire.Reclaim, state: Tenant, now: datetime, late: bool) -> list[Event]:
     parent, child = _parent_and_child(state, message.to_account, message.from_account)
     if message.all:
@@ -247,7 +273,7 @@ def _(message: wire.Reclaim, state: Tenant, now: datetime, late: bool) -> list[E
                       **_common(message, late))]
 
 
-@_decide.register
+@_decides(wire.SetMembers)
 def _(message: wire.SetMembers, state: Tenant, now: datetime, late: bool) -> list[Event]:
     state.account(message.account_id)
     for member in message.members:
@@ -255,19 +281,19 @@ def _(message: wire.SetMembers, state: Tenant, now: datetime, late: bool) -> lis
     return [MembersSet(account_id=message.account_id, members=tuple(message.members), **_common(message, late))]
 
 
-@_decide.register
+@_decides(wire.BindKey)
 def _(message: wire.BindKey, state: Tenant, now: datetime, late: bool) -> list[Event]:
     state.account(message.account_id)
     return [KeyBound(api_key_id=message.api_key_id, account_id=message.account_id, **_common(message, late))]
 
 
-@_decide.register
+@_decides(wire.SetRates)
 def _(message: wire.SetRates, state: Tenant, now: datetime, late: bool) -> list[Event]:
     rates = tuple((rate_key(r.model_name, r.operation_type), r.credits_per_unit) for r in message.rates)
     return [RatesSet(rates=rates, **_common(message, late))]
 
 
-@_decide.register
+@_decides(wire.OverrideCap)
 def _(message: wire.OverrideCap, state: Tenant, now: datetime, late: bool) -> list[Event]:
     state.account(message.account_id)
     if len(set(message.approvals)) < 2:
@@ -283,18 +309,20 @@ def _cascade(state: Tenant, charged: Account, amount: int, now: datetime) -> tup
     draws: list[Draw] = []
     unpaid = amount
     acct = charged
-    chain = {acct.id}
+    chain = [acct.id]
+    accounts = state.accounts
     while True:
-        grant_draws, unpaid = acct.plan_draw(unpaid, now)
-        for grant_id, take in grant_draws:
-            draws.append((acct.id, grant_id, take))
+        if acct.grants:
+            grant_draws, unpaid = acct.plan_draw(unpaid, now)
+            for grant_id, take in grant_draws:
+                draws.append((acct.id, grant_id, take))
         if not unpaid or not acct.fallback or acct.parent_id is None or acct.hard_capped(now):
             return draws, unpaid
-        parent = state.accounts[acct.parent_id]
+        parent = accounts[acct.parent_id]
         if parent.members is not None and parent.members.isdisjoint(chain):
             return draws, unpaid
         acct = parent
-        chain.add(acct.id)
+        chain.append(acct.id)
 
 
 def usage_credits(state: Tenant, message: wire.Usage) -> int:
@@ -309,7 +337,7 @@ def usage_credits(state: Tenant, message: wire.Usage) -> int:
     return int(credits * MICROS_PER_CREDIT)
 
 
-@_decide.register
+@_decides(wire.Usage)
 def _(message: wire.Usage, state: Tenant, now: datetime, late: bool) -> list[Event]:
     account_id = message.account_id or state.keys.get(message.api_key_id)
     if account_id is None:
@@ -317,11 +345,11 @@ def _(message: wire.Usage, state: Tenant, now: datetime, late: bool) -> list[Eve
     charged = state.account(account_id)
     amount = usage_credits(state, message)
     draws, unpaid = _cascade(state, charged, amount, now)
-    return [UsageCharged(account_id=charged.id, amount=amount, draws=tuple(draws), overage=unpaid,
-                         **_common(message, late))]
+    return [UsageCharged(cause_id=message.id, cause_type="usage", ts=message.ts, late=late, account_id=charged.id,
+                         amount=amount, draws=tuple(draws), overage=unpaid)]
 
 
-@_decide.register
+@_decides(wire.Reserve)
 def _(message: wire.Reserve, state: Tenant, now: datetime, late: bool) -> list[Event]:
     charged = state.account(message.account_id)
     if message.expires_at <= now:
@@ -334,7 +362,7 @@ def _(message: wire.Reserve, state: Tenant, now: datetime, late: bool) -> list[E
                      **_common(message, late))]
 
 
-@_decide.register
+@_decides(wire.Settle)
 def _(message: wire.Settle, state: Tenant, now: datetime, late: bool) -> list[Event]:
     hold = state.holds.get(message.reservation_id)
     if hold is None:
@@ -363,20 +391,16 @@ def _(message: wire.Settle, state: Tenant, now: datetime, late: bool) -> list[Ev
 
 def apply(state: Tenant, event: Event) -> list[Output]:
     """Fold one event into the state; returns the outputs it makes (entries, alerts, blocks)."""
-    return _apply(event, state)
-
-
-@singledispatch
-def _apply(event: Event, state: Tenant) -> list[Output]:
-    raise TypeError(f"no apply for {type(event).__name__}")
+    return _APPLIERS[type(event)](event, state)
 
 
 def _entry(state: Tenant, event: Event, n: int, kind: str, acct: Account, amount: int, **extra) -> out.LedgerEntry:
     acct.updated = event.ts
     state.touched.add(acct.id)
-    return out.entry(entry_id=f"{event.cause_id}#{n}", kind=kind, tenant_id=state.tenant_id, account_id=acct.id,
-                     cause_id=event.cause_id, cause_type=event.cause_type, ts=event.ts, amount=amount,
-                     balance=acct.available, late=event.late, **extra)
+    return out.LedgerEntry(entry_id=f"{event.cause_id}#{n}", kind=kind, tenant_id=state.tenant_id,
+                           account_id=acct.id, cause_id=event.cause_id, cause_type=event.cause_type, ts=event.ts,
+                           amount_micros=amount, balance_micros=acct.available, amount=Micros(amount),
+                           balance=Micros(acct.available), late=event.late, **extra)
 
 
 def _push_timer(state: Tenant, when: datetime, kind: str, ref: str, ref2: str = "") -> None:
@@ -443,10 +467,13 @@ def _check_budget(state: Tenant, acct: Account, event: Event) -> list[Output]:
 
 def _record_usage(state: Tenant, charged: Account, amount: int, event: Event) -> list[Output]:
     outputs: list[Output] = []
-    for acct in state.ancestors(charged):
+    accounts = state.accounts
+    acct: Account | None = charged
+    while acct is not None:
         acct.period_used += amount
         if acct.period_granted or acct.alerted:
             outputs.extend(_check_budget(state, acct, event))
+        acct = accounts[acct.parent_id] if acct.parent_id is not None else None
     return outputs
 
 
@@ -459,25 +486,19 @@ def _start_period(acct: Account, period: str, granted: int) -> None:
 # --- time
 
 
-@_apply.register
+@_applies(IdRecorded)
 def _(event: IdRecorded, state: Tenant) -> list[Output]:
     state.seen[event.cause_id] = event.fingerprint
     return []
 
 
-@_apply.register
-def _(event: ClockAdvanced, state: Tenant) -> list[Output]:
-    state.clock = event.ts
-    return []
-
-
-@_apply.register
+@_applies(TimerDropped)
 def _(event: TimerDropped, state: Tenant) -> list[Output]:
     _pop_timer(state, event)
     return []
 
 
-@_apply.register
+@_applies(GrantEnded)
 def _(event: GrantEnded, state: Tenant) -> list[Output]:
     _pop_timer(state, event)
     acct = state.accounts[event.account_id]
@@ -496,7 +517,7 @@ def _(event: GrantEnded, state: Tenant) -> list[Output]:
     return outputs
 
 
-@_apply.register
+@_applies(PeriodRenewed)
 def _(event: PeriodRenewed, state: Tenant) -> list[Output]:
     _pop_timer(state, event)
     rec = state.recurring[event.recurrence]
@@ -531,7 +552,7 @@ def _(event: PeriodRenewed, state: Tenant) -> list[Output]:
     return outputs
 
 
-@_apply.register
+@_applies(HoldReleased)
 def _(event: HoldReleased, state: Tenant) -> list[Output]:
     _pop_timer(state, event)
     hold = state.holds.pop(event.hold_id)
@@ -554,7 +575,7 @@ def _release(state: Tenant, event: Event, draws, charged: str, hold_id: str, fir
     return outputs
 
 
-@_apply.register
+@_applies(OverrideEnded)
 def _(event: OverrideEnded, state: Tenant) -> list[Output]:
     _pop_timer(state, event)
     acct = state.accounts[event.account_id]
@@ -566,7 +587,7 @@ def _(event: OverrideEnded, state: Tenant) -> list[Output]:
 # --- messages
 
 
-@_apply.register
+@_applies(Purchased)
 def _(event: Purchased, state: Tenant) -> list[Output]:
     root = state.accounts[state.tenant_id]
     _new_grant(state, root, event.cause_id, event.amount, ends_at=event.expires_at)
@@ -574,7 +595,7 @@ def _(event: Purchased, state: Tenant) -> list[Output]:
     return [_entry(state, event, 0, out.CREDIT, root, event.amount, grant_id=event.cause_id)]
 
 
-@_apply.register
+@_applies(AccountOpened)
 def _(event: AccountOpened, state: Tenant) -> list[Output]:
     state.accounts[event.account_id] = Account(event.account_id, event.kind, event.parent_id,
                                                fallback=event.fallback, name=event.name, updated=event.ts)
@@ -582,7 +603,7 @@ def _(event: AccountOpened, state: Tenant) -> list[Output]:
     return []
 
 
-@_apply.register
+@_applies(Allocated)
 def _(event: Allocated, state: Tenant) -> list[Output]:
     parent, child = state.accounts[event.from_account], state.accounts[event.to_account]
     for grant_id, amount in event.draws:
@@ -608,7 +629,7 @@ def _(event: Allocated, state: Tenant) -> list[Output]:
     return outputs
 
 
-@_apply.register
+@_applies(Reclaimed)
 def _(event: Reclaimed, state: Tenant) -> list[Output]:
     child, parent = state.accounts[event.from_account], state.accounts[event.to_account]
     for grant_id, amount in event.draws:
@@ -646,7 +667,7 @@ def _charge(state: Tenant, event: Event, charged: Account, amount: int, overage:
     return outputs
 
 
-@_apply.register
+@_applies(UsageCharged)
 def _(event: UsageCharged, state: Tenant) -> list[Output]:
     charged = state.accounts[event.account_id]
     outputs = _draw_entries(state, event, event.draws, charged, out.CONSUME, 0)
@@ -654,7 +675,7 @@ def _(event: UsageCharged, state: Tenant) -> list[Output]:
     return outputs
 
 
-@_apply.register
+@_applies(Reserved)
 def _(event: Reserved, state: Tenant) -> list[Output]:
     charged = state.accounts[event.account_id]
     outputs = _draw_entries(state, event, event.draws, charged, out.RESERVE, 0, hold_id=event.cause_id)
@@ -666,7 +687,7 @@ def _(event: Reserved, state: Tenant) -> list[Output]:
     return outputs
 
 
-@_apply.register
+@_applies(Settled)
 def _(event: Settled, state: Tenant) -> list[Output]:
     hold = state.holds.pop(event.hold_id)
     state.closed_holds[hold.id] = "settled"
@@ -682,26 +703,26 @@ def _(event: Settled, state: Tenant) -> list[Output]:
     return outputs
 
 
-@_apply.register
+@_applies(MembersSet)
 def _(event: MembersSet, state: Tenant) -> list[Output]:
     state.accounts[event.account_id].members = frozenset(event.members)
     state.touched.add(event.account_id)
     return []
 
 
-@_apply.register
+@_applies(KeyBound)
 def _(event: KeyBound, state: Tenant) -> list[Output]:
     state.keys[event.api_key_id] = event.account_id
     return []
 
 
-@_apply.register
+@_applies(RatesSet)
 def _(event: RatesSet, state: Tenant) -> list[Output]:
     state.rates.update(event.rates)
     return []
 
 
-@_apply.register
+@_applies(CapOverridden)
 def _(event: CapOverridden, state: Tenant) -> list[Output]:
     acct = state.accounts[event.account_id]
     acct.override_until = event.until
@@ -727,7 +748,7 @@ class Book:
             state = self.tenants[tenant_id] = Tenant(tenant_id)
         return state
 
-    def handle(self, message: wire.Message) -> tuple[list[Output], Rejected | None]:
+    def handle(self, message: wire.Message, raw: bytes | None = None) -> tuple[list[Output], Rejected | None]:
         """Advance the tenant's time to the message, then decide and apply it.
 
         Returns every output and, if the message was refused, why (its own events are
@@ -736,7 +757,7 @@ class Book:
         state = self.tenant(message.tenant_id)
         outputs = advance(state, message.ts)
         try:
-            events = decide(state, message)
+            events = decide(state, message, raw)
         except Rejected as refused:
             return outputs, refused
         for event in events:

@@ -200,7 +200,7 @@ class LedgerProcessor:
             tenant_id = message.tenant_id
             self.partition_of[tenant_id] = partition
             touched.add(tenant_id)  # even a refused message may let time pass
-            produced, refused = handle(message)
+            produced, refused = handle(message, m.value())
             if refused is None:
                 self.stats.applied += 1
             else:

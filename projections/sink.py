@@ -14,12 +14,13 @@ import logging
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import msgspec
 from confluent_kafka import KafkaError, TopicPartition
 
 from .. import clients
-from ..schemas import outputs, topics, wire
+from ..schemas import topics, wire
 from ..settings import Settings
 from . import clickhouse
 
@@ -36,7 +37,26 @@ LEDGER_COLUMNS = [
 ]
 TABLES = {topics.USAGE: ("usage_events", USAGE_COLUMNS), topics.LEDGER: ("ledger_entries", LEDGER_COLUMNS)}
 
-_entry_decoder = msgspec.json.Decoder(outputs.LedgerEntry)
+
+
+class _EntryRow(msgspec.Struct):
+    """The fields of a ledger entry that ClickHouse keeps (amounts as micro-credits)."""
+
+    entry_id: str
+    kind: str
+    tenant_id: str
+    account_id: str
+    cause_id: str
+    cause_type: str
+    ts: datetime
+    amount_micros: int
+    balance_micros: int
+    charged_to: str | None = None
+    grant_id: str | None = None
+    late: bool = False
+
+
+_entry_decoder = msgspec.json.Decoder(_EntryRow)
 
 
 def usage_row(value: bytes, partition: int, offset: int) -> list | None:

@@ -54,6 +54,9 @@ def to_micros(value: object) -> Micros:
 
 
 def _parse_decimal_string(text: str) -> int:
+    whole, dot, frac = text.partition(".")
+    if whole.isdigit() and whole.isascii() and len(frac) <= 6 and (frac.isdigit() and frac.isascii() or not dot):
+        return int(whole) * MICROS_PER_CREDIT + (int(frac.ljust(6, "0")) if frac else 0)  # plain "12.345"
     try:
         d = Decimal(text.strip())
     except InvalidOperation:

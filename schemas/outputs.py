@@ -10,7 +10,7 @@ from datetime import datetime
 
 import msgspec
 
-from .money import credits_str
+from .money import Micros
 
 # Ledger entry kinds (wire-v1 "Outputs").
 CREDIT = "credit"
@@ -25,7 +25,7 @@ EXPIRE = "expire"
 OVERAGE = "overage"
 
 
-class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One balance movement on ``finops.ledger.v1``.
 
     ``entry_id`` is unique and stable (cause id + position), so every consumer can
@@ -42,23 +42,12 @@ class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     ts: datetime
     amount_micros: int
     balance_micros: int
-    amount: str
-    balance: str
+    amount: Micros  # encoded as exact decimal credits ("1.5"), made only when encoded
+    balance: Micros
     charged_to: str | None = None
     grant_id: str | None = None
     hold_id: str | None = None
     late: bool = False
-
-
-def entry(*, entry_id: str, kind: str, tenant_id: str, account_id: str, cause_id: str,
-          cause_type: str, ts: datetime, amount: int, balance: int,
-          charged_to: str | None = None, grant_id: str | None = None, hold_id: str | None = None,
-          late: bool = False) -> LedgerEntry:
-    return LedgerEntry(
-        entry_id=entry_id, kind=kind, tenant_id=tenant_id, account_id=account_id,
-        cause_id=cause_id, cause_type=cause_type, ts=ts, amount_micros=amount,
-        balance_micros=balance, amount=credits_str(amount), balance=credits_str(balance),
-        charged_to=charged_to, grant_id=grant_id, hold_id=hold_id, late=late)
 
 
 class Balance(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,7 +68,7 @@ class Balance(msgspec.Struct, frozen=True, kw_only=True):
     ts: datetime | None
 
 
-class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """A ``spend.alert`` on ``finops.alerts.v1``; ``status`` is ``firing`` or ``resolved``.
 
     ``id`` is stable across replays, so subscribers can drop repeats.

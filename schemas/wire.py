@@ -24,7 +24,7 @@ Threshold = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 DEFAULT_THRESHOLDS = (50, 70, 90, 100)
 
 
-class _Message(msgspec.Struct, frozen=True, tag_field="type", kw_only=True, omit_defaults=True):
+class _Message(msgspec.Struct, frozen=True, tag_field="type", kw_only=True, omit_defaults=True, gc=False):
     """Common fields of every v1 message."""
 
     id: NonEmpty
@@ -164,6 +164,8 @@ class Rejection(msgspec.Struct, frozen=True):
 
 def _dec_hook(kind: type, obj: object) -> object:
     if kind is Micros:
+        if type(obj) is str:
+            return to_micros(obj)
         if type(obj) is bool:
             raise AmountError("amount must be a number or a decimal string, not bool")
         return to_micros(obj)

@@ -58,7 +58,7 @@ class Script:
         return self.msg("tick", **kw)
 
     def fold(self) -> FoldResult:
-        result = FoldResult()
+        result = FoldResult(keep_outputs=True)
         for line in self.lines:
             result.feed(line)
         return result

@@ -221,7 +221,7 @@ class TestUsage:
         b.open("team", "globex")
         b.allocate("acme", "team", 5)  # another tenant's root
         a.use("team", 1)  # globex's account, from acme
-        r = Script("acme").fold()
+        r = Script("acme").fold()  # an empty fold to feed both tenants into
         for line in a.lines + b.lines:
             r.feed(line)
         assert reasons(r) == ["unknown_account", "unknown_account"]

@@ -89,7 +89,7 @@ def scripts(draw) -> list[bytes]:
 
 
 def fold(lines: list[bytes]) -> FoldResult:
-    result = FoldResult()
+    result = FoldResult(keep_outputs=True)
     for line in lines:
         result.feed(line)
     return result
@@ -142,7 +142,7 @@ def test_every_changed_account_is_reported_as_touched(lines):
     """The processor publishes balances of touched accounts only: none may be missed."""
     from finops.schemas import wire
 
-    r = FoldResult()
+    r = FoldResult(keep_outputs=True)
     for line in lines:
         state = r.book.tenant("acme")
         before = {a.id: (a.available, a.consumed, a.reserved, a.overage) for a in state.accounts.values()}
@@ -159,7 +159,7 @@ def test_snapshot_restores_the_same_state_at_every_step(lines):
     """What the processor commits to finops.snapshots.v1 is the whole state: restore, go on, same result."""
     from finops.processors.state import restore, snapshot
 
-    live = FoldResult()
+    live = FoldResult(keep_outputs=True)
     for n, line in enumerate(lines):
         live.feed(line)
         state = live.book.tenants.get("acme")
@@ -168,7 +168,7 @@ def test_snapshot_restores_the_same_state_at_every_step(lines):
         state.drain_touched()
         copy = restore(snapshot(state))
         assert copy == state
-        resumed = FoldResult()
+        resumed = FoldResult(keep_outputs=True)
         resumed.book.tenants["acme"] = copy
         for rest in lines[n + 1:]:
             resumed.feed(rest)

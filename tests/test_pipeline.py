@@ -33,7 +33,7 @@ def wait_until(condition, timeout: float, what: str, pipeline: Pipeline | None =
 
 
 def ledger_entry_count(lines: list[bytes]) -> int:
-    return sum(isinstance(o, LedgerEntry) for o in fold_lines(lines).outputs)
+    return sum(isinstance(o, LedgerEntry) for o in fold_lines(lines, keep_outputs=True).outputs)
 
 
 def tenant_count(pipeline: Pipeline, table: str, tenants: list[str]) -> int:

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from finops.schemas.money import credits_str
 from ledger_helpers import Script, at, c, conservation_holds
 
 
@@ -166,7 +167,7 @@ class TestSeedDetails:
     def test_monthly_rollover_returns_and_renews_on_the_boundaries(self):
         script, _ = monthly_rollover()
         r = script.fold()
-        renewals = [(e.cause_id, e.kind, e.account_id, e.amount) for e in r.outputs
+        renewals = [(e.cause_id, e.kind, e.account_id, credits_str(e.amount_micros)) for e in r.outputs
                     if getattr(e, "cause_type", "") == "renew"]
         first = script.lines[2]
         rid = json.loads(first)["id"]
