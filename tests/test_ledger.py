@@ -282,3 +282,135 @@ class TestThresholdAlerts:
         assert alerts == [(50, "firing", "2026-11"), (70, "firing", "2026-11"), (50, "resolved", "2026-12"),
                           (70, "resolved", "2026-12")]
         assert balances(r)["team"][0] == c(10)  # no rollover: 2 returned, 10 granted again
+
+
+class TestSetMembers:
+    def test_unknown_member_is_refused(self):
+        s = Script()
+        s.open("pool", "acme", kind="pool")
+        s.msg("set_members", account_id="pool", members=["ghost"])
+        assert reasons(s.fold()) == ["unknown_account"]
+
+    def test_descendants_of_a_member_may_draw(self):
+        s = Script()
+        s.purchase(100)
+        s.open("pool", "acme", kind="pool")
+        s.allocate("acme", "pool", 50)
+        s.open("team", "pool")
+        s.open("carol", "team", kind="user")
+        s.msg("set_members", account_id="pool", members=["team"])
+        s.use("carol", 20)
+        assert balances(s.fold())["pool"][0] == c(30)
+
+
+class TestBindKey:
+    def test_rebinding_moves_later_usage(self):
+        s = Script()
+        s.purchase(100)
+        s.open("a", "acme")
+        s.open("b", "acme")
+        s.msg("bind_key", api_key_id="k", account_id="a")
+        s.use(None, 1, api_key_id="k")
+        s.msg("bind_key", api_key_id="k", account_id="b")
+        s.use(None, 2, api_key_id="k")
+        b = balances(s.fold())
+        assert (b["a"][1], b["b"][1]) == (c(1), c(2))
+
+
+class TestReserve:
+    def test_holds_credits_and_refuses_more_than_spendable(self):
+        s = Script()
+        s.purchase(10)
+        s.msg("reserve", account_id="acme", credits=4, expires_at=at(hours=1))
+        s.msg("reserve", account_id="acme", credits=7, expires_at=at(hours=1))
+        r = s.fold()
+        acct = r.book.tenants["acme"].accounts["acme"]
+        assert (acct.available, acct.reserved) == (c(6), c(4))
+        assert reasons(r) == ["insufficient_funds"]
+        assert conservation_holds(r)
+
+    def test_refuses_an_expiry_in_the_past(self):
+        s = Script()
+        s.purchase(10)
+        s.msg("reserve", account_id="acme", credits=1, expires_at=at(seconds=-5))
+        assert reasons(s.fold()) == ["invalid_window"]
+
+
+class TestSettle:
+    def test_settle_for_more_than_held_draws_the_rest(self):
+        s = Script()
+        s.purchase(10)
+        s.msg("reserve", id="h", account_id="acme", credits=2, expires_at=at(hours=1))
+        s.msg("settle", reservation_id="h", credits=3)
+        r = s.fold()
+        acct = r.book.tenants["acme"].accounts["acme"]
+        assert (acct.available, acct.reserved, acct.consumed) == (c(7), 0, c(3))
+
+    def test_unknown_and_twice_settled_reservations_are_refused(self):
+        s = Script()
+        s.purchase(10)
+        s.msg("reserve", id="h", account_id="acme", credits=2, expires_at=at(hours=1))
+        s.msg("settle", reservation_id="h", credits=1)
+        s.msg("settle", reservation_id="h", credits=1)
+        s.msg("settle", reservation_id="nope", credits=1)
+        assert reasons(s.fold()) == ["reservation_closed", "unknown_reservation"]
+
+
+class TestOverrideCap:
+    def test_needs_two_distinct_approvers_and_a_future_until(self):
+        s = Script()
+        s.open("team", "acme")
+        s.msg("override_cap", account_id="team", until=at(days=1), approvals=["a", "a"])
+        s.msg("override_cap", account_id="team", until=at(seconds=-1), approvals=["a", "b"])
+        s.msg("override_cap", account_id="team", until=at(days=1), approvals=["a", "b"])
+        r = s.fold()
+        assert reasons(r) == ["approvals_required", "invalid_window"]
+        assert r.book.tenants["acme"].accounts["team"].override_until is not None
+
+
+class TestTick:
+    def test_expiries_happen_at_their_own_time_in_order(self):
+        s = Script()
+        s.purchase(10, expires_at=at(days=2))
+        s.purchase(5, expires_at=at(days=1))
+        s.tick(ts=at(days=3))
+        r = s.fold()
+        expiries = [(e.grant_id, e.ts) for e in r.outputs if getattr(e, "kind", "") == "expire"]
+        assert [g for g, _ in expiries] == ["purchase-2", "purchase-1"]
+        assert r.book.tenants["acme"].totals.expired == c(15)
+
+    def test_a_late_usage_is_charged_to_what_is_spendable_now_and_flagged(self):
+        s = Script()
+        s.purchase(10)
+        s.open("ws", "acme", fallback=False)
+        s.allocate("acme", "ws", 5, ends_at=at(days=1))
+        s.tick(ts=at(days=2))  # the grant has expired
+        s.use("ws", 1, ts=at(hours=1))  # happened inside the window, arrives after it closed
+        r = s.fold()
+        late = [e for e in r.outputs if getattr(e, "kind", "") == "overage"]
+        assert balances(r)["ws"] == (0, c(1), c(1))
+        assert late and late[0].late is True
+
+
+class TestRecurrence:
+    def test_ends_with_its_expiry_and_returns_the_rest_when_asked(self):
+        s = Script()
+        s.purchase(100, ts="2026-11-01T00:00:00Z")
+        s.open("team", "acme", ts="2026-11-01T00:00:01Z")
+        s.allocate("acme", "team", 10, recurrence={"every": "month", "rollover_pct": 100},
+                   expires_at="2027-01-15T00:00:00Z", on_expiry="return", ts="2026-11-01T00:00:02Z")
+        s.tick(ts="2027-03-01T00:00:00Z")
+        r = s.fold()
+        # Nov 10 -> Dec 20 (10 carried) -> Jan 30 -> all 30 return on Jan 15; no more renewals
+        assert balances(r)["team"][0] == 0
+        assert balances(r)["acme"][0] == c(100)
+        assert not r.book.tenants["acme"].recurring
+
+    def test_a_parent_short_of_funds_renews_with_what_it_has(self):
+        s = Script()
+        s.purchase(15, ts="2026-11-01T00:00:00Z")
+        s.open("team", "acme", ts="2026-11-01T00:00:01Z", fallback=False)
+        s.allocate("acme", "team", 10, recurrence={"every": "month"}, ts="2026-11-01T00:00:02Z")
+        s.use("team", 10, ts="2026-11-02T00:00:00Z")
+        s.tick(ts="2026-12-01T00:00:00Z")
+        assert balances(s.fold())["team"][0] == c(5)
