@@ -32,7 +32,7 @@ class FoldResult:
             self.outputs.extend(o for o in produced if type(o) is outputs.Alert)
         if refused is not None:
             self.rejected.append(wire.Rejection(id=message.id, tenant_id=message.tenant_id, reason=refused.reason,
-                                                detail=refused.detail, input=wire.raw_text(raw)))
+                                                detail=refused.detail, **wire.raw_fields(raw)))
 
     def summary(self) -> dict:
         """The wire-v1 ``finops fold`` object (amounts as exact decimal credit strings)."""

@@ -1,20 +1,23 @@
 """The exactly-once ledger processor: consume -> fold -> produce, one Kafka transaction a batch.
 
 Commit order of one batch (all or nothing, in one transaction):
-  1. ledger entries, rejections, balances of touched accounts, snapshots of touched
-     tenants — produced inside the transaction, to the input's partition number;
-  2. the input offsets, by ``send_offsets_to_transaction`` (bound to the consumer group
-     generation, so a zombie from an older generation is fenced);
+  1. ledger entries, alerts, enforcement changes, rejections, balances of touched
+     accounts and snapshots of touched tenants — produced inside the transaction, each to
+     the input's partition number;
+  2. the input offsets of exactly the messages applied, by ``send_offsets_to_transaction``
+     (bound to the consumer group generation, so a zombie of an older generation is fenced);
   3. ``commit_transaction``.
 Nothing is written outside a transaction, so a crash anywhere aborts the whole batch and
-the restarted instance resumes from the committed offsets with the committed snapshots.
+the restarted (or newly assigned) instance resumes from the committed offsets with the
+committed snapshots: nothing is applied twice and nothing is skipped.
 
 Restore: when partition *p* is assigned, the instance first asks for the committed
-offsets (this waits for any transaction still pending on them), then reads partition *p*
-of ``finops.snapshots.v1`` to its end; the latest snapshot of each tenant is exactly the
-state after the last committed batch. Input order: within a batch messages are applied in
-event-time order (commands before usage on equal time), each topic-partition in offset
-order otherwise.
+offsets (this waits for any transaction still pending on them, KIP-447), then reads
+partition *p* of ``finops.snapshots.v1`` to its end; the latest snapshot of each tenant is
+exactly the state after the last committed batch.
+
+Order: the two input topics are merged per partition number by event time
+(:mod:`.merge`), so a tenant's commands and usage are applied in one deterministic order.
 """
 
 from __future__ import annotations
@@ -27,19 +30,20 @@ from dataclasses import dataclass, field
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from ..errors import FinopsError
 from .. import clients
+from ..errors import FinopsError
 from ..schemas import outputs, topics, wire
 from ..settings import Settings
 from .ledger import Book, balance_of
+from .merge import Item, Merger
 from .state import restore, snapshot
 
 log = logging.getLogger("finops.ledger")
 
-_TOPIC_RANK = {topics.COMMANDS: 0, topics.USAGE: 1}
 _OUTPUT_TOPIC = {outputs.LedgerEntry: topics.LEDGER, outputs.Alert: topics.ALERTS,
                  outputs.Enforcement: topics.ENFORCEMENT}
 _encoder = msgspec.json.Encoder(enc_hook=wire._enc_hook)
+_FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
 
 class Fenced(FinopsError):
@@ -52,6 +56,8 @@ class LedgerStats:
     applied: int = 0
     rejected: int = 0
     transactions: int = 0
+    aborted: int = 0
+    last_batch: int = 0
     last_txn_ms: float = 0.0
     committed: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset per input partition
 
@@ -59,20 +65,26 @@ class LedgerStats:
 class LedgerProcessor:
     """One instance of the ledger processor; several instances share the input partitions."""
 
-    def __init__(self, settings: Settings, *, instance: str = "0", batch_max: int = 10_000,
-                 batch_s: float = 0.1, group_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, instance: str = "0", batch_max: int = 20_000,
+                 batch_s: float = 0.1, idle_s: float = 0.5, group_id: str | None = None) -> None:
         self.settings = settings
         self.batch_max = batch_max
         self.batch_s = batch_s
         self.book = Book()
         self.stats = LedgerStats()
+        self.merger = Merger(idle_s)
         self.partition_of: dict[str, int] = {}  # tenant -> input partition number
+        self._fetched: dict[tuple[str, int], int] = {}  # next offset after the last message consumed
         self._stop = threading.Event()
         self._callback_error: Exception | None = None
         group = group_id or f"{settings.group_prefix}-ledger"
         self.producer = clients.transactional_producer(
-            settings, f"{group}-{instance}", **{"queue.buffering.max.messages": 1_000_000})
-        self.producer.init_transactions(60)
+            settings, f"{group}-{instance}", **{"queue.buffering.max.messages": 2_000_000,
+                                                 "queue.buffering.max.kbytes": 1_048_576})
+        try:
+            self.producer.init_transactions(60)
+        except KafkaException as exc:
+            raise FinopsError(f"cannot start transactions on {settings.bootstrap}: {exc.args[0].str()}") from None
         self.consumer = clients.consumer(settings, group)
         self.consumer.subscribe(list(topics.INPUTS), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
@@ -109,15 +121,21 @@ class LedgerProcessor:
         # Waits for transactional offsets still pending, so the snapshots read next are theirs.
         for tp in consumer.committed(partitions, timeout=60):
             self.stats.committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
+            self._fetched[(tp.topic, tp.partition)] = max(tp.offset, 0)
         self._restore(numbers)
+        self.merger.assign(numbers, time.monotonic())
         log.info("assigned partitions %s", sorted(numbers))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # No transaction is open here: callbacks run inside consume(), between batches.
         numbers = {tp.partition for tp in partitions}
+        self.merger.revoke(numbers)
         for tenant, partition in list(self.partition_of.items()):
             if partition in numbers:
                 del self.partition_of[tenant]
                 self.book.tenants.pop(tenant, None)
+        for key in [k for k in self._fetched if k[1] in numbers]:
+            del self._fetched[key]
         log.info("revoked partitions %s", sorted(numbers))
 
     def _restore(self, numbers: set[int]) -> None:
@@ -132,93 +150,109 @@ class LedgerProcessor:
         assignment = self.consumer.assignment()
         self.book = Book()
         self.partition_of.clear()
+        self.merger.clear()
         committed = self.consumer.committed(assignment, timeout=60)
         self._restore({tp.partition for tp in assignment})
         for tp in committed:
+            self._fetched[(tp.topic, tp.partition)] = max(tp.offset, 0)
             self.consumer.seek(TopicPartition(tp.topic, tp.partition,
                                               tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
 
     # ------------------------------------------------------------------ the loop
 
+    def _caught_up(self, topic: str, partition: int) -> bool:
+        """Has this input partition nothing more in Kafka right now (position >= high watermark)?"""
+        _low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        return high >= 0 and self._fetched.get((topic, partition), 0) >= high
+
     def step(self) -> int:
-        """Consume one batch and commit it with its outputs in one transaction."""
+        """Consume, then commit what may be applied (in merge order) with its outputs in one transaction."""
         messages = self.consumer.consume(self.batch_max, self.batch_s)
         if self._callback_error is not None:
             raise self._callback_error
-        batch = []
+        now = time.monotonic()
+        decode = wire.decode
         for m in messages:
             err = m.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error: %s", err)
                 continue
-            batch.append(m)
-        if not batch:
+            raw = m.value() or b""
+            message = decode(raw)
+            ts = None if isinstance(message, wire.Rejection) else message.ts
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            self.merger.add(Item(topic, partition, offset, ts, message, raw), now)
+            self._fetched[(topic, partition)] = offset + 1
+        self.stats.consumed += len(messages)
+        items = self.merger.take(self._caught_up, now, self.batch_max)
+        if not items:
             return 0
         started = time.perf_counter()
-        self.producer.begin_transaction()
         try:
-            offsets = self._process(batch)
-            self.producer.send_offsets_to_transaction(
-                offsets, self.consumer.consumer_group_metadata(), 60)
+            self.producer.begin_transaction()
+            offsets = self._process(items)
+            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 60)
             self.producer.commit_transaction(60)
         except KafkaException as exc:
             self._fail(exc)
             return 0
         self.stats.transactions += 1
-        self.stats.consumed += len(batch)
+        self.stats.last_batch = len(items)
         self.stats.last_txn_ms = (time.perf_counter() - started) * 1000
         for tp in offsets:
             self.stats.committed[(tp.topic, tp.partition)] = tp.offset
-        return len(batch)
+        return len(items)
 
     def _fail(self, exc: KafkaException) -> None:
         error = exc.args[0]
-        if error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                                             KafkaError.INVALID_PRODUCER_EPOCH):
-            raise Fenced(f"ledger processor fenced: {error.str()}") from exc
-        log.warning("transaction aborted (%s); restoring and retrying", error.str())
-        self.producer.abort_transaction(60)
+        if error.fatal() or error.code() in _FENCED:
+            raise Fenced(f"ledger processor fenced, another instance owns its work now: {error.str()}") from exc
+        log.warning("transaction failed (%s); aborting, restoring and retrying", error.str())
+        self.stats.aborted += 1
+        try:
+            self.producer.abort_transaction(60)
+        except KafkaException as abort_exc:
+            if abort_exc.args[0].fatal() or abort_exc.args[0].code() in _FENCED:
+                raise Fenced(f"ledger processor fenced: {abort_exc.args[0].str()}") from abort_exc
+            raise
         self._rewind()
 
-    def _process(self, batch: list) -> list[TopicPartition]:
-        decoded = []
-        rejections = []
-        for m in batch:
-            message = wire.decode(m.value() or b"")
-            if isinstance(message, wire.Rejection):
-                rejections.append((m, message))
-            else:
-                decoded.append((message.ts, _TOPIC_RANK[m.topic()], m.offset(), m, message))
-        decoded.sort(key=lambda item: item[:3])
-
+    def _process(self, items: list[Item]) -> list[TopicPartition]:
+        """Apply items in order; produce every output into the open transaction; return the offsets."""
         produce = self.producer.produce
         handle = self.book.handle
         touched: set[str] = set()
-        for _ts, _rank, _offset, m, message in decoded:
-            partition = m.partition()
-            tenant_id = message.tenant_id
-            self.partition_of[tenant_id] = partition
-            touched.add(tenant_id)  # even a refused message may let time pass
-            produced, refused = handle(message, m.value())
-            if refused is None:
-                self.stats.applied += 1
+        positions: dict[tuple[str, int], int] = {}
+        rejected = 0
+        for item in items:
+            positions[(item.topic, item.partition)] = item.offset + 1
+            message = item.message
+            partition = item.partition
+            if item.ts is None:
+                rejection = message
             else:
-                rejections.append((m, wire.Rejection(id=message.id, tenant_id=tenant_id, reason=refused.reason,
-                                                     detail=refused.detail, input=wire.raw_text(m.value()))))
-            key = tenant_id.encode()
-            for output in produced:
-                topic = _OUTPUT_TOPIC[type(output)]
-                if topic is topics.ENFORCEMENT:
-                    produce(topic, _encoder.encode(output),
-                            outputs.balance_key(tenant_id, output.account_id).encode(), partition=partition)
-                else:
-                    produce(topic, _encoder.encode(output), key, partition=partition)
-
-        for m, rejection in rejections:
+                tenant_id = message.tenant_id
+                self.partition_of[tenant_id] = partition
+                touched.add(tenant_id)  # even a refused message may let time pass
+                produced, refused = handle(message, item.raw)
+                key = tenant_id.encode()
+                for output in produced:
+                    topic = _OUTPUT_TOPIC[type(output)]
+                    if topic is topics.ENFORCEMENT:
+                        produce(topic, _encoder.encode(output),
+                                outputs.balance_key(tenant_id, output.account_id).encode(), partition=partition)
+                    else:
+                        produce(topic, _encoder.encode(output), key, partition=partition)
+                if refused is None:
+                    continue
+                rejection = wire.Rejection(id=message.id, tenant_id=tenant_id, reason=refused.reason,
+                                           detail=refused.detail, **wire.raw_fields(item.raw))
+            rejected += 1
             key = rejection.tenant_id.encode() if rejection.tenant_id else None
-            produce(topics.REJECTED, _encoder.encode(rejection), key, partition=m.partition())
-        self.stats.rejected += len(rejections)
+            produce(topics.REJECTED, _encoder.encode(rejection), key, partition=partition)
+        self.stats.applied += len(items) - rejected
+        self.stats.rejected += rejected
 
         for tenant_id in touched:
             state = self.book.tenants[tenant_id]
@@ -228,8 +262,4 @@ class LedgerProcessor:
                 produce(topics.BALANCES, _encoder.encode(balance),
                         outputs.balance_key(tenant_id, account_id).encode(), partition=partition)
             produce(topics.SNAPSHOTS, snapshot(state), tenant_id.encode(), partition=partition)
-
-        positions: dict[tuple[str, int], int] = {}
-        for m in batch:
-            positions[(m.topic(), m.partition())] = m.offset() + 1
         return [TopicPartition(t, p, o) for (t, p), o in positions.items()]

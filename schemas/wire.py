@@ -7,6 +7,7 @@ Unknown extra fields are ignored here (raw history keeps them).
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal, Union
@@ -156,7 +157,8 @@ class Rejection(msgspec.Struct, frozen=True):
     tenant_id: str | None
     reason: str
     detail: str = ""
-    input: str = ""
+    input: str = ""  # the raw message as text (invalid UTF-8 replaced; then see input_base64)
+    input_base64: str | None = None  # the exact raw bytes, when they are not valid UTF-8
 
 
 # ----------------------------------------------------------------------------- decode / encode
@@ -195,10 +197,15 @@ def encode(message: Message) -> bytes:
     return _encoder.encode(message)
 
 
-def raw_text(raw: bytes | str, limit: int = 100_000) -> str:
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
-    return raw[:limit]
+def raw_fields(raw: bytes | str, limit: int = 100_000) -> dict:
+    """``input`` (and ``input_base64`` for bytes that are not UTF-8) of a :class:`Rejection`."""
+    if isinstance(raw, str):
+        return {"input": raw[:limit]}
+    try:
+        return {"input": raw.decode("utf-8")[:limit]}
+    except UnicodeDecodeError:
+        return {"input": raw.decode("utf-8", errors="replace")[:limit],
+                "input_base64": base64.b64encode(raw[:limit]).decode()}
 
 
 def reject_unreadable(raw: bytes | str, exc: Exception) -> Rejection:
@@ -213,4 +220,4 @@ def reject_unreadable(raw: bytes | str, exc: Exception) -> Rejection:
         ident = loose.get("id") if isinstance(loose.get("id"), str) else None
         tenant = loose.get("tenant_id") if isinstance(loose.get("tenant_id"), str) else None
     reason = reasons.classify_decode_error(exc, loose)
-    return Rejection(id=ident, tenant_id=tenant, reason=reason, detail=str(exc), input=raw_text(raw))
+    return Rejection(id=ident, tenant_id=tenant, reason=reason, detail=str(exc), **raw_fields(raw))

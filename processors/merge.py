@@ -1,0 +1,103 @@
+"""Merging the two input topics into one deterministic order per partition number.
+
+A tenant's usage and commands travel on two topics (same key, same partition number), so
+the ledger must interleave ``finops.usage.v1[p]`` and ``finops.commands.v1[p]``. The rule,
+the one Kafka Streams uses for its tasks:
+
+* while both topic-partitions have buffered messages, the one with the earlier event time
+  goes first (commands before usage on equal time, then offset order);
+* when one of them is empty, the other goes on only if the empty one is caught up (its
+  position has reached its high watermark) or has been idle for ``idle_s``; otherwise the
+  partition waits for the next fetch.
+
+So whenever both topics hold backlog (a restart, a new instance, a replay) the order is
+event-time order and does not depend on how fetches or batches happened to fall; a
+message can only be applied after a later one from the other topic when it was not yet
+in Kafka at that moment (it is then *late*, see docs/ledger.md). Messages that cannot be
+read have no time: they go as soon as they reach the head of their queue (they only
+produce a rejection).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+
+from ..schemas import topics
+
+RANK = {topics.COMMANDS: 0, topics.USAGE: 1}
+
+
+@dataclass(slots=True)
+class Item:
+    topic: str
+    partition: int
+    offset: int
+    ts: datetime | None  # None: unreadable, no event time
+    message: Any  # the decoded message or its Rejection
+    raw: bytes
+
+    def order(self) -> tuple:
+        return (self.ts, RANK[self.topic], self.offset)
+
+
+class Merger:
+    """Per-partition buffers of both input topics; ``take`` hands out what may be applied now."""
+
+    def __init__(self, idle_s: float = 0.5) -> None:
+        self.idle_s = idle_s
+        self.queues: dict[tuple[str, int], deque[Item]] = {}
+        self.last_arrival: dict[tuple[str, int], float] = {}
+
+    def assign(self, partitions: set[int], now: float) -> None:
+        for p in partitions:
+            for topic in topics.INPUTS:
+                self.queues.setdefault((topic, p), deque())
+                self.last_arrival[(topic, p)] = now
+
+    def revoke(self, partitions: set[int]) -> None:
+        for key in [k for k in self.queues if k[1] in partitions]:
+            del self.queues[key]
+            self.last_arrival.pop(key, None)
+
+    def clear(self) -> None:
+        for queue in self.queues.values():
+            queue.clear()
+
+    def add(self, item: Item, now: float) -> None:
+        key = (item.topic, item.partition)
+        self.queues.setdefault(key, deque()).append(item)
+        self.last_arrival[key] = now
+
+    def buffered(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def take(self, caught_up: Callable[[str, int], bool], now: float, limit: int) -> list[Item]:
+        """Items in apply order, at most ``limit``; what must wait stays buffered."""
+        out: list[Item] = []
+        for p in sorted({k[1] for k in self.queues}):
+            usage = self.queues.get((topics.USAGE, p))
+            commands = self.queues.get((topics.COMMANDS, p))
+            while len(out) < limit:
+                item = self._next(usage, commands, p, caught_up, now)
+                if item is None:
+                    break
+                out.append(item)
+        return out
+
+    def _next(self, usage, commands, p: int, caught_up, now: float) -> Item | None:
+        if usage and usage[0].ts is None:
+            return usage.popleft()
+        if commands and commands[0].ts is None:
+            return commands.popleft()
+        if usage and commands:
+            return commands.popleft() if commands[0].order() <= usage[0].order() else usage.popleft()
+        queue, empty_topic = (usage, topics.COMMANDS) if usage else (commands, topics.USAGE)
+        if not queue:
+            return None
+        idle = now - self.last_arrival.get((empty_topic, p), now) >= self.idle_s
+        if idle or caught_up(empty_topic, p):
+            return queue.popleft()
+        return None
