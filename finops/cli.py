@@ -295,18 +295,20 @@ def fold(file: str = typer.Argument(..., help="A JSONL file of wire-v1 messages,
 @app.command()
 @command
 def bench(
-    name: str = typer.Argument("fold", help="Benchmark to run: fold."),
+    name: str = typer.Argument("fold", help="Benchmark to run: fold (pure ledger) or ledger (the Kafka "
+                                            "processor against raw confluent-kafka, on a dedicated broker)."),
     events: int = typer.Option(200_000, help="Usage events per run."),
     repeats: int = typer.Option(3, help="Runs; the median is reported."),
     output: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the JSON to this file."),
 ) -> None:
     """Measure throughput and print one JSON document (speed is measured here, not in tests).
 
-    Example: finops bench fold --events 200000 --out bench/results/fold.json
+    Example: finops bench ledger --events 200000 --out bench/results/ledger.json
     """
     from . import bench as bench_mod
 
-    runners = {"fold": bench_mod.fold}
+    _setup_logging(False)
+    runners = {"fold": bench_mod.fold, "ledger": bench_mod.ledger}
     if name not in runners:
         _fail(f"unknown benchmark {name!r}; choose from {', '.join(runners)}", 2)
     err.print(f"running {name} benchmark ({events} events x {repeats})...")

@@ -53,6 +53,8 @@ def consumer(settings: Settings, group_id: str, **extra: Any) -> Consumer:
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "range",  # usage p and commands p go to one instance
         "fetch.wait.max.ms": 50,
+        "max.partition.fetch.bytes": 8_388_608,  # batches of thousands of events per partition
+        "fetch.max.bytes": 67_108_864,
         **extra,
     }))
 

@@ -368,6 +368,17 @@ def _check_ports_free(port: int) -> None:
                              "set FINOPS_KAFKA_PORT")
 
 
+def free_port_pair() -> int:
+    """A port p with p and p+1 free on 127.0.0.1, for a broker beside others (tests, benchmarks)."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind((_HOST, 0))
+            port = sock.getsockname()[1]
+        if port < 65535 and _port_free(port + 1):
+            return port
+    raise StackError("no free pair of ports on 127.0.0.1")
+
+
 def _port_free(port: int) -> bool:
     # SO_REUSEADDR as the broker uses it: sockets in TIME_WAIT from a previous run don't count.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

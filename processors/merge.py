@@ -6,9 +6,9 @@ the one Kafka Streams uses for its tasks:
 
 * while both topic-partitions have buffered messages, the one with the earlier event time
   goes first (commands before usage on equal time, then offset order);
-* when one of them is empty, the other goes on only if the empty one is caught up (its
-  position has reached its high watermark) or has been idle for ``idle_s``; otherwise the
-  partition waits for the next fetch.
+* when one of them is empty, the other goes on only if the empty one is *quiet*: the
+  caller decides, from its position, high watermark and how long nothing has arrived
+  (``Merger.take(quiet=...)``); otherwise the partition waits for the next fetch.
 
 So whenever both topics hold backlog (a restart, a new instance, a replay) the order is
 event-time order and does not depend on how fetches or batches happened to fall; a
@@ -46,8 +46,7 @@ class Item:
 class Merger:
     """Per-partition buffers of both input topics; ``take`` hands out what may be applied now."""
 
-    def __init__(self, idle_s: float = 0.5) -> None:
-        self.idle_s = idle_s
+    def __init__(self) -> None:
         self.queues: dict[tuple[str, int], deque[Item]] = {}
         self.last_arrival: dict[tuple[str, int], float] = {}
 
@@ -68,36 +67,33 @@ class Merger:
 
     def add(self, item: Item, now: float) -> None:
         key = (item.topic, item.partition)
-        self.queues.setdefault(key, deque()).append(item)
+        queue = self.queues.get(key)
+        if queue is None:
+            queue = self.queues[key] = deque()
+        queue.append(item)
         self.last_arrival[key] = now
 
     def buffered(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
-    def take(self, caught_up: Callable[[str, int], bool], now: float, limit: int) -> list[Item]:
+    def take(self, quiet: Callable[[str, int, float], bool], now: float, limit: int) -> list[Item]:
         """Items in apply order, at most ``limit``; what must wait stays buffered."""
         out: list[Item] = []
         for p in sorted({k[1] for k in self.queues}):
-            usage = self.queues.get((topics.USAGE, p))
-            commands = self.queues.get((topics.COMMANDS, p))
+            usage = self.queues.get((topics.USAGE, p)) or deque()
+            commands = self.queues.get((topics.COMMANDS, p)) or deque()
             while len(out) < limit:
-                item = self._next(usage, commands, p, caught_up, now)
-                if item is None:
+                if usage and usage[0].ts is None:  # unreadable: no time to wait for
+                    out.append(usage.popleft())
+                elif commands and commands[0].ts is None:
+                    out.append(commands.popleft())
+                elif usage and commands:
+                    out.append(usage.popleft() if usage[0].order() < commands[0].order() else commands.popleft())
+                else:
+                    queue, empty_topic = (usage, topics.COMMANDS) if usage else (commands, topics.USAGE)
+                    idle_for = now - self.last_arrival.get((empty_topic, p), now)
+                    if queue and quiet(empty_topic, p, idle_for):
+                        for _ in range(min(len(queue), limit - len(out))):  # quiet for this whole take
+                            out.append(queue.popleft())
                     break
-                out.append(item)
         return out
-
-    def _next(self, usage, commands, p: int, caught_up, now: float) -> Item | None:
-        if usage and usage[0].ts is None:
-            return usage.popleft()
-        if commands and commands[0].ts is None:
-            return commands.popleft()
-        if usage and commands:
-            return commands.popleft() if commands[0].order() <= usage[0].order() else usage.popleft()
-        queue, empty_topic = (usage, topics.COMMANDS) if usage else (commands, topics.USAGE)
-        if not queue:
-            return None
-        idle = now - self.last_arrival.get((empty_topic, p), now) >= self.idle_s
-        if idle or caught_up(empty_topic, p):
-            return queue.popleft()
-        return None

@@ -43,6 +43,7 @@ log = logging.getLogger("finops.ledger")
 _OUTPUT_TOPIC = {outputs.LedgerEntry: topics.LEDGER, outputs.Alert: topics.ALERTS,
                  outputs.Enforcement: topics.ENFORCEMENT}
 _encoder = msgspec.json.Encoder(enc_hook=wire._enc_hook)
+_MARKER_GAP = 8  # offsets at a partition's end that may be transaction markers, not messages
 _FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
 
@@ -59,6 +60,12 @@ class LedgerStats:
     aborted: int = 0
     last_batch: int = 0
     last_txn_ms: float = 0.0
+    # cumulative seconds per phase: waiting in consume, decoding + merging, applying and
+    # producing, committing the transaction
+    consume_s: float = 0.0
+    decode_s: float = 0.0
+    apply_s: float = 0.0
+    commit_s: float = 0.0
     committed: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset per input partition
 
 
@@ -72,7 +79,8 @@ class LedgerProcessor:
         self.batch_s = batch_s
         self.book = Book()
         self.stats = LedgerStats()
-        self.merger = Merger(idle_s)
+        self.merger = Merger()
+        self.idle_s = idle_s
         self.partition_of: dict[str, int] = {}  # tenant -> input partition number
         self._fetched: dict[tuple[str, int], int] = {}  # next offset after the last message consumed
         self._stop = threading.Event()
@@ -160,18 +168,33 @@ class LedgerProcessor:
 
     # ------------------------------------------------------------------ the loop
 
-    def _caught_up(self, topic: str, partition: int) -> bool:
-        """Has this input partition nothing more in Kafka right now (position >= high watermark)?"""
-        _low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-        return high >= 0 and self._fetched.get((topic, partition), 0) >= high
+    def _quiet(self, topic: str, partition: int, idle_for: float) -> bool:
+        """May the other topic of this partition go on without waiting for this one?
+
+        Yes when this one holds nothing more in Kafka now (position >= high watermark). A
+        gap of a few offsets that stays idle for ``idle_s`` is transaction markers (apps
+        that publish with transactions), which never arrive as messages.
+        """
+        tp = TopicPartition(topic, partition)
+        _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+        if high < 0:  # not fetched yet: ask the broker once rather than guess
+            _low, high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+        gap = high - self._fetched.get((topic, partition), 0)
+        return gap <= 0 or (gap <= _MARKER_GAP and idle_for >= self.idle_s)
 
     def step(self) -> int:
         """Consume, then commit what may be applied (in merge order) with its outputs in one transaction."""
+        t0 = time.perf_counter()
         messages = self.consumer.consume(self.batch_max, self.batch_s)
         if self._callback_error is not None:
             raise self._callback_error
+        t1 = time.perf_counter()
+        self.stats.consume_s += t1 - t0
         now = time.monotonic()
         decode = wire.decode
+        add = self.merger.add
+        rejection_type = wire.Rejection
+        fetched = self._fetched
         for m in messages:
             err = m.error()
             if err is not None:
@@ -180,26 +203,31 @@ class LedgerProcessor:
                 continue
             raw = m.value() or b""
             message = decode(raw)
-            ts = None if isinstance(message, wire.Rejection) else message.ts
             topic, partition, offset = m.topic(), m.partition(), m.offset()
-            self.merger.add(Item(topic, partition, offset, ts, message, raw), now)
-            self._fetched[(topic, partition)] = offset + 1
+            add(Item(topic, partition, offset, None if type(message) is rejection_type else message.ts,
+                     message, raw), now)
+            fetched[(topic, partition)] = offset + 1
         self.stats.consumed += len(messages)
-        items = self.merger.take(self._caught_up, now, self.batch_max)
+        items = self.merger.take(self._quiet, now, self.batch_max)
+        t2 = time.perf_counter()
+        self.stats.decode_s += t2 - t1
         if not items:
             return 0
-        started = time.perf_counter()
         try:
             self.producer.begin_transaction()
             offsets = self._process(items)
+            t3 = time.perf_counter()
             self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 60)
             self.producer.commit_transaction(60)
         except KafkaException as exc:
             self._fail(exc)
             return 0
+        t4 = time.perf_counter()
+        self.stats.apply_s += t3 - t2
+        self.stats.commit_s += t4 - t3
         self.stats.transactions += 1
         self.stats.last_batch = len(items)
-        self.stats.last_txn_ms = (time.perf_counter() - started) * 1000
+        self.stats.last_txn_ms = (t4 - t2) * 1000
         for tp in offsets:
             self.stats.committed[(tp.topic, tp.partition)] = tp.offset
         return len(items)

@@ -10,7 +10,6 @@ own database, consumer groups and tenants.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -25,17 +24,6 @@ from finops.settings import Settings  # noqa: E402
 _BROKER: dict[str, str] = {}
 
 
-def free_port_pair() -> int:
-    """A port p with p and p+1 free on 127.0.0.1 (client and controller listeners)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 65535 and stack._port_free(port + 1):
-            return port
-    raise RuntimeError("no free pair of ports on 127.0.0.1")
-
-
 @pytest.fixture(scope="session")
 def kafka_settings(tmp_path_factory) -> Settings:
     """Settings pointing at a running broker with the v1 topics."""
@@ -45,7 +33,7 @@ def kafka_settings(tmp_path_factory) -> Settings:
         _BROKER["kafka"] = f"external cluster at {settings.bootstrap}"
         yield settings
         return
-    settings = Settings(data_dir=tmp_path_factory.mktemp("finops"), kafka_port=free_port_pair())
+    settings = Settings(data_dir=tmp_path_factory.mktemp("finops"), kafka_port=stack.free_port_pair())
     try:
         status = stack.up(settings, log=lambda _m: None)
     except stack.StackError as exc:

@@ -18,12 +18,16 @@ def item(topic: str, offset: int, seconds: float | None, partition: int = 0) -> 
     return Item(topic, partition, offset, ts, None, b"")
 
 
-def never(_topic, _p) -> bool:
+def never(_topic, _p, _idle_for) -> bool:
     return False
 
 
-def always(_topic, _p) -> bool:
+def always(_topic, _p, _idle_for) -> bool:
     return True
+
+
+def idle_half_a_second(_topic, _p, idle_for) -> bool:
+    return idle_for >= 0.5
 
 
 class TestMerger:
@@ -35,14 +39,15 @@ class TestMerger:
         taken = m.take(always, now=0, limit=10)
         assert [(i.topic, i.offset) for i in taken] == [(U, 0), (C, 0), (C, 1), (U, 1)]
 
-    def test_waits_for_the_other_topic_unless_it_is_caught_up_or_idle(self):
-        m = Merger(idle_s=0.5)
+    def test_waits_for_the_other_topic_unless_it_is_quiet(self):
+        m = Merger()
         m.assign({0}, now=0)
         m.add(item(U, 0, 1), now=0)
         assert m.take(never, now=0.1, limit=10) == []  # commands may still hold something earlier
         assert [i.offset for i in m.take(always, now=0.1, limit=10)] == [0]
         m.add(item(U, 1, 2), now=0.2)
-        assert [i.offset for i in m.take(never, now=0.8, limit=10)] == [1]  # commands idle since 0
+        assert m.take(idle_half_a_second, now=0.4, limit=10) == []
+        assert [i.offset for i in m.take(idle_half_a_second, now=0.8, limit=10)] == [1]  # commands idle since 0
 
     def test_unreadable_messages_go_at_once(self):
         m = Merger()
@@ -68,7 +73,7 @@ def test_order_does_not_depend_on_how_fetches_fall(usage_ts, command_ts, data):
     commands = [item(C, n, t) for n, t in enumerate(sorted(command_ts))]
 
     def run(chunks: int) -> list[tuple[str, int]]:
-        m = Merger(idle_s=10)
+        m = Merger()
         m.assign({0}, now=0)
         fetched = {U: 0, C: 0}
         order = []
@@ -79,7 +84,7 @@ def test_order_does_not_depend_on_how_fetches_fall(usage_ts, command_ts, data):
                     m.add(i, now=0)
                 fetched[topic] = min(len(source), fetched[topic] + n)
             done = {U: fetched[U] == len(usage), C: fetched[C] == len(commands)}
-            order += [(i.topic, i.offset) for i in m.take(lambda t, _p: done[t], now=0, limit=7)]
+            order += [(i.topic, i.offset) for i in m.take(lambda t, _p, _i: done[t], now=0, limit=7)]
         for topic, source in ((U, usage), (C, commands)):
             for i in source[fetched[topic]:]:
                 m.add(i, now=0)
