@@ -10,8 +10,11 @@ import functools
 import io
 import json
 import logging
+import os
 import signal
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -175,48 +178,128 @@ def publish(
 # ----------------------------------------------------------------------------- processors
 
 
+EXIT_RESTART = 75  # a worker asks its supervisor for a clean restart
+
+
 @app.command()
 @command
 def run(
     parts: Optional[list[str]] = typer.Argument(None, help="Processors to run: ledger, sink (default: all)."),
-    instance: str = typer.Option("0", help="Instance id, unique per running ledger instance."),
+    instance: str = typer.Option("0", help="Ledger instance id: its transactional id. Unique per running "
+                                           "instance; a restarted instance reuses its id (this fences its zombie)."),
+    batch_max: int = typer.Option(20_000, help="Most input messages per transaction."),
+    batch_ms: int = typer.Option(100, help="Longest wait for a batch to fill, in milliseconds."),
+    metrics_every: float = typer.Option(10.0, help="Seconds between metrics lines (JSON on stderr)."),
+    stuck_after: float = typer.Option(180.0, help="Restart when a transaction stays open this many seconds."),
+    supervise: bool = typer.Option(True, help="Run the processors in a child process and restart it after a "
+                                              "crash or a stuck Kafka client (--no-supervise: run in this one)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log assignments and client messages."),
 ) -> None:
     """Run the processors in the foreground until Ctrl-C (or SIGTERM).
 
-    ledger: usage + commands -> ledger, balances, rejected (exactly once).
-    sink: usage + ledger topics -> ClickHouse tables. Example: finops run ledger
+    ledger: usage + commands -> ledger, balances, enforcement, alerts, rejected (exactly once).
+    sink: usage + ledger topics -> ClickHouse tables. Every --metrics-every seconds a JSON
+    line on stderr: events/s, consumer lag, batch size, transaction time, rejected count.
+    Example: finops run ledger --instance a
     """
+    if supervise:
+        raise typer.Exit(_supervise([*sys.argv[1:], "--no-supervise"]))
     from .pipeline import PARTS, Pipeline
+    from .processors.runner import Stuck
 
     _setup_logging(verbose)
     settings = _settings()
-    pipeline = Pipeline(settings, tuple(parts or PARTS), instance=instance)
+    pipeline = Pipeline(settings, tuple(parts or PARTS), instance=instance, batch_max=batch_max,
+                        batch_s=batch_ms / 1000)
     signal.signal(signal.SIGTERM, _interrupt)
     err.print(f"running {', '.join(parts or PARTS)} against {settings.bootstrap} "
               f"and {settings.clickhouse_dsn} (Ctrl-C stops)")
+    metrics = _Metrics(pipeline)
     with pipeline:
         try:
-            while not pipeline.wait(10):
-                _report(pipeline)
+            while not pipeline.wait(metrics_every, stuck_after):
+                metrics.emit()
         except KeyboardInterrupt:
             err.print("stopping")
+        except Stuck as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            sys.stderr.flush()
+            os._exit(EXIT_RESTART)  # the stuck thread cannot be joined; the supervisor restarts us
+
+
+def _supervise(args: list[str]) -> int:
+    """Run ``finops <args>`` as a child; restart it after a crash or EXIT_RESTART, with backoff.
+
+    Exit 0 (stopped), 1 (an error a restart would not fix, e.g. fenced) and 2 (usage)
+    are final. The child dies with its parent (Linux PR_SET_PDEATHSIG), so a killed
+    supervisor leaves no processor behind.
+    """
+    import subprocess
+
+    stopping = False
+    child: subprocess.Popen | None = None
+
+    def forward(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    backoff = 1.0
+    while True:
+        child = subprocess.Popen([sys.executable, "-m", "finops.cli", *args], preexec_fn=_die_with_parent)
+        rc = child.wait()
+        if stopping or rc in (0, 1, 2):
+            return rc
+        err.print(f"processors exited with code {rc}; restarting in {backoff:g} s")
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _interrupt(*_args) -> None:
     raise KeyboardInterrupt
 
 
-def _report(pipeline) -> None:
-    parts = []
-    if pipeline.ledger is not None:
-        s = pipeline.ledger.stats
-        parts.append(f"ledger: {s.consumed} in, {s.applied} applied, {s.rejected} rejected, "
-                     f"{s.transactions} txns, last {s.last_txn_ms:.0f} ms")
-    if pipeline.sink is not None:
-        p = pipeline.sink.progress
-        parts.append("sink: " + ", ".join(f"{n} {t}" for t, n in sorted(p.rows.items())))
-    err.print(" | ".join(parts))
+class _Metrics:
+    """One JSON line per interval on stderr: rates since the last line, lag, batch, transaction time."""
+
+    def __init__(self, pipeline) -> None:
+        self.pipeline = pipeline
+        self.at = time.monotonic()
+        self.applied = 0
+        self.rows = 0
+
+    def emit(self) -> None:
+        now = time.monotonic()
+        elapsed = max(now - self.at, 1e-9)
+        line: dict = {"ts": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        ledger, sink = self.pipeline.ledger, self.pipeline.sink
+        if ledger is not None:
+            s = ledger.stats
+            line["ledger"] = {"events_per_s": round((s.applied + s.rejected - self.applied) / elapsed),
+                              "lag": s.lag, "last_batch": s.last_batch, "last_txn_ms": round(s.last_txn_ms, 1),
+                              "applied": s.applied, "rejected": s.rejected, "transactions": s.transactions,
+                              "aborted": s.aborted}
+            self.applied = s.applied + s.rejected
+        if sink is not None:
+            rows = sum(sink.progress.rows.values())
+            line["sink"] = {"rows_per_s": round((rows - self.rows) / elapsed), "rows": dict(sink.progress.rows),
+                            "batches": sink.progress.batches}
+            self.rows = rows
+        self.at = now
+        sys.stderr.write(json.dumps(line) + "\n")
+        sys.stderr.flush()
 
 
 # ----------------------------------------------------------------------------- queries

@@ -52,6 +52,7 @@ def consumer(settings: Settings, group_id: str, **extra: Any) -> Consumer:
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "range",  # usage p and commands p go to one instance
+        "session.timeout.ms": 10_000,  # a dead or frozen instance loses its partitions within 10 s
         "fetch.wait.max.ms": 50,
         "max.partition.fetch.bytes": 8_388_608,  # batches of thousands of events per partition
         "fetch.max.bytes": 67_108_864,
@@ -92,3 +93,21 @@ def read_to_end(settings: Settings, topic: str, partitions: Iterable[int], *,
                     raise KafkaException(err)
     finally:
         reader.close()
+
+
+def committed_offsets(consumer: Consumer, partitions: list[TopicPartition],
+                      timeout: float = 60.0) -> list[TopicPartition]:
+    """``Consumer.committed``, retried while the group coordinator is moving or loading."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.committed(partitions, timeout=max(1.0, deadline - time.monotonic()))
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.retriable() and error.code() not in _COORDINATOR_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+_COORDINATOR_BUSY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                     KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT, KafkaError._TRANSPORT)

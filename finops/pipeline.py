@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from .errors import FinopsError
-from .processors.runner import LedgerProcessor
+from .processors.runner import LedgerProcessor, Stuck
 from .projections.sink import Sink
 from .settings import Settings
 
@@ -23,11 +24,13 @@ PARTS = ("ledger", "sink")
 class Pipeline:
     """Start, watch and stop the chosen processors; a crash in one stops all and is re-raised."""
 
-    def __init__(self, settings: Settings, parts: tuple[str, ...] = PARTS, *, instance: str = "0") -> None:
+    def __init__(self, settings: Settings, parts: tuple[str, ...] = PARTS, *, instance: str = "0",
+                 batch_max: int = 20_000, batch_s: float = 0.1) -> None:
         unknown = set(parts) - set(PARTS)
         if unknown:
             raise FinopsError(f"unknown processor {sorted(unknown)[0]!r}; choose from {', '.join(PARTS)}")
-        self.ledger = LedgerProcessor(settings, instance=instance) if "ledger" in parts else None
+        self.ledger = (LedgerProcessor(settings, instance=instance, batch_max=batch_max, batch_s=batch_s)
+                       if "ledger" in parts else None)
         self.sink = Sink(settings) if "sink" in parts else None
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
@@ -51,9 +54,19 @@ class Pipeline:
                 self._stopped.set()
         return target
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until a processor fails (then raise its error) or the timeout passes."""
-        self._stopped.wait(timeout)
+    def wait(self, timeout: float, stuck_after: float = 180.0) -> bool:
+        """Block until a processor fails (then raise its error) or the timeout passes.
+
+        Raises :class:`Stuck` when the ledger's transaction has been open for longer
+        than ``stuck_after`` seconds (the thread cannot be interrupted; the caller exits).
+        """
+        deadline = time.monotonic() + timeout
+        while not self._stopped.wait(min(1.0, max(deadline - time.monotonic(), 0))):
+            if self.ledger is not None and self.ledger.stuck_for() > stuck_after:
+                raise Stuck(f"a ledger transaction has been open for over {stuck_after:g} s "
+                            "(Kafka client stuck after a coordinator loss); exiting to restart clean")
+            if time.monotonic() >= deadline:
+                break
         self.raise_failure()
         return self._stopped.is_set()
 

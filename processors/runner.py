@@ -51,6 +51,15 @@ class Fenced(FinopsError):
     """Another instance took over this transactional id or group generation."""
 
 
+class Stuck(FinopsError):
+    """A transaction call has not returned for far longer than its timeout.
+
+    librdkafka can block in ``send_offsets_to_transaction`` past its timeout after the
+    group coordinator went away (librdkafka issues #5456, #5511). Nothing is lost: the
+    transaction is aborted by the broker; a fresh process resumes from the committed state.
+    """
+
+
 @dataclass
 class LedgerStats:
     consumed: int = 0
@@ -67,6 +76,7 @@ class LedgerStats:
     apply_s: float = 0.0
     commit_s: float = 0.0
     committed: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset per input partition
+    lag: int = 0  # input messages in Kafka not yet committed, on this instance's partitions
 
 
 class LedgerProcessor:
@@ -85,7 +95,12 @@ class LedgerProcessor:
         self._fetched: dict[tuple[str, int], int] = {}  # next offset after the last message consumed
         self._stop = threading.Event()
         self._callback_error: Exception | None = None
+        self._txn_since: float | None = None  # monotonic start of the open transaction
+        self._lag_at = 0.0
         group = group_id or f"{settings.group_prefix}-ledger"
+        # Snapshots belong to the consumer group whose offsets they match: a rebuild under a
+        # new group starts from nothing, not from another group's state.
+        self._snapshot_prefix = f"{group}/".encode()
         self.producer = clients.transactional_producer(
             settings, f"{group}-{instance}", **{"queue.buffering.max.messages": 2_000_000,
                                                  "queue.buffering.max.kbytes": 1_048_576})
@@ -95,7 +110,7 @@ class LedgerProcessor:
             raise FinopsError(f"cannot start transactions on {settings.bootstrap}: {exc.args[0].str()}") from None
         self.consumer = clients.consumer(settings, group)
         self.consumer.subscribe(list(topics.INPUTS), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_revoke)
+                                on_lost=self._on_lost)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -127,7 +142,7 @@ class LedgerProcessor:
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = {tp.partition for tp in partitions}
         # Waits for transactional offsets still pending, so the snapshots read next are theirs.
-        for tp in consumer.committed(partitions, timeout=60):
+        for tp in clients.committed_offsets(consumer, partitions):
             self.stats.committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
             self._fetched[(tp.topic, tp.partition)] = max(tp.offset, 0)
         self._restore(numbers)
@@ -146,9 +161,20 @@ class LedgerProcessor:
             del self._fetched[key]
         log.info("revoked partitions %s", sorted(numbers))
 
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions taken away because this instance missed its heartbeats (frozen, paused,
+        cut off): another instance may own them now, so this one is a zombie. It stops;
+        whatever it still tries to commit is fenced by the group generation."""
+        self._on_revoke(consumer, partitions)
+        self._callback_error = Fenced("ledger processor lost its partitions (missed heartbeats); "
+                                      "another instance owns them now")
+
     def _restore(self, numbers: set[int]) -> None:
         """Load the latest committed snapshot of every tenant on these partitions."""
+        prefix = self._snapshot_prefix
         for m in clients.read_to_end(self.settings, topics.SNAPSHOTS, numbers):
+            if not m.key().startswith(prefix) or m.value() is None:
+                continue
             state = restore(m.value())
             self.book.tenants[state.tenant_id] = state
             self.partition_of[state.tenant_id] = m.partition()
@@ -159,7 +185,7 @@ class LedgerProcessor:
         self.book = Book()
         self.partition_of.clear()
         self.merger.clear()
-        committed = self.consumer.committed(assignment, timeout=60)
+        committed = clients.committed_offsets(self.consumer, assignment)
         self._restore({tp.partition for tp in assignment})
         for tp in committed:
             self._fetched[(tp.topic, tp.partition)] = max(tp.offset, 0)
@@ -213,6 +239,7 @@ class LedgerProcessor:
         self.stats.decode_s += t2 - t1
         if not items:
             return 0
+        self._txn_since = time.monotonic()
         try:
             self.producer.begin_transaction()
             offsets = self._process(items)
@@ -222,6 +249,8 @@ class LedgerProcessor:
         except KafkaException as exc:
             self._fail(exc)
             return 0
+        finally:
+            self._txn_since = None
         t4 = time.perf_counter()
         self.stats.apply_s += t3 - t2
         self.stats.commit_s += t4 - t3
@@ -230,7 +259,22 @@ class LedgerProcessor:
         self.stats.last_txn_ms = (t4 - t2) * 1000
         for tp in offsets:
             self.stats.committed[(tp.topic, tp.partition)] = tp.offset
+        if now - self._lag_at >= 1.0:
+            self._lag_at = now
+            self.stats.lag = self._lag()
         return len(items)
+
+    def _lag(self) -> int:
+        lag = 0
+        for (topic, partition), offset in self._fetched.items():
+            _low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            lag += max(high - self.stats.committed.get((topic, partition), offset), 0) if high >= 0 else 0
+        return lag
+
+    def stuck_for(self) -> float:
+        """Seconds the current transaction has been open (0 when none is)."""
+        since = self._txn_since
+        return time.monotonic() - since if since is not None else 0.0
 
     def _fail(self, exc: KafkaException) -> None:
         error = exc.args[0]
@@ -289,5 +333,6 @@ class LedgerProcessor:
                 balance = balance_of(state, state.accounts[account_id])
                 produce(topics.BALANCES, _encoder.encode(balance),
                         outputs.balance_key(tenant_id, account_id).encode(), partition=partition)
-            produce(topics.SNAPSHOTS, snapshot(state), tenant_id.encode(), partition=partition)
+            produce(topics.SNAPSHOTS, snapshot(state), self._snapshot_prefix + tenant_id.encode(),
+                    partition=partition)
         return [TopicPartition(t, p, o) for (t, p), o in positions.items()]

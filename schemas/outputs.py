@@ -10,7 +10,7 @@ from datetime import datetime
 
 import msgspec
 
-from .money import Micros
+from .money import Micros, to_micros
 
 # Ledger entry kinds (wire-v1 "Outputs").
 CREDIT = "credit"
@@ -104,3 +104,12 @@ class Enforcement(msgspec.Struct, frozen=True, kw_only=True):
 def balance_key(tenant_id: str, account_id: str) -> str:
     """Account ids are unique per tenant only, so the compacted key carries both."""
     return f"{tenant_id}/{account_id}"
+
+
+def _dec_micros(kind: type, value: object) -> object:
+    if kind is Micros:
+        return to_micros(value)
+    raise NotImplementedError(kind)
+
+
+entry_decoder = msgspec.json.Decoder(LedgerEntry, dec_hook=_dec_micros)

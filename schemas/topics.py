@@ -12,7 +12,7 @@ ENFORCEMENT = "finops.enforcement.v1"
 ALERTS = "finops.alerts.v1"
 REJECTED = "finops.rejected.v1"
 # Internal: the ledger processor's per-tenant state, written in the same transaction as the
-# input offsets it covers (compacted, key = tenant id, partition = input partition).
+# input offsets it covers (compacted, key = "<consumer group>/<tenant id>", partition = input partition).
 SNAPSHOTS = "finops.snapshots.v1"
 
 

@@ -1,0 +1,179 @@
+"""Faults from reliability.md against the real broker: kill -9, zombies, broker restarts,
+rebuilds. After each, the balances equal `finops fold` of the same input and the ledger
+topic (read_committed) holds every entry exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from finops import clients, stack
+from finops.demo import input_ends, ledger_caught_up, same_as_fold
+from finops.pipeline import Pipeline
+from finops.processors.fold import fold_lines
+from finops.producers.publish import publish_lines
+from finops.producers.workload import generate
+from finops.projections.balances import read_balances
+from finops.schemas import outputs, topics
+
+pytestmark = pytest.mark.integration
+
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def committed(settings, ends: dict) -> int:
+    """Input messages committed by the ledger group so far."""
+    probe = clients.consumer(settings, f"{settings.group_prefix}-ledger")
+    try:
+        tps = clients.committed_offsets(probe, [TopicPartition(t, p) for t, p in ends], timeout=30)
+        return sum(max(tp.offset, 0) for tp in tps)
+    finally:
+        probe.close()
+
+
+def ledger_process(settings, instance: str, batch_max: int = 2000, *options: str) -> subprocess.Popen:
+    """`finops run ledger` as its own process (unsupervised unless asked: kill -9 hits the processor)."""
+    env = {**os.environ, "FINOPS_KAFKA_BOOTSTRAP": settings.bootstrap, "FINOPS_GROUP_PREFIX": settings.group_prefix,
+           "FINOPS_DATA_DIR": str(settings.data_dir)}
+    return subprocess.Popen([sys.executable, "-m", "finops.cli", "run", "ledger", "--instance", instance,
+                             "--batch-max", str(batch_max), *(options or ("--no-supervise",))], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate()
+    return proc.returncode, err
+
+
+def ledger_entries(settings, tenants: list[str]) -> list[tuple]:
+    wanted = set(tenants)
+    rows = []
+    for m in clients.read_to_end(settings, topics.LEDGER, range(settings.topic_partitions)):
+        e = outputs.entry_decoder.decode(m.value())
+        if e.tenant_id in wanted:
+            rows.append((e.tenant_id, e.entry_id, e.kind, e.account_id, e.amount_micros, e.balance_micros))
+    return rows
+
+
+def assert_exactly_once_and_equal_to_fold(settings, workload) -> None:
+    latest = {}
+    for tenant in workload.tenants:
+        latest.update(read_balances(settings, tenant_id=tenant))
+    assert same_as_fold(latest, workload)
+    expected = Counter((e.tenant_id, e.entry_id, e.kind, e.account_id, e.amount_micros, e.balance_micros)
+                       for e in fold_lines(workload.lines, keep_outputs=True).outputs
+                       if isinstance(e, outputs.LedgerEntry))
+    got = Counter(ledger_entries(settings, workload.tenants))
+    assert got == expected, (f"{sum((got - expected).values())} unexpected or repeated entries, "
+                             f"{sum((expected - got).values())} missing")
+
+
+class TestFaults:
+    def test_kill_9_of_one_of_two_instances_mid_run(self, settings):
+        """Acceptance: 100k usage events for 50 tenants, 2 instances, one killed with -9 and restarted."""
+        workload = generate(tenants=50, usage=100_000, suffix=f"-{uuid.uuid4().hex[:6]}")
+        assert publish_lines(settings, workload.lines).failed == 0
+        ends = input_ends(settings)
+        total = sum(ends.values())
+        a, b = ledger_process(settings, "a"), ledger_process(settings, "b")
+        try:
+            wait_until(lambda: committed(settings, ends) > total * 0.3 or a.poll() is not None, 120,
+                       "30 % of the input committed")
+            assert a.poll() is None, a.stderr.read()
+            a.send_signal(signal.SIGKILL)  # mid-run: its open transaction is aborted
+            a.wait(10)
+            a = ledger_process(settings, "a")
+            wait_until(lambda: committed(settings, ends) >= total, 180, "every input committed")
+        finally:
+            rc_a, err_a = stop(a)
+            rc_b, err_b = stop(b)
+        assert (rc_a, rc_b) == (0, 0), err_a + err_b
+        assert_exactly_once_and_equal_to_fold(settings, workload)
+
+    def test_a_frozen_zombie_is_fenced_and_exits(self, settings):
+        workload = generate(tenants=10, usage=20_000, suffix=f"-{uuid.uuid4().hex[:6]}")
+        publish_lines(settings, workload.lines)
+        ends = input_ends(settings)
+        total = sum(ends.values())
+        a = ledger_process(settings, "z", batch_max=300)
+        b = None
+        try:
+            wait_until(lambda: committed(settings, ends) > total * 0.1, 120, "A to make progress")
+            a.send_signal(signal.SIGSTOP)
+            b = ledger_process(settings, "z", batch_max=300)  # same instance id: takes over
+            wait_until(lambda: committed(settings, ends) >= total, 180, "B to finish the work")
+            a.send_signal(signal.SIGCONT)
+            a.wait(60)
+            assert a.returncode != 0
+            assert "fenced" in a.stderr.read() or "lost its partitions" in a.stderr.read()
+        finally:
+            if a.poll() is None:
+                a.send_signal(signal.SIGCONT)
+            stop(a)
+            if b is not None:
+                rc_b, err_b = stop(b)
+                assert rc_b == 0, err_b
+        assert_exactly_once_and_equal_to_fold(settings, workload)
+
+    def test_broker_stopped_and_restarted_while_the_processor_runs(self, settings, kafka_settings):
+        """The supervised processor waits out the outage (restarting its Kafka clients if they
+        get stuck) and resumes without operator help."""
+        if kafka_settings.external_kafka:
+            pytest.skip("the test session does not own the broker (FINOPS_KAFKA_BOOTSTRAP is set)")
+        workload = generate(tenants=5, usage=6000, suffix=f"-{uuid.uuid4().hex[:6]}")
+        half = len(workload.lines) // 2
+        publish_lines(settings, workload.lines[:half])
+        ends = input_ends(settings)
+        proc = ledger_process(settings, "r", 2000, "--supervise", "--stuck-after", "15")
+        try:
+            wait_until(lambda: committed(settings, ends) >= sum(ends.values()), 90, "the first half")
+            stack.down(kafka_settings, log=lambda _m: None)
+            time.sleep(2)  # the fault itself: the broker is away for a while
+            stack.up(kafka_settings, log=lambda _m: None)
+            publish_lines(settings, workload.lines[half:])
+            ends = input_ends(settings)
+            wait_until(lambda: committed(settings, ends) >= sum(ends.values()), 180,
+                       "the second half after the restart")
+        finally:
+            rc, err = stop(proc)
+        assert rc == 0, err
+        assert_exactly_once_and_equal_to_fold(settings, workload)
+
+    def test_rebuild_from_offset_zero_gives_byte_identical_balances(self, settings):
+        workload = generate(tenants=3, usage=3000, suffix=f"-{uuid.uuid4().hex[:6]}")
+        publish_lines(settings, workload.lines)
+
+        def run_and_read(group_settings) -> dict:
+            with Pipeline(group_settings, ("ledger",)) as pipeline:
+                ends = input_ends(group_settings)
+                wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the ledger")
+            latest = {}
+            for m in clients.read_to_end(settings, topics.BALANCES, range(settings.topic_partitions)):
+                if any(m.key().startswith(f"{t}/".encode()) for t in workload.tenants):
+                    latest[m.key()] = m.value()
+            return latest
+
+        first = run_and_read(settings)
+        rebuilt = run_and_read(settings.model_copy(update={"group_prefix": settings.group_prefix + "-rebuild"}))
+        assert first and rebuilt == first
