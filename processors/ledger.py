@@ -77,7 +77,30 @@ def advance(state: Tenant, t: datetime) -> list[Output]:
     while timers and timers[0][0] <= t:
         outputs.extend(apply(state, _decide_timer(state, timers[0])))
     state.clock = t
+    epoch = t.timestamp()
+    if epoch - state.pruned_at >= PRUNE_EVERY_S:
+        prune_memory(state, epoch)
     return outputs
+
+
+# Ids (and settled reservations) are remembered for this much event time after their own
+# ts: a resend within it is recognised; one arriving later is judged as new. Bounded so
+# state and snapshots stay bounded; a constant, so every replay forgets at the same time.
+ID_MEMORY_S = 24 * 3600.0
+PRUNE_EVERY_S = 60.0
+
+
+def prune_memory(state: Tenant, now: float) -> None:
+    """Forget ids older than ID_MEMORY_S. Dicts keep arrival order, and arrival order is
+    event-time order except for late messages, which are forgotten a little later."""
+    horizon = now - ID_MEMORY_S
+    for memory in (state.seen, state.closed_holds):
+        while memory:
+            first = next(iter(memory))
+            if memory[first][1] >= horizon:
+                break
+            del memory[first]
+    state.pruned_at = now
 
 
 def _decide_timer(state: Tenant, timer) -> TimerEvent:
@@ -156,7 +179,7 @@ def decide(state: Tenant, message: wire.Message, raw: bytes | None = None) -> li
     print_ = fingerprint(message, raw)
     previous = state.seen.get(message.id)
     if previous is not None:
-        if previous == print_:
+        if previous[0] == print_:
             return []  # the same message again: a no-op
         raise Rejected(reasons.DUPLICATE_ID_CONFLICT, f"id {message.id!r} was used before with other content")
     clock = state.clock
@@ -368,7 +391,7 @@ def _(message: wire.Settle, state: Tenant, now: datetime, late: bool) -> list[Ev
     if hold is None:
         closed = state.closed_holds.get(message.reservation_id)
         if closed is not None:
-            raise Rejected(reasons.RESERVATION_CLOSED, f"reservation {message.reservation_id!r} was {closed}")
+            raise Rejected(reasons.RESERVATION_CLOSED, f"reservation {message.reservation_id!r} was {closed[0]}")
         raise Rejected(reasons.UNKNOWN_RESERVATION, f"no reservation {message.reservation_id!r}")
     amount = int(message.credits)
     left = min(amount, hold.amount)
@@ -488,7 +511,7 @@ def _start_period(acct: Account, period: str, granted: int) -> None:
 
 @_applies(IdRecorded)
 def _(event: IdRecorded, state: Tenant) -> list[Output]:
-    state.seen[event.cause_id] = event.fingerprint
+    state.seen[event.cause_id] = (event.fingerprint, event.ts.timestamp())
     return []
 
 
@@ -556,7 +579,7 @@ def _(event: PeriodRenewed, state: Tenant) -> list[Output]:
 def _(event: HoldReleased, state: Tenant) -> list[Output]:
     _pop_timer(state, event)
     hold = state.holds.pop(event.hold_id)
-    state.closed_holds[hold.id] = "released at expiry"
+    state.closed_holds[hold.id] = ("released at expiry", event.ts.timestamp())
     charged = state.accounts[hold.account]
     charged.reserved -= hold.amount
     state.touched.add(charged.id)
@@ -690,7 +713,7 @@ def _(event: Reserved, state: Tenant) -> list[Output]:
 @_applies(Settled)
 def _(event: Settled, state: Tenant) -> list[Output]:
     hold = state.holds.pop(event.hold_id)
-    state.closed_holds[hold.id] = "settled"
+    state.closed_holds[hold.id] = ("settled", event.ts.timestamp())
     charged = state.accounts[hold.account]
     charged.reserved -= hold.amount
     # from the hold: already taken from the grants at reserve time

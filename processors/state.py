@@ -160,12 +160,15 @@ class Tenant:
 
     tenant_id: str
     accounts: dict[str, Account] = field(default_factory=dict)
-    seen: dict[str, int] = field(default_factory=dict)  # id -> content fingerprint
+    # id -> (content fingerprint, event time as epoch seconds), in arrival order; kept for
+    # ID_MEMORY of event time (see prune_memory)
+    seen: dict[str, tuple[int, float]] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)  # api_key_id -> account_id
     rates: dict[str, Decimal] = field(default_factory=dict)  # "model\x1foperation" -> credits/unit
     recurring: dict[str, Recurring] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)
-    closed_holds: dict[str, str] = field(default_factory=dict)  # reservation id -> "settled"/"released"
+    closed_holds: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> (how, epoch s)
+    pruned_at: float = 0.0  # event time (epoch s) of the last prune_memory
     totals: Totals = field(default_factory=Totals)
     clock: datetime | None = None
     seq: int = 0

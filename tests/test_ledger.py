@@ -414,3 +414,25 @@ class TestRecurrence:
         s.use("team", 10, ts="2026-11-02T00:00:00Z")
         s.tick(ts="2026-12-01T00:00:00Z")
         assert balances(s.fold())["team"][0] == c(5)
+
+
+class TestIdMemory:
+    def test_a_resend_within_a_day_is_a_no_op_and_one_after_is_judged_again(self):
+        s = Script()
+        s.purchase(10)
+        first = s.use("acme", 1, id="req-1", ts=at(hours=1))
+        s.lines.append(first)  # resent the same hour
+        s.tick(ts=at(days=2))  # event time moves on by more than the id memory
+        s.lines.append(first)  # a very late resend: forgotten, charged again (late)
+        r = s.fold()
+        assert balances(r)["acme"][1] == c(2)
+        charges = [e.late for e in r.outputs if getattr(e, "kind", "") == "consume"]
+        assert charges == [False, True]
+
+    def test_memory_stays_bounded_under_steady_traffic(self):
+        s = Script()
+        s.purchase(1000)
+        for n in range(3000):
+            s.use("acme", "0.001", ts=at(minutes=n))  # 3000 ids over ~2 days
+        r = s.fold()
+        assert len(r.book.tenants["acme"].seen) <= 24 * 60 + 2 + 60
