@@ -184,13 +184,15 @@ EXIT_RESTART = 75  # a worker asks its supervisor for a clean restart
 @app.command()
 @command
 def run(
-    parts: Optional[list[str]] = typer.Argument(None, help="Processors to run: ledger, sink (default: all)."),
+    parts: Optional[list[str]] = typer.Argument(None, help="Processors to run: ledger, sink, scheduler "
+                                                       "(default: all three)."),
     instance: str = typer.Option("0", help="Ledger instance id: its transactional id. Unique per running "
                                            "instance; a restarted instance reuses its id (this fences its zombie)."),
     batch_max: int = typer.Option(20_000, help="Most input messages per transaction."),
     batch_ms: int = typer.Option(100, help="Longest wait for a batch to fill, in milliseconds."),
     metrics_every: float = typer.Option(10.0, help="Seconds between metrics lines (JSON on stderr)."),
     stuck_after: float = typer.Option(180.0, help="Restart when a transaction stays open this many seconds."),
+    tick_every: float = typer.Option(60.0, help="Seconds between the scheduler's ticks (per tenant)."),
     supervise: bool = typer.Option(True, help="Run the processors in a child process and restart it after a "
                                               "crash or a stuck Kafka client (--no-supervise: run in this one)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log assignments and client messages."),
@@ -198,7 +200,9 @@ def run(
     """Run the processors in the foreground until Ctrl-C (or SIGTERM).
 
     ledger: usage + commands -> ledger, balances, enforcement, alerts, rejected (exactly once).
-    sink: usage + ledger topics -> ClickHouse tables. Every --metrics-every seconds a JSON
+    sink: usage + ledger topics -> ClickHouse tables.
+    scheduler: a tick per tenant every --tick-every seconds (expiries happen with no traffic).
+    Every --metrics-every seconds a JSON
     line on stderr: events/s, consumer lag, batch size, transaction time, rejected count.
     Example: finops run ledger --instance a
     """
@@ -210,7 +214,7 @@ def run(
     _setup_logging(verbose)
     settings = _settings()
     pipeline = Pipeline(settings, tuple(parts or PARTS), instance=instance, batch_max=batch_max,
-                        batch_s=batch_ms / 1000)
+                        batch_s=batch_ms / 1000, tick_every=tick_every)
     signal.signal(signal.SIGTERM, _interrupt)
     err.print(f"running {', '.join(parts or PARTS)} against {settings.bootstrap} "
               f"and {settings.clickhouse_dsn} (Ctrl-C stops)")

@@ -13,35 +13,41 @@ from typing import Callable
 
 from .errors import FinopsError
 from .processors.runner import LedgerProcessor, Stuck
+from .producers.scheduler import Scheduler
 from .projections.sink import Sink
 from .settings import Settings
 
 log = logging.getLogger("finops.pipeline")
 
-PARTS = ("ledger", "sink")
+PARTS = ("ledger", "sink", "scheduler")
+DEFAULT_PARTS = ("ledger", "sink")  # the scheduler sends wall-clock ticks: `finops run` adds it
 
 
 class Pipeline:
     """Start, watch and stop the chosen processors; a crash in one stops all and is re-raised."""
 
-    def __init__(self, settings: Settings, parts: tuple[str, ...] = PARTS, *, instance: str = "0",
-                 batch_max: int = 20_000, batch_s: float = 0.1) -> None:
+    def __init__(self, settings: Settings, parts: tuple[str, ...] = DEFAULT_PARTS, *, instance: str = "0",
+                 batch_max: int = 20_000, batch_s: float = 0.1, tick_every: float = 60.0) -> None:
         unknown = set(parts) - set(PARTS)
         if unknown:
             raise FinopsError(f"unknown processor {sorted(unknown)[0]!r}; choose from {', '.join(PARTS)}")
         self.ledger = (LedgerProcessor(settings, instance=instance, batch_max=batch_max, batch_s=batch_s)
                        if "ledger" in parts else None)
         self.sink = Sink(settings) if "sink" in parts else None
+        self.scheduler = Scheduler(settings, tick_every) if "scheduler" in parts else None
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
         self._stopped = threading.Event()
 
+    def _parts(self) -> list[tuple[str, object]]:
+        return [(n, p) for n, p in (("ledger", self.ledger), ("sink", self.sink), ("scheduler", self.scheduler))
+                if p is not None]
+
     def start(self) -> Pipeline:
-        for name, part in (("ledger", self.ledger), ("sink", self.sink)):
-            if part is not None:
-                thread = threading.Thread(target=self._guard(part.run), name=f"finops-{name}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
+        for name, part in self._parts():
+            thread = threading.Thread(target=self._guard(part.run), name=f"finops-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def _guard(self, run: Callable[[], None]) -> Callable[[], None]:
@@ -75,9 +81,8 @@ class Pipeline:
             raise self._errors[0]
 
     def stop(self) -> None:
-        for part in (self.ledger, self.sink):
-            if part is not None:
-                part.stop()
+        for _name, part in self._parts():
+            part.stop()
         for thread in self._threads:
             thread.join(30)
         self._stopped.set()

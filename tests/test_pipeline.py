@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 
 import pytest
 
@@ -122,3 +123,23 @@ class TestThinSlice:
         assert [r["reason"] for r in rejected] == ["not_json"]
         balances = read_balances(settings, tenant_id=tenant)
         assert balances[(tenant, tenant)].available == "3"
+
+
+class TestScheduler:
+    def test_ticks_let_a_window_expire_with_no_traffic(self, settings):
+        from finops.producers.scheduler import Scheduler
+
+        tenant = f"t-{uuid.uuid4().hex[:6]}"
+        lines = [
+            f'{{"type":"purchase","id":"p","tenant_id":"{tenant}","ts":"2026-11-01T00:00:00Z","credits":10,'
+            f'"expires_at":"2026-11-02T00:00:00Z"}}'.encode(),
+        ]
+        publish_lines(settings, lines)
+        with Pipeline(settings, ("ledger",)) as pipeline:
+            ends = input_ends(settings)
+            wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the purchase", pipeline)
+            scheduler = Scheduler(settings, every=60)
+            assert scheduler.tick(now=datetime(2026, 11, 3, tzinfo=timezone.utc).timestamp()) >= 1
+            ends = input_ends(settings)
+            wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the tick", pipeline)
+        assert read_balances(settings, tenant_id=tenant)[(tenant, tenant)].available == "0"

@@ -1,0 +1,59 @@
+"""The tick scheduler: a ``tick`` per tenant every interval, so that expiries, window ends,
+monthly renewals and hold releases happen on time even when a tenant sends nothing.
+
+Ticks carry wall-clock time rounded down to the interval, and their id is
+``tick:<tenant>:<epoch seconds>``: two schedulers (or a restarted one) send byte-identical
+ticks, which the ledger takes once. Tenants are found in ``finops.balances.v1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+
+import msgspec
+
+from .. import clients
+from ..projections.balances import read_balances
+from ..schemas import topics
+from ..settings import Settings
+
+log = logging.getLogger("finops.scheduler")
+
+
+def tick_lines(tenants: set[str], now: float, every: float) -> list[tuple[str, bytes]]:
+    """(tenant, tick message) for each tenant at ``now`` rounded down to the interval."""
+    at = int(now // every * every)
+    ts = datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return [(tenant, msgspec.json.encode({"type": "tick", "id": f"tick:{tenant}:{at}", "tenant_id": tenant,
+                                          "ts": ts}))
+            for tenant in sorted(tenants)]
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, every: float = 60.0) -> None:
+        self.settings = settings
+        self.every = every
+        self.sent = 0
+        self.producer = clients.producer(settings)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def tick(self, now: float | None = None) -> int:
+        tenants = {tenant for tenant, _account in read_balances(self.settings)}
+        for tenant, line in tick_lines(tenants, time.time() if now is None else now, self.every):
+            self.producer.produce(topics.COMMANDS, line, tenant.encode())
+        remaining = self.producer.flush(30)
+        if remaining:
+            log.warning("%d ticks not delivered yet", remaining)
+        self.sent += len(tenants)
+        return len(tenants)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(self.every - time.time() % self.every)  # on the interval boundary
