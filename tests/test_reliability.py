@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 
 import pytest
+import msgspec.json as msgspec_json
 from confluent_kafka import TopicPartition
 
 from finops import clients, stack
@@ -177,3 +178,56 @@ class TestFaults:
         first = run_and_read(settings)
         rebuilt = run_and_read(settings.model_copy(update={"group_prefix": settings.group_prefix + "-rebuild"}))
         assert first and rebuilt == first
+
+
+class TestBadInputThroughKafka:
+    def test_refusals_and_late_events_match_the_fold(self, settings):
+        """Rows 9-12 and 14 through the broker: overdraft, windows and expiry by event time,
+        unreadable input, another tenant's account, a late usage: the rejected topic and the
+        balances say exactly what `finops fold` says of the same bytes."""
+        from test_bad_input import BAD, GOOD
+
+        run = uuid.uuid4().hex[:8]
+
+        def mark(line: str) -> str:  # every tenant, id and unreadable line carries the run
+            if not line.startswith("{"):
+                return f"{line} {run}"
+            return line.replace('"acme"', f'"acme-{run}"').replace('"globex"', f'"globex-{run}"') \
+                .replace('"id":"', f'"id":"{run}-')
+
+        t = f'"tenant_id":"acme-{run}"'
+        window = [  # row 10 and row 14: a window, its expiry by a tick, a late usage after it
+            f'{{"type":"open_account","id":"w1",{t},"ts":"2026-11-01T10:00:01Z","account_id":"ws","kind":"workspace",'
+            '"parent_id":"team","fallback":false}',
+            f'{{"type":"allocate","id":"w2",{t},"ts":"2026-11-01T10:00:02Z","from_account":"team","to_account":"ws",'
+            '"credits":5,"ends_at":"2026-11-02T00:00:00Z"}',
+            f'{{"type":"tick","id":"w3",{t},"ts":"2026-11-03T00:00:00Z"}}',
+            f'{{"type":"usage","id":"w4",{t},"ts":"2026-11-01T12:00:00Z","account_id":"ws","api_key_id":"k",'
+            '"model_name":"m","operation_type":"chat","units_consumed":1,"credits_consumed":1}',
+            f'{{"type":"tick","id":"w5",{t},"ts":"2026-11-03T00:00:00Z"}}',  # expiry twice: nothing more
+        ]
+        first = [mark(x).encode() for x in GOOD[:3]] + [mark(b).encode() for b, _ in BAD] + \
+                [mark(x).encode() for x in GOOD[3:]] + [x.encode() for x in window[:3]]
+        late = [x.encode() for x in window[3:]]  # sent after the expiry was applied: truly late
+        lines = first + late
+        with Pipeline(settings, ("ledger",)) as pipeline:
+            for part in (first, late):
+                assert publish_lines(settings, part, validate=False).failed == 0
+                ends = input_ends(settings)
+                wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the ledger")
+        got = Counter()
+        for m in clients.read_to_end(settings, topics.REJECTED, range(settings.topic_partitions)):
+            record = msgspec_json.decode(m.value())
+            if run in record["input"]:
+                got[(record.get("id"), record["reason"])] += 1
+        fold = fold_lines(lines)
+        assert got == Counter((r.id, r.reason) for r in fold.rejected)
+        assert len(got) >= 20
+        tenants = [f"acme-{run}", f"globex-{run}"]
+        latest = {}
+        for tenant in tenants:
+            latest.update(read_balances(settings, tenant_id=tenant))
+        expected = {(tn, a.id): (a.available, a.consumed, a.overage)
+                    for tn in tenants for a in fold.book.tenants[tn].accounts.values()}
+        assert {k: (b.available_micros, b.consumed_micros, b.overage_micros) for k, b in latest.items()} == expected
+        assert expected[(f"acme-{run}", "ws")] == (0, 1_000_000, 1_000_000)  # late: charged to what is left: nothing
