@@ -23,7 +23,6 @@ Order: the two input topics are merged per partition number by event time
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +32,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from .. import clients
 from ..errors import FinopsError
 from ..schemas import outputs, topics, wire
+from ..service import Service
 from ..settings import Settings
 from .ledger import Book, balance_of
 from .merge import Item, Merger
@@ -79,11 +79,12 @@ class LedgerStats:
     lag: int = 0  # input messages in Kafka not yet committed, on this instance's partitions
 
 
-class LedgerProcessor:
+class LedgerProcessor(Service):
     """One instance of the ledger processor; several instances share the input partitions."""
 
     def __init__(self, settings: Settings, *, instance: str = "0", batch_max: int = 20_000,
                  batch_s: float = 0.1, idle_s: float = 0.5, group_id: str | None = None) -> None:
+        super().__init__()
         self.settings = settings
         self.batch_max = batch_max
         self.batch_s = batch_s
@@ -93,7 +94,6 @@ class LedgerProcessor:
         self.idle_s = idle_s
         self.partition_of: dict[str, int] = {}  # tenant -> input partition number
         self._fetched: dict[tuple[str, int], int] = {}  # next offset after the last message consumed
-        self._stop = threading.Event()
         self._callback_error: Exception | None = None
         self._txn_since: float | None = None  # monotonic start of the open transaction
         self._lag_at = 0.0
@@ -113,16 +113,6 @@ class LedgerProcessor:
                                 on_lost=self._on_lost)
 
     # ------------------------------------------------------------------ lifecycle
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self.step()
-        finally:
-            self.close()
 
     def close(self) -> None:
         try:

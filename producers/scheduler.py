@@ -9,7 +9,6 @@ ticks, which the ledger takes once. Tenants are found in ``finops.balances.v1``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import datetime, timezone
 
@@ -18,6 +17,7 @@ import msgspec
 from .. import clients
 from ..projections.balances import read_balances
 from ..schemas import topics
+from ..service import Service
 from ..settings import Settings
 
 log = logging.getLogger("finops.scheduler")
@@ -32,16 +32,13 @@ def tick_lines(tenants: set[str], now: float, every: float) -> list[tuple[str, b
             for tenant in sorted(tenants)]
 
 
-class Scheduler:
+class Scheduler(Service):
     def __init__(self, settings: Settings, every: float = 60.0) -> None:
+        super().__init__()
         self.settings = settings
         self.every = every
         self.sent = 0
         self.producer = clients.producer(settings)
-        self._stop = threading.Event()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def tick(self, now: float | None = None) -> int:
         tenants = {tenant for tenant, _account in read_balances(self.settings)}
@@ -53,7 +50,10 @@ class Scheduler:
         self.sent += len(tenants)
         return len(tenants)
 
-    def run(self) -> None:
-        while not self._stop.is_set():
-            self.tick()
-            self._stop.wait(self.every - time.time() % self.every)  # on the interval boundary
+    def step(self) -> int:
+        sent = self.tick()
+        self._stop.wait(self.every - time.time() % self.every)  # until the next interval boundary
+        return sent
+
+    def close(self) -> None:
+        self.producer.flush(10)

@@ -32,8 +32,12 @@ def _iso(t: datetime) -> str:
 
 
 def generate(*, tenants: int = 2, usage: int = 3000, seed: int = 7, suffix: str = "",
-             start: datetime = datetime(2026, 11, 2, tzinfo=timezone.utc)) -> Workload:
-    """``tenants`` tenants (named acme, globex, ... plus ``suffix``) and ``usage`` requests."""
+             start: datetime | None = None) -> Workload:
+    """``tenants`` tenants (named acme, globex, ... plus ``suffix``) and ``usage`` requests
+    over the day from ``start`` (default: now, so each new workload comes after the last one
+    in event time, as real traffic does)."""
+    if start is None:
+        start = datetime.now(timezone.utc).replace(microsecond=0)
     rng = random.Random(seed)
     encode = msgspec.json.encode
     commands: list[dict] = []

@@ -14,13 +14,12 @@ import logging
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 
-import msgspec
 from confluent_kafka import KafkaError, TopicPartition
 
 from .. import clients
-from ..schemas import topics, wire
+from ..schemas import outputs, topics, wire
+from ..service import Service
 from ..settings import Settings
 from . import clickhouse
 
@@ -38,25 +37,6 @@ LEDGER_COLUMNS = [
 TABLES = {topics.USAGE: ("usage_events", USAGE_COLUMNS), topics.LEDGER: ("ledger_entries", LEDGER_COLUMNS)}
 
 
-
-class _EntryRow(msgspec.Struct):
-    """The fields of a ledger entry that ClickHouse keeps (amounts as micro-credits)."""
-
-    entry_id: str
-    kind: str
-    tenant_id: str
-    account_id: str
-    cause_id: str
-    cause_type: str
-    ts: datetime
-    amount_micros: int
-    balance_micros: int
-    charged_to: str | None = None
-    grant_id: str | None = None
-    late: bool = False
-
-
-_entry_decoder = msgspec.json.Decoder(_EntryRow)
 
 
 def usage_row(value: bytes, partition: int, offset: int) -> list | None:
@@ -76,7 +56,7 @@ def usage_row(value: bytes, partition: int, offset: int) -> list | None:
 
 
 def ledger_row(value: bytes, partition: int, offset: int) -> list:
-    e = _entry_decoder.decode(value)
+    e = outputs.entry_decoder.decode(value)
     return [e.entry_id, e.kind, e.tenant_id, e.account_id, e.cause_id, e.cause_type, e.ts, e.amount_micros,
             e.balance_micros, e.charged_to or "", e.grant_id or "", e.late, partition, offset]
 
@@ -91,11 +71,12 @@ class SinkProgress:
     skipped: int = 0
 
 
-class Sink:
+class Sink(Service):
     """Consumes (read_committed) and inserts batches; see the module docstring for the order."""
 
     def __init__(self, settings: Settings, *, client=None, batch_max: int = 20_000, poll_s: float = 0.2,
                  group_id: str | None = None) -> None:
+        super().__init__()
         self.settings = settings
         self.client = client or clickhouse.connect(settings)
         self.batch_max = batch_max
@@ -103,7 +84,6 @@ class Sink:
         self.progress = SinkProgress()
         self.consumer = clients.consumer(settings, group_id or f"{settings.group_prefix}-sink")
         self.consumer.subscribe(list(TABLES))
-        self._stop = threading.Event()
         self.lock = threading.Lock()  # chdb: one client in this process, shared with readers
 
     def query(self, sql: str, parameters: dict | None = None) -> tuple[list[str], list[tuple]]:
@@ -111,15 +91,8 @@ class Sink:
         with self.lock:
             return clickhouse.query(self.client, sql, parameters)
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self.step()
-        finally:
-            self.consumer.close()
+    def close(self) -> None:
+        self.consumer.close()
 
     def step(self) -> int:
         """One batch: consume, insert every slice, commit. Returns the messages consumed."""

@@ -81,6 +81,13 @@ def assert_exactly_once_and_equal_to_fold(settings, workload) -> None:
     latest = {}
     for tenant in workload.tenants:
         latest.update(read_balances(settings, tenant_id=tenant))
+    book = fold_lines(workload.lines).book
+    wrong = {key: ((b.available_micros, b.consumed_micros, b.overage_micros),
+                   (lambda a: (a.available, a.consumed, a.overage))(book.tenants[key[0]].accounts[key[1]]))
+             for key, b in latest.items()
+             if (b.available_micros, b.consumed_micros, b.overage_micros)
+             != (lambda a: (a.available, a.consumed, a.overage))(book.tenants[key[0]].accounts[key[1]])}
+    assert not wrong, f"{len(wrong)} accounts differ from the fold (got, expected): {sorted(wrong.items())[:5]}"
     assert same_as_fold(latest, workload)
     expected = Counter((e.tenant_id, e.entry_id, e.kind, e.account_id, e.amount_micros, e.balance_micros)
                        for e in fold_lines(workload.lines, keep_outputs=True).outputs

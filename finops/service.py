@@ -1,0 +1,29 @@
+"""The shape every long-running processor shares: ``step()`` until ``stop()``, then ``close()``."""
+
+from __future__ import annotations
+
+import threading
+
+
+class Service:
+    """Subclasses implement ``step`` (one unit of work, bounded in time) and ``close``."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current step (thread-safe)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            self.close()
+
+    def step(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release clients; called once when the loop ends."""
