@@ -134,7 +134,8 @@ class TestFaults:
             a.send_signal(signal.SIGCONT)
             a.wait(60)
             assert a.returncode != 0
-            assert "fenced" in a.stderr.read() or "lost its partitions" in a.stderr.read()
+            said = a.stderr.read()
+            assert "fenced" in said or "lost its partitions" in said, said
         finally:
             if a.poll() is None:
                 a.send_signal(signal.SIGCONT)
