@@ -134,7 +134,7 @@ def ledger(events: int = 200_000, repeats: int = 1, tenants: int = 50) -> dict:
     from .processors.runner import LedgerProcessor
     from .producers.publish import publish_lines
     from .producers.workload import generate
-    from .settings import Settings, load
+    from .settings import load
 
     base = load()
     with ExitStack() as cleanup:

@@ -95,6 +95,10 @@ def read_to_end(settings: Settings, topic: str, partitions: Iterable[int], *,
         reader.close()
 
 
+_COORDINATOR_BUSY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                     KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT, KafkaError._TRANSPORT)
+
+
 def committed_offsets(consumer: Consumer, partitions: list[TopicPartition],
                       timeout: float = 60.0) -> list[TopicPartition]:
     """``Consumer.committed``, retried while the group coordinator is moving or loading."""
@@ -107,7 +111,3 @@ def committed_offsets(consumer: Consumer, partitions: list[TopicPartition],
             if not error.retriable() and error.code() not in _COORDINATOR_BUSY or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-
-
-_COORDINATOR_BUSY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                     KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT, KafkaError._TRANSPORT)

@@ -162,7 +162,7 @@ def _renewal(state: Tenant, rec: Recurring, when: datetime, timer) -> TimerEvent
 
 # ----------------------------------------------------------------------------- decide
 
-_fingerprint_encoder = msgspec.json.Encoder(enc_hook=wire._enc_hook)
+_fingerprint_encoder = msgspec.json.Encoder(enc_hook=wire.enc_hook)
 
 
 def fingerprint(message: wire.Message, raw: bytes | None = None) -> int:

@@ -42,7 +42,7 @@ log = logging.getLogger("finops.ledger")
 
 _OUTPUT_TOPIC = {outputs.LedgerEntry: topics.LEDGER, outputs.Alert: topics.ALERTS,
                  outputs.Enforcement: topics.ENFORCEMENT}
-_encoder = msgspec.json.Encoder(enc_hook=wire._enc_hook)
+_encoder = msgspec.json.Encoder(enc_hook=wire.enc_hook)
 _MARKER_GAP = 8  # offsets at a partition's end that may be transaction markers, not messages
 _FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 

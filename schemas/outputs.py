@@ -10,7 +10,8 @@ from datetime import datetime
 
 import msgspec
 
-from .money import Micros, to_micros
+from .money import Micros
+from .wire import dec_hook
 
 # Ledger entry kinds (wire-v1 "Outputs").
 CREDIT = "credit"
@@ -106,10 +107,4 @@ def balance_key(tenant_id: str, account_id: str) -> str:
     return f"{tenant_id}/{account_id}"
 
 
-def _dec_micros(kind: type, value: object) -> object:
-    if kind is Micros:
-        return to_micros(value)
-    raise NotImplementedError(kind)
-
-
-entry_decoder = msgspec.json.Decoder(LedgerEntry, dec_hook=_dec_micros)
+entry_decoder = msgspec.json.Decoder(LedgerEntry, dec_hook=dec_hook)

@@ -164,7 +164,7 @@ class Rejection(msgspec.Struct, frozen=True):
 # ----------------------------------------------------------------------------- decode / encode
 
 
-def _dec_hook(kind: type, obj: object) -> object:
+def dec_hook(kind: type, obj: object) -> object:
     if kind is Micros:
         if type(obj) is str:
             return to_micros(obj)
@@ -174,14 +174,14 @@ def _dec_hook(kind: type, obj: object) -> object:
     raise NotImplementedError(kind)
 
 
-def _enc_hook(obj: object) -> object:
+def enc_hook(obj: object) -> object:
     if isinstance(obj, Micros):
         return credits_str(obj)
     raise NotImplementedError(type(obj))
 
 
-_decoder = msgspec.json.Decoder(Message, dec_hook=_dec_hook)
-_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+_decoder = msgspec.json.Decoder(Message, dec_hook=dec_hook)
+_encoder = msgspec.json.Encoder(enc_hook=enc_hook)
 _loose = msgspec.json.Decoder()
 
 
