@@ -129,8 +129,7 @@ def ledger(events: int = 200_000, repeats: int = 1, tenants: int = 50) -> dict:
     import uuid
     from contextlib import ExitStack
 
-    from . import stack
-    from .demo import input_ends, ledger_caught_up
+    from . import clients, stack
     from .processors.runner import LedgerProcessor
     from .producers.publish import publish_lines
     from .producers.workload import generate
@@ -148,15 +147,15 @@ def ledger(events: int = 200_000, repeats: int = 1, tenants: int = 50) -> dict:
         settings = settings.model_copy(update={"group_prefix": f"bench-{uuid.uuid4().hex[:8]}"})
         workload = generate(tenants=tenants, usage=events, suffix=f"-{uuid.uuid4().hex[:4]}")
         report = publish_lines(settings, workload.lines, validate=False)
-        total = sum(end for end in input_ends(settings).values())
+        total = sum(end for end in clients.input_ends(settings).values())
         raw_rate = _consume_rate(settings, f"{settings.group_prefix}-raw", total)
 
         processor = LedgerProcessor(settings)
-        ends = input_ends(settings)
+        ends = clients.input_ends(settings)
         first = None
         started = time.perf_counter()
         try:
-            while not ledger_caught_up(processor, ends):
+            while not processor.caught_up(ends):
                 if processor.step() and first is None:
                     first = time.perf_counter()
                 if time.perf_counter() - started > 600:

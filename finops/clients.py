@@ -111,3 +111,20 @@ def committed_offsets(consumer: Consumer, partitions: list[TopicPartition],
             if not error.retriable() and error.code() not in _COORDINATOR_BUSY or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def input_ends(settings: Settings) -> dict[tuple[str, int], int]:
+    """The end offset of every partition of both input topics now (they are not transactional)."""
+    from .schemas import topics
+
+    probe = consumer(settings, f"{settings.group_prefix}-probe")
+    try:
+        meta = probe.list_topics(timeout=10)
+        ends = {}
+        for topic in topics.INPUTS:
+            for p in meta.topics[topic].partitions:
+                _low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                ends[(topic, p)] = high
+        return ends
+    finally:
+        probe.close()

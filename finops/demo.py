@@ -14,17 +14,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
-from confluent_kafka import TopicPartition
-
 from . import clients, stack
 from .errors import FinopsError
 from .pipeline import Pipeline
 from .processors.fold import fold_lines
-from .processors.runner import LedgerProcessor
 from .producers.publish import publish_lines
 from .producers.workload import Workload, generate
 from .projections.balances import read_balances
-from .schemas import topics
 from .settings import Settings
 
 Log = Callable[[str], None]
@@ -48,21 +44,6 @@ class DemoResult:
     seconds: float
 
 
-def input_ends(settings: Settings) -> dict[tuple[str, int], int]:
-    """The end offset of every input partition now (input topics are not transactional)."""
-    consumer = clients.consumer(settings, f"{settings.group_prefix}-demo-probe")
-    try:
-        meta = consumer.list_topics(timeout=10)
-        ends = {}
-        for topic in topics.INPUTS:
-            for p in meta.topics[topic].partitions:
-                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                ends[(topic, p)] = high
-        return ends
-    finally:
-        consumer.close()
-
-
 def wait_for(condition: Callable[[], bool], *, timeout: float, what: str, pipeline: Pipeline) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -70,11 +51,6 @@ def wait_for(condition: Callable[[], bool], *, timeout: float, what: str, pipeli
         if time.monotonic() > deadline:
             raise FinopsError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.1)
-
-
-def ledger_caught_up(ledger: LedgerProcessor, ends: dict[tuple[str, int], int]) -> bool:
-    committed = ledger.stats.committed
-    return all(committed.get(key, 0) >= end for key, end in ends.items() if end > 0)
 
 
 def run(settings: Settings, *, usage: int = 3000, tenants: int = 2, log: Log = print,
@@ -97,9 +73,9 @@ def _run(settings: Settings, *, usage: int, tenants: int, log: Log, timeout: flo
     with Pipeline(settings) as pipeline:
         report = publish_lines(settings, workload.lines)
         log(f"published {report.sent} messages ({report.failed} failed)")
-        ends = input_ends(settings)
+        ends = clients.input_ends(settings)
         assert pipeline.ledger is not None and pipeline.sink is not None
-        wait_for(lambda: ledger_caught_up(pipeline.ledger, ends), timeout=timeout,
+        wait_for(lambda: pipeline.ledger.caught_up(ends), timeout=timeout,
                  what="the ledger to commit every input", pipeline=pipeline)
         log("ledger: every input committed")
         count_sql = "SELECT count() FROM usage_events WHERE tenant_id IN {tenants:Array(String)}"

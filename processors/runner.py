@@ -261,6 +261,11 @@ class LedgerProcessor(Service):
             lag += max(high - self.stats.committed.get((topic, partition), offset), 0) if high >= 0 else 0
         return lag
 
+    def caught_up(self, ends: dict[tuple[str, int], int]) -> bool:
+        """Has this instance committed every input up to these end offsets (see clients.input_ends)?"""
+        committed = self.stats.committed
+        return all(committed.get(key, 0) >= end for key, end in ends.items() if end > 0)
+
     def stuck_for(self) -> float:
         """Seconds the current transaction has been open (0 when none is)."""
         since = self._txn_since

@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from finops.demo import input_ends, ledger_caught_up, same_as_fold
+from finops import clients
+from finops.demo import same_as_fold
 from finops.pipeline import Pipeline
 from finops.processors.fold import fold_lines
 from finops.schemas.outputs import LedgerEntry
@@ -48,8 +49,8 @@ def check_thin_slice(settings) -> None:
     report = publish_lines(settings, workload.lines)
     assert (report.sent, report.failed) == (len(workload.lines), 0)
     with Pipeline(settings) as pipeline:
-        ends = input_ends(settings)
-        wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the ledger", pipeline)
+        ends = clients.input_ends(settings)
+        wait_until(lambda: pipeline.ledger.caught_up(ends), 60, "the ledger", pipeline)
         wait_until(lambda: tenant_count(pipeline, "usage_events", workload.tenants) >= 2000, 60,
                    "usage rows in ClickHouse", pipeline)
         expected_entries = ledger_entry_count(workload.lines)
@@ -84,12 +85,12 @@ class TestThinSlice:
         half = len(workload.lines) // 2
         publish_lines(settings, workload.lines[:half])
         with Pipeline(settings, ("ledger",)) as pipeline:
-            ends = input_ends(settings)
-            wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the first half", pipeline)
+            ends = clients.input_ends(settings)
+            wait_until(lambda: pipeline.ledger.caught_up(ends), 60, "the first half", pipeline)
         publish_lines(settings, workload.lines[half:] + workload.lines[:10])  # with a resend of ten
         with Pipeline(settings, ("ledger",)) as pipeline:
-            ends = input_ends(settings)
-            wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the second half", pipeline)
+            ends = clients.input_ends(settings)
+            wait_until(lambda: pipeline.ledger.caught_up(ends), 60, "the second half", pipeline)
             assert pipeline.ledger.stats.rejected == 0
         latest = {}
         for tenant in workload.tenants:
@@ -113,8 +114,8 @@ class TestThinSlice:
         producer.flush(10)
         publish_lines(settings, [good[1].encode()])
         with Pipeline(settings, ("ledger",)) as pipeline:
-            ends = input_ends(settings)
-            wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the ledger", pipeline)
+            ends = clients.input_ends(settings)
+            wait_until(lambda: pipeline.ledger.caught_up(ends), 60, "the ledger", pipeline)
         rejected = []
         for m in clients.read_to_end(settings, topics.REJECTED, range(settings.topic_partitions)):
             record = json.loads(m.value())
@@ -136,10 +137,10 @@ class TestScheduler:
         ]
         publish_lines(settings, lines)
         with Pipeline(settings, ("ledger",)) as pipeline:
-            ends = input_ends(settings)
-            wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the purchase", pipeline)
+            ends = clients.input_ends(settings)
+            wait_until(lambda: pipeline.ledger.caught_up(ends), 60, "the purchase", pipeline)
             scheduler = Scheduler(settings, every=60)
             assert scheduler.tick(now=datetime(2026, 11, 3, tzinfo=timezone.utc).timestamp()) >= 1
-            ends = input_ends(settings)
-            wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the tick", pipeline)
+            ends = clients.input_ends(settings)
+            wait_until(lambda: pipeline.ledger.caught_up(ends), 60, "the tick", pipeline)
         assert read_balances(settings, tenant_id=tenant)[(tenant, tenant)].available == "0"

@@ -17,7 +17,7 @@ import msgspec.json as msgspec_json
 from confluent_kafka import TopicPartition
 
 from finops import clients, stack
-from finops.demo import input_ends, ledger_caught_up, same_as_fold
+from finops.demo import same_as_fold
 from finops.pipeline import Pipeline
 from finops.processors.fold import fold_lines
 from finops.producers.publish import publish_lines
@@ -102,7 +102,7 @@ class TestFaults:
         """Acceptance: 100k usage events for 50 tenants, 2 instances, one killed with -9 and restarted."""
         workload = generate(tenants=50, usage=100_000, suffix=f"-{uuid.uuid4().hex[:6]}")
         assert publish_lines(settings, workload.lines).failed == 0
-        ends = input_ends(settings)
+        ends = clients.input_ends(settings)
         total = sum(ends.values())
         a, b = ledger_process(settings, "a"), ledger_process(settings, "b")
         try:
@@ -122,7 +122,7 @@ class TestFaults:
     def test_a_frozen_zombie_is_fenced_and_exits(self, settings):
         workload = generate(tenants=10, usage=20_000, suffix=f"-{uuid.uuid4().hex[:6]}")
         publish_lines(settings, workload.lines)
-        ends = input_ends(settings)
+        ends = clients.input_ends(settings)
         total = sum(ends.values())
         a = ledger_process(settings, "z", batch_max=300)
         b = None
@@ -153,7 +153,7 @@ class TestFaults:
         workload = generate(tenants=5, usage=6000, suffix=f"-{uuid.uuid4().hex[:6]}")
         half = len(workload.lines) // 2
         publish_lines(settings, workload.lines[:half])
-        ends = input_ends(settings)
+        ends = clients.input_ends(settings)
         proc = ledger_process(settings, "r", 2000, "--supervise", "--stuck-after", "15")
         try:
             wait_until(lambda: committed(settings, ends) >= sum(ends.values()), 90, "the first half")
@@ -161,7 +161,7 @@ class TestFaults:
             time.sleep(2)  # the fault itself: the broker is away for a while
             stack.up(kafka_settings, log=lambda _m: None)
             publish_lines(settings, workload.lines[half:])
-            ends = input_ends(settings)
+            ends = clients.input_ends(settings)
             wait_until(lambda: committed(settings, ends) >= sum(ends.values()), 180,
                        "the second half after the restart")
         finally:
@@ -175,8 +175,8 @@ class TestFaults:
 
         def run_and_read(group_settings) -> dict:
             with Pipeline(group_settings, ("ledger",)) as pipeline:
-                ends = input_ends(group_settings)
-                wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the ledger")
+                ends = clients.input_ends(group_settings)
+                wait_until(lambda: pipeline.ledger.caught_up(ends), 60, "the ledger")
             latest = {}
             for m in clients.read_to_end(settings, topics.BALANCES, range(settings.topic_partitions)):
                 if any(m.key().startswith(f"{t}/".encode()) for t in workload.tenants):
@@ -221,8 +221,8 @@ class TestBadInputThroughKafka:
         with Pipeline(settings, ("ledger",)) as pipeline:
             for part in (first, late):
                 assert publish_lines(settings, part, validate=False).failed == 0
-                ends = input_ends(settings)
-                wait_until(lambda: ledger_caught_up(pipeline.ledger, ends), 60, "the ledger")
+                ends = clients.input_ends(settings)
+                wait_until(lambda: pipeline.ledger.caught_up(ends), 60, "the ledger")
         got = Counter()
         for m in clients.read_to_end(settings, topics.REJECTED, range(settings.topic_partitions)):
             record = msgspec_json.decode(m.value())
