@@ -43,6 +43,7 @@ log = logging.getLogger("finops.ledger")
 _OUTPUT_TOPIC = {outputs.LedgerEntry: topics.LEDGER, outputs.Alert: topics.ALERTS,
                  outputs.Enforcement: topics.ENFORCEMENT}
 _encoder = msgspec.json.Encoder(enc_hook=wire.enc_hook)
+_REFRESH_S = 2.0  # after this long waiting on a partition, re-read its high watermark
 _MARKER_GAP = 8  # offsets at a partition's end that may be transaction markers, not messages
 _FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
@@ -93,6 +94,7 @@ class LedgerProcessor(Service):
         self.merger = Merger()
         self.idle_s = idle_s
         self.partition_of: dict[str, int] = {}  # tenant -> input partition number
+        self._owned: set[int] = set()  # input partition numbers assigned to this instance now
         self._fetched: dict[tuple[str, int], int] = {}  # next offset after the last message consumed
         self._callback_error: Exception | None = None
         self._txn_since: float | None = None  # monotonic start of the open transaction
@@ -137,11 +139,13 @@ class LedgerProcessor(Service):
             self._fetched[(tp.topic, tp.partition)] = max(tp.offset, 0)
         self._restore(numbers)
         self.merger.assign(numbers, time.monotonic())
+        self._owned |= numbers
         log.info("assigned partitions %s", sorted(numbers))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # No transaction is open here: callbacks run inside consume(), between batches.
         numbers = {tp.partition for tp in partitions}
+        self._owned -= numbers
         self.merger.revoke(numbers)
         for tenant, partition in list(self.partition_of.items()):
             if partition in numbers:
@@ -193,7 +197,8 @@ class LedgerProcessor(Service):
         """
         tp = TopicPartition(topic, partition)
         _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-        if high < 0:  # not fetched yet: ask the broker once rather than guess
+        if high < 0 or (idle_for >= _REFRESH_S and high > self._fetched.get((topic, partition), 0)):
+            # not fetched yet, or waiting long on a gap: ask the broker rather than trust the cache
             _low, high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
         gap = high - self._fetched.get((topic, partition), 0)
         return gap <= 0 or (gap <= _MARKER_GAP and idle_for >= self.idle_s)
@@ -211,15 +216,18 @@ class LedgerProcessor(Service):
         add = self.merger.add
         rejection_type = wire.Rejection
         fetched = self._fetched
+        owned = self._owned
         for m in messages:
             err = m.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error: %s", err)
                 continue
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            if partition not in owned:  # fetched before a revoke: its new owner applies it
+                continue
             raw = m.value() or b""
             message = decode(raw)
-            topic, partition, offset = m.topic(), m.partition(), m.offset()
             add(Item(topic, partition, offset, None if type(message) is rejection_type else message.ts,
                      message, raw), now)
             fetched[(topic, partition)] = offset + 1
