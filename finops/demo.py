@@ -95,14 +95,17 @@ def _run(settings: Settings, *, usage: int, tenants: int, log: Log, timeout: flo
     for (tenant, account), b in sorted(latest.items()):
         balances.append((tenant, account, b.kind, b.available, b.consumed, b.overage))
     return DemoResult(workload=workload, balances=balances, spend_by_team=spend, usage_rows=rows,
-                      matches_fold=same_as_fold(latest, workload), seconds=time.monotonic() - started_at)
+                      matches_fold=not fold_differences(latest, workload), seconds=time.monotonic() - started_at)
 
 
-def same_as_fold(latest: dict, workload: Workload) -> bool:
-    """Do the published balances equal ``finops fold`` of the same input, account by account?"""
+def fold_differences(latest: dict, workload: Workload) -> dict:
+    """Accounts whose published balance differs from ``finops fold`` of the same input:
+    {(tenant, account): (published, folded)} as (available, consumed, reserved, overage)
+    micro-credits; an account missing on either side shows None there. Empty: they agree."""
     book = fold_lines(workload.lines).book
     expected = {(t, a.id): (a.available, a.consumed, a.reserved, a.overage)
                 for t in workload.tenants for a in book.tenants[t].accounts.values()}
     actual = {key: (b.available_micros, b.consumed_micros, b.reserved_micros, b.overage_micros)
               for key, b in latest.items()}
-    return actual == expected
+    return {key: (actual.get(key), expected.get(key)) for key in actual.keys() | expected.keys()
+            if actual.get(key) != expected.get(key)}

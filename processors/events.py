@@ -49,7 +49,6 @@ class PeriodRenewed(TimerEvent, frozen=True, kw_only=True):
     recurrence: str
     period: str  # "YYYY-MM"
     old_grant: str
-    old_remaining: int
     carry: int
     returned: int
     draws: tuple[tuple[str, int], ...]  # parent grants paying the new period

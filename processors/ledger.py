@@ -156,7 +156,7 @@ def _renewal(state: Tenant, rec: Recurring, when: datetime, timer) -> TimerEvent
     if rec.ends_at is not None and rec.ends_at < ends_at:
         ends_at = rec.ends_at
     return PeriodRenewed(cause_id=cause, cause_type="renew", ts=when, timer=timer, recurrence=rec.id,
-                         period=period, old_grant=rec.grant_id, old_remaining=remaining, carry=carry,
+                         period=period, old_grant=rec.grant_id, carry=carry,
                          returned=returned, draws=tuple(draws), new_grant=f"{rec.id}@{period}", ends_at=ends_at)
 
 

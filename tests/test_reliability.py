@@ -17,24 +17,17 @@ import msgspec.json as msgspec_json
 from confluent_kafka import TopicPartition
 
 from finops import clients, stack
-from finops.demo import same_as_fold
+from finops.demo import fold_differences
 from finops.pipeline import Pipeline
 from finops.processors.fold import fold_lines
 from finops.producers.publish import publish_lines
 from finops.producers.workload import generate
 from finops.projections.balances import read_balances
 from finops.schemas import outputs, topics
+from test_pipeline import wait_until
 
 pytestmark = pytest.mark.integration
 
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def committed(settings, ends: dict) -> int:
@@ -81,14 +74,8 @@ def assert_exactly_once_and_equal_to_fold(settings, workload) -> None:
     latest = {}
     for tenant in workload.tenants:
         latest.update(read_balances(settings, tenant_id=tenant))
-    book = fold_lines(workload.lines).book
-    wrong = {key: ((b.available_micros, b.consumed_micros, b.overage_micros),
-                   (lambda a: (a.available, a.consumed, a.overage))(book.tenants[key[0]].accounts[key[1]]))
-             for key, b in latest.items()
-             if (b.available_micros, b.consumed_micros, b.overage_micros)
-             != (lambda a: (a.available, a.consumed, a.overage))(book.tenants[key[0]].accounts[key[1]])}
-    assert not wrong, f"{len(wrong)} accounts differ from the fold (got, expected): {sorted(wrong.items())[:5]}"
-    assert same_as_fold(latest, workload)
+    wrong = fold_differences(latest, workload)
+    assert not wrong, f"{len(wrong)} accounts differ from the fold (published, folded): {sorted(wrong.items())[:5]}"
     expected = Counter((e.tenant_id, e.entry_id, e.kind, e.account_id, e.amount_micros, e.balance_micros)
                        for e in fold_lines(workload.lines, keep_outputs=True).outputs
                        if isinstance(e, outputs.LedgerEntry))
