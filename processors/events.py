@@ -107,6 +107,7 @@ class UsageCharged(Event, frozen=True, kw_only=True):
     amount: int
     draws: tuple[Draw, ...]
     overage: int
+    dims: dict  # model_name, operation_type, api_key_id, usage_labels: copied onto its entries
 
 
 class Reserved(Event, frozen=True, kw_only=True):

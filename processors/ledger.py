@@ -369,7 +369,12 @@ def _(message: wire.Usage, state: Tenant, now: datetime, late: bool) -> list[Eve
     amount = usage_credits(state, message)
     draws, unpaid = _cascade(state, charged, amount, now)
     return [UsageCharged(cause_id=message.id, cause_type="usage", ts=message.ts, late=late, account_id=charged.id,
-                         amount=amount, draws=tuple(draws), overage=unpaid)]
+                         amount=amount, draws=tuple(draws), overage=unpaid, dims=_usage_dims(message))]
+
+
+def _usage_dims(message: wire.Usage) -> dict:
+    return {"model_name": message.model_name, "operation_type": message.operation_type,
+            "api_key_id": message.api_key_id, "usage_labels": message.usage_labels or None}
 
 
 @_decides(wire.Reserve)
@@ -663,19 +668,21 @@ def _(event: Reclaimed, state: Tenant) -> list[Output]:
 
 
 def _draw_entries(state: Tenant, event: Event, draws, charged: Account, kind: str, first: int,
-                  hold_id: str | None = None, take: bool = True) -> list[Output]:
+                  hold_id: str | None = None, take: bool = True, dims: dict | None = None) -> list[Output]:
     outputs: list[Output] = []
     accounts = state.accounts
+    dims = dims or {}
     for n, (account_id, grant_id, amount) in enumerate(draws, start=first):
         acct = accounts[account_id]
         if take:
             acct.take(grant_id, amount)
         outputs.append(_entry(state, event, n, kind, acct, amount, charged_to=charged.id, grant_id=grant_id,
-                              hold_id=hold_id))
+                              hold_id=hold_id, **dims))
     return outputs
 
 
-def _charge(state: Tenant, event: Event, charged: Account, amount: int, overage: int, n: int) -> list[Output]:
+def _charge(state: Tenant, event: Event, charged: Account, amount: int, overage: int, n: int,
+            dims: dict | None = None) -> list[Output]:
     """Book ``amount`` as consumed by ``charged`` (``overage`` of it unfunded); entry ``n`` is next."""
     charged.consumed += amount
     charged.updated = event.ts
@@ -685,7 +692,7 @@ def _charge(state: Tenant, event: Event, charged: Account, amount: int, overage:
     if overage:
         charged.overage += overage
         state.totals.overage += overage
-        outputs.append(_entry(state, event, n, out.OVERAGE, charged, overage))
+        outputs.append(_entry(state, event, n, out.OVERAGE, charged, overage, **(dims or {})))
     outputs.extend(_record_usage(state, charged, amount, event))
     return outputs
 
@@ -693,8 +700,8 @@ def _charge(state: Tenant, event: Event, charged: Account, amount: int, overage:
 @_applies(UsageCharged)
 def _(event: UsageCharged, state: Tenant) -> list[Output]:
     charged = state.accounts[event.account_id]
-    outputs = _draw_entries(state, event, event.draws, charged, out.CONSUME, 0)
-    outputs.extend(_charge(state, event, charged, event.amount, event.overage, len(event.draws)))
+    outputs = _draw_entries(state, event, event.draws, charged, out.CONSUME, 0, dims=event.dims)
+    outputs.extend(_charge(state, event, charged, event.amount, event.overage, len(event.draws), event.dims))
     return outputs
 
 

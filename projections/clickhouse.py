@@ -28,7 +28,7 @@ def connect(settings: Settings, *, migrate: bool = True):
         client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
         client.command(f"CREATE DATABASE IF NOT EXISTS {settings.clickhouse_database}")
     except Exception as exc:  # the drivers raise many types; the caller wants one line
-        raise ClickHouseError(f"cannot open ClickHouse at {settings.clickhouse_dsn}: {_first_line(exc)}") from exc
+        raise ClickHouseError(f"cannot open ClickHouse at {settings.clickhouse_dsn}: {first_line(exc)}") from exc
     client.database = settings.clickhouse_database
     if migrate:
         apply_migrations(client)
@@ -72,11 +72,11 @@ def query(client, sql: str, parameters: dict[str, Any] | None = None) -> tuple[l
     try:
         result = client.query(sql, parameters=parameters)
     except Exception as exc:
-        raise ClickHouseError(_first_line(exc)) from exc
+        raise ClickHouseError(first_line(exc)) from exc
     return list(result.column_names), [tuple(r) for r in result.result_rows]
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = str(exc).strip()
     for line in text.splitlines():
         line = line.strip()

@@ -31,7 +31,8 @@ class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
 
     ``entry_id`` is unique and stable (cause id + position), so every consumer can
     deduplicate. ``charged_to`` names the account a usage is charged to when the
-    credits come from an ancestor (the cascade).
+    credits come from an ancestor (the cascade). Entries caused by a usage also carry
+    its model, operation, API key and labels.
     """
 
     entry_id: str
@@ -49,6 +50,12 @@ class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     grant_id: str | None = None
     hold_id: str | None = None
     late: bool = False
+    # Added to v1 (optional): what a usage was for, on its ``consume`` and ``overage``
+    # entries, so history and reports (cost by model, team, cost center) need no join.
+    model_name: str | None = None
+    operation_type: str | None = None
+    api_key_id: str | None = None
+    usage_labels: dict[str, str] | None = None
 
 
 class Balance(msgspec.Struct, frozen=True, kw_only=True):
