@@ -5,6 +5,7 @@ Expected failures are one line on stderr and exit code 1; bad usage exits 2.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -85,11 +86,14 @@ def _print_rows(columns: list[str], rows: Iterable[tuple], fmt: str, title: str 
         sys.stdout.write(buffer.getvalue())
     else:
         table = Table(title=title, title_justify="left")
+        cells = [["" if v is None else str(v) for v in r] for r in rows]
+        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
         for c in columns:
-            table.add_column(c)
-        for r in rows:
-            table.add_row(*("" if v is None else str(v) for v in r))
-        out.print(table)
+            table.add_column(c, no_wrap=True)
+        for r in cells:
+            table.add_row(*r)
+        wide = Console(highlight=False, width=max(out.width, sum(widths) + 3 * len(widths) + 1))
+        wide.print(table)  # never cut a number to fit a narrow terminal
 
 
 # ----------------------------------------------------------------------------- stack
@@ -347,12 +351,118 @@ def sql(
 
     Example: finops sql "SELECT team, sum(credits_micros)/1e6 FROM usage_events GROUP BY team"
     """
-    from .projections.clickhouse import connect, query as run_query
+    from .projections.query import open_reader
 
     if fmt not in ("table", "json", "csv"):
         _fail(f"unknown format {fmt!r}; choose table, json or csv", 2)
-    columns, rows = run_query(connect(_settings()), query)
+    reader = open_reader(_settings())
+    try:
+        columns, rows = reader.query(query)
+    finally:
+        reader.close()
     _print_rows(columns, rows, fmt)
+
+
+REPORT_HELP = """Reports over the ClickHouse history (each is a SQL file an analyst can reuse).
+
+    burn-rate (daily, 7- and 14-day averages), forecast (month end: the 14-day formula and
+    Holt with a 90 % band), runway (days until each account runs dry, against its window
+    end), chargeback (cost center -> GL account, --mapping), showback (team, project),
+    top-drivers (model, operation, API key; cost per request), anomalies (z-score of daily
+    spend against the trailing 30 days), focus (FOCUS columns; --format csv or parquet).
+    Days are UTC; --to is "as of" (default today), --from defaults to 30 days before it.
+    Works while `finops run` owns the embedded ClickHouse (it answers for this terminal).
+
+    Example: finops report forecast --tenant acme --plot forecast.png
+    """
+
+
+def _day(value: Optional[str], option: str):
+    if value is None:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError:
+        _fail(f"{option} {value!r} is not a day like 2026-11-23", 2)
+
+
+@app.command(help=REPORT_HELP)
+@command
+def report(
+    name: str = typer.Argument(..., help="burn-rate, forecast, runway, chargeback, showback, top-drivers, "
+                                         "anomalies or focus."),
+    tenant: str = typer.Option("", "--tenant", "-t", help="Only this tenant (default: all)."),
+    account: str = typer.Option("", "--account", "-a", help="Only this account (default: all)."),
+    start: Optional[str] = typer.Option(None, "--from", help="First UTC day, YYYY-MM-DD (default: --to - 29)."),
+    end: Optional[str] = typer.Option(None, "--to", help="Last UTC day and 'as of' day (default: today)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json, csv or parquet (parquet needs --output)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Also draw a PNG here (burn-down, bars, ...)."),
+    mapping: Optional[str] = typer.Option(None, help="chargeback: CSV with columns cost_center,gl_account."),
+    z: float = typer.Option(3.0, help="anomalies: flag days more than this many standard deviations above."),
+    currency: Optional[str] = typer.Option(None, help="focus: BillingCurrency (default FINOPS_BILLING_CURRENCY)."),
+    credit_price: Optional[str] = typer.Option(None, help="focus: price of one credit in that currency "
+                                                          "(default FINOPS_CREDIT_PRICE)."),
+    sql_only: bool = typer.Option(False, "--sql", help="Print the report's SQL file and exit."),
+) -> None:
+    from decimal import Decimal, InvalidOperation
+
+    from .projections import reports
+    from .projections.query import open_reader
+
+    if name not in reports.REPORTS:
+        _fail(f"unknown report {name!r}; choose one of {', '.join(reports.REPORTS)}", 2)
+    if sql_only:
+        sys.stdout.write(reports.sql_text(name))
+        return
+    if fmt not in ("table", "json", "csv", "parquet"):
+        _fail(f"unknown format {fmt!r}; choose table, json, csv or parquet", 2)
+    if fmt == "parquet" and not output:
+        _fail("--format parquet writes a file: add --output FILE", 2)
+    settings = _settings()
+    try:
+        price = Decimal(credit_price) if credit_price is not None else settings.credit_price
+    except InvalidOperation:
+        _fail(f"--credit-price {credit_price!r} is not a number", 2)
+    params = reports.Params(tenant=tenant, account=account, start=_day(start, "--from"), end=_day(end, "--to"),
+                            mapping=reports.read_mapping(mapping) if mapping else {}, z=z,
+                            currency=currency or settings.billing_currency, credit_price=price)
+    reader = open_reader(settings)
+    try:
+        result = reports.run(reader, name, params, datetime.now(timezone.utc).date())
+        if plot:
+            from .projections.plot import plot as draw
+
+            draw(result, plot, reader)
+    finally:
+        reader.close()
+    _write_rows(result.columns, result.rows, fmt, output, title=f"{name} {result.params.start} .. {result.params.end}")
+    if plot:
+        err.print(f"plot written to {plot}")
+
+
+def _write_rows(columns: list[str], rows: list[tuple], fmt: str, output: Optional[str], title: str) -> None:
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
+        try:
+            pq.write_table(table, output)
+        except OSError as exc:
+            _fail(f"cannot write {output}: {exc}")
+        err.print(f"{len(rows)} rows written to {output}")
+        return
+    if output is None:
+        _print_rows(columns, rows, fmt, title)
+        return
+    try:
+        with open(output, "w", newline="") as handle:
+            with contextlib.redirect_stdout(handle):
+                _print_rows(columns, rows, "csv" if fmt == "table" else fmt, title)
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror}")
+    err.print(f"{len(rows)} rows written to {output}")
 
 
 @app.command()

@@ -1,7 +1,9 @@
 """Runs the processors of one process in threads: the ledger processor and the ClickHouse sink.
 
 In embedded mode (chdb) this process owns the ClickHouse data directory, so the sink
-and anything that queries ClickHouse here share one client and one lock.
+and anything that queries ClickHouse here share one client and one lock, and a query
+endpoint on 127.0.0.1 answers ``finops sql`` and ``finops report`` from other terminals
+(see ``projections/query.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Callable
 from .errors import FinopsError
 from .processors.runner import LedgerProcessor, Stuck
 from .producers.scheduler import Scheduler
+from .projections.query import LocalReader, QueryServer, endpoint_file
 from .projections.sink import Sink
 from .settings import Settings
 
@@ -35,6 +38,9 @@ class Pipeline:
                        if "ledger" in parts else None)
         self.sink = Sink(settings) if "sink" in parts else None
         self.scheduler = Scheduler(settings, tick_every) if "scheduler" in parts else None
+        self.query_server = None
+        if self.sink is not None and endpoint_file(settings) is not None:  # embedded: we own chdb, serve others
+            self.query_server = QueryServer(settings, LocalReader(self.sink.client, self.sink.lock, owned=False))
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
         self._stopped = threading.Event()
@@ -44,6 +50,8 @@ class Pipeline:
                 if p is not None]
 
     def start(self) -> Pipeline:
+        if self.query_server is not None:
+            self.query_server.start()
         for name, part in self._parts():
             thread = threading.Thread(target=self._guard(part.run), name=f"finops-{name}", daemon=True)
             thread.start()
@@ -85,6 +93,8 @@ class Pipeline:
             part.stop()
         for thread in self._threads:
             thread.join(30)
+        if self.query_server is not None:
+            self.query_server.stop()
         self._stopped.set()
 
     def __enter__(self) -> Pipeline:

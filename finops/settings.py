@@ -7,6 +7,7 @@ else reads the environment.
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from pathlib import Path
 
 from pydantic import Field
@@ -42,6 +43,10 @@ class Settings(BaseSettings):
         description="chdb:///PATH (embedded) or http(s)://user:pass@host:8123 (server). "
                     "Default: chdb:///<data_dir>/clickhouse.")
     clickhouse_database: str = Field(default="finops", description="ClickHouse database for all tables.")
+    billing_currency: str = Field(default="USD", min_length=3, max_length=3,
+                                  description="FOCUS export: ISO 4217 currency of BilledCost.")
+    credit_price: Decimal = Field(default=Decimal(1), ge=0,
+                                  description="FOCUS export: what one credit costs in billing_currency.")
     group_prefix: str = Field(default="finops", description="Prefix of consumer group and transactional ids.")
 
     @property

@@ -220,8 +220,8 @@ GROUP BY tenant_id, day, model_name, operation_type, env;
 -- ---------------------------------------------------------------- in credits, for people
 CREATE VIEW IF NOT EXISTS v_ledger_entries AS
 SELECT entry_id, kind, tenant_id, account_id, cause_id, cause_type, ts,
-       toDecimal128(amount_micros, 0) / 1000000 AS amount,
-       toDecimal128(balance_micros, 0) / 1000000 AS balance,
+       toDecimal128(amount_micros, 6) / 1000000 AS amount,
+       toDecimal128(balance_micros, 6) / 1000000 AS balance,
        charged_to, grant_id, hold_id, late, model_name, operation_type, api_key_id,
        team, cost_center, project, env, usage_labels
 FROM ledger_entries;
@@ -230,18 +230,18 @@ CREATE VIEW IF NOT EXISTS v_balances AS
 SELECT tenant_id, account_id,
        argMax(kind, (ts, kafka_offset)) AS kind,
        argMax(parent_id, (ts, kafka_offset)) AS parent_id,
-       toDecimal128(argMax(available_micros, (ts, kafka_offset)), 0) / 1000000 AS available,
-       toDecimal128(argMax(consumed_micros, (ts, kafka_offset)), 0) / 1000000 AS consumed,
-       toDecimal128(argMax(reserved_micros, (ts, kafka_offset)), 0) / 1000000 AS reserved,
-       toDecimal128(argMax(overage_micros, (ts, kafka_offset)), 0) / 1000000 AS overage,
+       toDecimal128(argMax(available_micros, (ts, kafka_offset)), 6) / 1000000 AS available,
+       toDecimal128(argMax(consumed_micros, (ts, kafka_offset)), 6) / 1000000 AS consumed,
+       toDecimal128(argMax(reserved_micros, (ts, kafka_offset)), 6) / 1000000 AS reserved,
+       toDecimal128(argMax(overage_micros, (ts, kafka_offset)), 6) / 1000000 AS overage,
        max(ts) AS as_of
 FROM balance_snapshots
 GROUP BY tenant_id, account_id;
 
 CREATE VIEW IF NOT EXISTS v_spend_daily AS
 SELECT tenant_id, day, charged_to, team, cost_center, project, env, model_name, operation_type,
-       toDecimal128(sum(credits_micros), 0) / 1000000 AS credits,
-       toDecimal128(sum(overage_micros), 0) / 1000000 AS overage,
+       toDecimal128(sum(credits_micros), 6) / 1000000 AS credits,
+       toDecimal128(sum(overage_micros), 6) / 1000000 AS overage,
        sum(requests) AS requests
 FROM forecast_inputs_daily
 GROUP BY tenant_id, day, charged_to, team, cost_center, project, env, model_name, operation_type;

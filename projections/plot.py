@@ -1,0 +1,122 @@
+"""``finops report ... --plot out.png``: one picture per report (matplotlib, no display needed).
+
+forecast: this month's cumulative spend, then the seed formula's line and Holt's band to
+the month's end. runway: each account's balance burning down at its rate, to its window
+end. burn-rate and anomalies: daily spend (anomalies marked). chargeback, showback and
+top-drivers: bars.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from ..errors import FinopsError
+from .reports import Report, daily_series
+
+MAX_LINES = 8
+
+
+def plot(report: Report, path: str, reader=None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawers = {"forecast": _forecast, "runway": _runway, "burn-rate": _daily, "anomalies": _daily,
+               "chargeback": _bars, "showback": _bars, "top-drivers": _bars}
+    draw = drawers.get(report.name)
+    if draw is None:
+        raise FinopsError(f"no plot for {report.name}; plots exist for {', '.join(drawers)}")
+    fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
+    draw(report, ax, reader)
+    ax.grid(True, alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except OSError as exc:
+        raise FinopsError(f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        plt.close(fig)
+
+
+def _col(report: Report, row: tuple, name: str):
+    return row[report.columns.index(name)]
+
+
+def _forecast(report: Report, ax, _reader) -> None:
+    p = report.params
+    month = p.end.replace(day=1)
+    for row in report.rows[:MAX_LINES]:
+        scope = (_col(report, row, "tenant_id"), _col(report, row, "account_id"))
+        label = "/".join(s for s in scope if s)
+        days = [(d, float(v)) for d, v in report.series.get(scope, []) if d >= month]
+        xs, ys, total = [], [], 0.0
+        for d, v in days:
+            total += v
+            xs.append(d)
+            ys.append(total)
+        line = ax.plot(xs, ys, label=f"{label} spend")[0]
+        end = _month_end(p.end)
+        ax.plot([p.end, end], [total, float(_col(report, row, "forecast_month_end"))], linestyle="--",
+                color=line.get_color(), label=f"{label} forecast (14-day average)")
+        ax.fill_between([p.end, end], [total, float(_col(report, row, "holt_low"))],
+                        [total, float(_col(report, row, "holt_high"))], color=line.get_color(), alpha=0.15,
+                        label=f"{label} Holt 90 % band")
+    ax.set_title(f"Spend this month and forecast to {_month_end(p.end)}")
+    ax.set_ylabel("credits (cumulative)")
+    ax.legend(fontsize="small")
+
+
+def _runway(report: Report, ax, _reader) -> None:
+    p = report.params
+    for row in report.rows[:MAX_LINES]:
+        available, burn = float(_col(report, row, "available")), float(_col(report, row, "daily_burn"))
+        if burn <= 0:
+            continue
+        days = int(available / burn) + 1
+        xs = [p.end + timedelta(days=i) for i in range(days + 1)]
+        line = ax.plot(xs, [max(available - burn * i, 0.0) for i in range(days + 1)],
+                       label=f"{_col(report, row, 'tenant_id')}/{_col(report, row, 'account_id')}")[0]
+        window_end = _col(report, row, "window_end")
+        if window_end is not None:
+            ax.axvline(window_end, color=line.get_color(), linestyle=":", alpha=0.7)
+    ax.set_title(f"Balance burn-down from {p.end} at each account's 14-day burn (dotted: window end)")
+    ax.set_ylabel("credits available")
+    ax.legend(fontsize="small")
+
+
+def _daily(report: Report, ax, reader) -> None:
+    if reader is None:
+        raise FinopsError("this plot needs the daily series")
+    p = report.params
+    series = daily_series(reader, p, p.start)
+    top = sorted(series, key=lambda s: -sum(v for _, v in series[s]))[:MAX_LINES]
+    flagged = {}
+    if report.name == "anomalies":
+        for row in report.rows:
+            flagged.setdefault((_col(report, row, "tenant_id"), _col(report, row, "account_id")), []).append(
+                (_col(report, row, "day"), float(_col(report, row, "credits"))))
+        top = [s for s in top if s in flagged] or top
+    for scope in top:
+        points = series[scope]
+        line = ax.plot([d for d, _ in points], [float(v) for _, v in points], label="/".join(s for s in scope if s))[0]
+        if scope in flagged:
+            ax.scatter(*zip(*flagged[scope]), color=line.get_color(), marker="o", s=60, zorder=3)
+    ax.set_title(f"Daily spend {p.start} to {p.end}" + (" (dots: anomalies)" if report.name == "anomalies" else ""))
+    ax.set_ylabel("credits per day")
+    ax.legend(fontsize="small")
+
+
+def _bars(report: Report, ax, _reader) -> None:
+    key = {"chargeback": ("gl_account", "cost_center"), "showback": ("team", "project"),
+           "top-drivers": ("driver", "value")}[report.name]
+    labels = [" / ".join(str(_col(report, r, k)) or "-" for k in key) for r in report.rows][:30]
+    values = [float(_col(report, r, "credits")) for r in report.rows][:30]
+    ax.barh(labels[::-1], values[::-1])
+    ax.set_xlabel("credits")
+    ax.set_title(f"{report.name} {report.params.start} to {report.params.end}")
+
+
+def _month_end(day: date) -> date:
+    return (day.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
