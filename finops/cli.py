@@ -303,7 +303,8 @@ class _Metrics:
         if sink is not None:
             rows = sum(sink.progress.rows.values())
             line["sink"] = {"rows_per_s": round((rows - self.rows) / elapsed), "rows": dict(sink.progress.rows),
-                            "batches": sink.progress.batches}
+                            "batches": sink.progress.batches, "refused": sink.progress.refused,
+                            "paused_s": round(sink.progress.paused_s, 1)}
             self.rows = rows
         self.at = now
         sys.stderr.write(json.dumps(line) + "\n")
@@ -492,9 +493,12 @@ def fold(file: str = typer.Argument(..., help="A JSONL file of wire-v1 messages,
 @app.command()
 @command
 def bench(
-    name: str = typer.Argument("fold", help="Benchmark to run: fold (pure ledger) or ledger (the Kafka "
-                                            "processor against raw confluent-kafka, on a dedicated broker)."),
-    events: int = typer.Option(200_000, help="Usage events per run."),
+    name: str = typer.Argument("fold", help="Benchmark to run: fold (pure ledger), ledger (the Kafka "
+                                            "processor against raw confluent-kafka, on a dedicated broker), "
+                                            "reports (every report on generated ClickHouse data) or sink (the "
+                                            "sink's ClickHouse write path, no Kafka)."),
+    events: Optional[int] = typer.Option(None, help="Usage events per run; for reports and sink, rows (default: "
+                                                    "fold/ledger 200000, reports 10000000, sink 500000)."),
     repeats: int = typer.Option(3, help="Runs; the median is reported."),
     output: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the JSON to this file."),
 ) -> None:
@@ -502,12 +506,17 @@ def bench(
 
     Example: finops bench ledger --events 200000 --out bench/results/ledger.json
     """
+    import inspect
+
     from . import bench as bench_mod
 
     _setup_logging(False)
-    runners = {"fold": bench_mod.fold, "ledger": bench_mod.ledger}
+    runners = {"fold": bench_mod.fold, "ledger": bench_mod.ledger, "reports": bench_mod.reports,
+               "sink": bench_mod.sink}
     if name not in runners:
         _fail(f"unknown benchmark {name!r}; choose from {', '.join(runners)}", 2)
+    if events is None:
+        events = inspect.signature(runners[name]).parameters["events"].default
     err.print(f"running {name} benchmark ({events} events x {repeats})...")
     text = json.dumps(runners[name](events=events, repeats=repeats), indent=2)
     if output is not None:

@@ -7,6 +7,7 @@ applied once and recorded in ``schema_migrations``.
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 from typing import Any
 
@@ -22,13 +23,23 @@ class ClickHouseError(FinopsError):
     """ClickHouse could not be reached or refused a statement; one line for people."""
 
 
-def connect(settings: Settings, *, migrate: bool = True):
-    """A client on ``settings.clickhouse_database``, with every migration applied."""
-    try:
-        client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
-        client.command(f"CREATE DATABASE IF NOT EXISTS {settings.clickhouse_database}")
-    except Exception as exc:  # the drivers raise many types; the caller wants one line
-        raise ClickHouseError(f"cannot open ClickHouse at {settings.clickhouse_dsn}: {first_line(exc)}") from exc
+def connect(settings: Settings, *, migrate: bool = True, lock_wait_s: float = 0.0):
+    """A client on ``settings.clickhouse_database``, with every migration applied.
+
+    ``lock_wait_s``: embedded chdb is held by one process at a time; a long-running owner
+    (the sink) waits this long for a short-lived one (``finops sql`` started first) to finish.
+    """
+    deadline = time.monotonic() + lock_wait_s
+    while True:
+        try:
+            client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
+            client.command(f"CREATE DATABASE IF NOT EXISTS {settings.clickhouse_database}")
+            break
+        except Exception as exc:  # the drivers raise many types; the caller wants one line
+            if "lock" in str(exc).lower() and time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            raise ClickHouseError(f"cannot open ClickHouse at {settings.clickhouse_dsn}: {first_line(exc)}") from exc
     client.database = settings.clickhouse_database
     if migrate:
         apply_migrations(client)

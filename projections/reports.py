@@ -50,7 +50,8 @@ class Params:
 
     def sql_parameters(self) -> dict[str, Any]:
         return {"tenant": self.tenant, "account": self.account, "from": self.start.isoformat(),
-                "to": self.end.isoformat(), "cost_centers": list(self.mapping), "gl_accounts": list(self.mapping.values()),
+                "to": self.end.isoformat(), "cost_centers": list(self.mapping),
+                "gl_accounts": list(self.mapping.values()),
                 "z": self.z, "min_days": self.min_days, "currency": self.currency,
                 "credit_price": str(self.credit_price)}
 

@@ -215,7 +215,7 @@ class SinkProgress:
     rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     batches: int = 0
     skipped: int = 0  # messages that are not rows (bad usage, commands other than allocations)
-    retries: int = 0  # inserts ClickHouse refused and the sink retried
+    refused: int = 0  # statements ClickHouse refused (each was retried)
     paused_s: float = 0.0
 
 
@@ -227,7 +227,7 @@ class Sink(Service):
                  retry_max_s: float = 30.0) -> None:
         super().__init__()
         self.settings = settings
-        self.client = client or clickhouse.connect(settings)
+        self.client = client or clickhouse.connect(settings, lock_wait_s=30.0)
         self.batch_max = batch_max
         self.poll_s = poll_s
         self.retry_max_s = retry_max_s
@@ -333,6 +333,7 @@ class Sink(Service):
             self._write_once(slices)
             return
         except clickhouse.ClickHouseError as exc:
+            self.progress.refused += 1
             log.warning("ClickHouse refused a batch (%s); pausing the sink and retrying", exc)
         started = time.monotonic()
         self.consumer.pause(self.consumer.assignment())
@@ -379,7 +380,7 @@ class Sink(Service):
             except clickhouse.ClickHouseError as exc:
                 if self._stop.is_set():
                     raise
-                self.progress.retries += 1
+                self.progress.refused += 1
                 log.warning("cannot %s: %s; retrying in %.1f s", what, exc, delay)
                 deadline = time.monotonic() + delay
                 while time.monotonic() < deadline and not self._stop.is_set():

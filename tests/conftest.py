@@ -18,6 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the tests' own helper modules
 
+from ch_backends import clickhouse_server_url, database_name  # noqa: E402,F401 - a fixture
 from finops import stack  # noqa: E402
 from finops.settings import Settings  # noqa: E402
 
@@ -58,6 +59,13 @@ def settings(kafka_settings: Settings, chdb_dsn: str) -> Settings:
         "clickhouse_database": f"test_{run}",
         "group_prefix": f"test-{run}",
     })
+
+
+@pytest.fixture(params=["chdb", "server"])
+def clickhouse_settings(request, chdb_dsn: str) -> Settings:
+    """ClickHouse only (no Kafka): the session's chdb, then a server where there is one; a new database each."""
+    url = chdb_dsn if request.param == "chdb" else request.getfixturevalue("clickhouse_server_url")
+    return Settings(clickhouse_url=url, clickhouse_database=database_name())
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -13,22 +13,12 @@ import pytest
 
 from finops import stack
 from finops.settings import Settings
+from ch_backends import CLICKHOUSE_IMAGE, docker_engine_problem
 from test_pipeline import check_thin_slice
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 KAFKA_IMAGE = "apache/kafka:4.1.1"
-CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.8"
-
-
-def docker_engine_problem() -> str | None:
-    try:
-        import docker
-
-        docker.from_env(timeout=5).ping()
-    except Exception as exc:  # any failure means: no usable engine here
-        return f"no Docker engine answers ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-    return None
 
 
 def _free_port() -> int:
