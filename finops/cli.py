@@ -429,8 +429,16 @@ def report(
                             mapping=reports.read_mapping(mapping) if mapping else {}, z=z,
                             currency=currency or settings.billing_currency, credit_price=price)
     reader = open_reader(settings)
+    today = datetime.now(timezone.utc).date()
+    if fmt in ("csv", "parquet") and name != "forecast" and not plot:  # exports: ClickHouse writes the format
+        try:
+            data = reports.export(reader, name, params, today, "Parquet" if fmt == "parquet" else "CSVWithNames")
+        finally:
+            reader.close()
+        _write_bytes(data, output)
+        return
     try:
-        result = reports.run(reader, name, params, datetime.now(timezone.utc).date())
+        result = reports.run(reader, name, params, today)
         if plot:
             from .projections.plot import plot as draw
 
@@ -440,6 +448,18 @@ def report(
     _write_rows(result.columns, result.rows, fmt, output, title=f"{name} {result.params.start} .. {result.params.end}")
     if plot:
         err.print(f"plot written to {plot}")
+
+
+def _write_bytes(data: bytes, output: Optional[str]) -> None:
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    try:
+        Path(output).write_bytes(data)
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror}")
+    err.print(f"{len(data)} bytes written to {output}")
 
 
 def _write_rows(columns: list[str], rows: list[tuple], fmt: str, output: Optional[str], title: str) -> None:

@@ -26,8 +26,8 @@ from .settings import Settings
 Log = Callable[[str], None]
 
 SPEND_BY_TEAM_SQL = """
-SELECT tenant_id, team, count() AS requests, sum(credits_micros) / 1e6 AS credits
-FROM usage_events
+SELECT tenant_id, team, sum(requests) AS requests, sum(credits_micros) / 1e6 AS credits
+FROM mv_credits_by_team
 WHERE tenant_id IN {tenants:Array(String)}
 GROUP BY tenant_id, team
 ORDER BY tenant_id, team
@@ -86,6 +86,11 @@ def _run(settings: Settings, *, usage: int, tenants: int, log: Log, timeout: flo
 
         wait_for(lambda: usage_rows() >= workload.usage_count, timeout=timeout,
                  what="ClickHouse to hold every usage row", pipeline=pipeline)
+        consumed = sum(a.consumed for t in workload.tenants for a in fold_lines(workload.lines).book.tenants[t]
+                       .accounts.values())
+        spend_sql = "SELECT sum(credits_micros) FROM mv_credits_by_team WHERE tenant_id IN {tenants:Array(String)}"
+        wait_for(lambda: int(pipeline.sink.query(spend_sql, params)[1][0][0] or 0) >= consumed, timeout=timeout,
+                 what="ClickHouse to hold every ledger entry", pipeline=pipeline)
         spend = pipeline.sink.query(SPEND_BY_TEAM_SQL, params)
         rows = usage_rows()
     balances = []

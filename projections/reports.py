@@ -106,6 +106,16 @@ def run(reader, name: str, params: Params, today: date) -> Report:
     return report
 
 
+def export(reader, name: str, params: Params, today: date, fmt: str) -> bytes:
+    """A report straight in a ClickHouse output format (``CSVWithNames``, ``Parquet``): no Python rows.
+
+    For the reports computed wholly in SQL (all but the forecast, whose Holt columns are not).
+    """
+    if name == "forecast":
+        raise FinopsError("the forecast adds Python-computed columns; use run()")
+    return reader.raw(sql_text(name), params.resolved(today).sql_parameters(), fmt)
+
+
 def daily_series(reader, params: Params, start: date) -> dict[tuple, list[tuple[date, Decimal]]]:
     """Daily spend per (tenant, account) from ``start`` to ``params.end``, missing days as 0."""
     p = Params(**{**params.__dict__, "start": start})
@@ -138,7 +148,7 @@ def _add_holt(reader, report: Report) -> None:
 
 
 def holt_month_end(history: list[float], month_to_date: float, days_left: int,
-                   interval: float = HOLT_INTERVAL, paths: int = 500) -> tuple[float, float, float]:
+                   interval: float = HOLT_INTERVAL, paths: int = 200) -> tuple[float, float, float]:
     """Month-end spend = month to date + Holt's forecast of the days left, with an interval.
 
     A flat history (no variation) forecasts itself exactly: nothing to smooth.

@@ -233,10 +233,10 @@ class Sink(Service):
         self.retry_max_s = retry_max_s
         self.progress = SinkProgress()
         self.lock = threading.RLock()  # chdb: one client in this process, shared with readers
-        self.replay: dict[tuple[str, int], int] = {}  # partition -> last offset of the slice to insert again
-        self.partial: dict[tuple[str, int], Slice] = {}  # a replayed slice still being read
+        self.replay: dict[tuple[str, int], Slice] = {}  # the logged slice to insert again, per partition
         self.dropped: dict[tuple[str, int], int] = {}  # first offset dropped while paused, per partition
-        self.consumer = clients.consumer(settings, group_id or f"{settings.group_prefix}-sink")
+        self.consumer = clients.consumer(settings, group_id or f"{settings.group_prefix}-sink",
+                                         **{"enable.partition.eof": True})
         self.consumer.subscribe(list(topics_ or TABLES), on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     # ------------------------------------------------------------------ position
@@ -259,14 +259,13 @@ class Sink(Service):
             position = logged.get((p.topic, p.partition))
             if position is not None:
                 p.offset = position[0]
-                self.replay[(p.topic, p.partition)] = position[1]
+                self.replay[(p.topic, p.partition)] = Slice(p.topic, p.partition, position[0], position[1])
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions))
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self.replay.pop((p.topic, p.partition), None)
-            self.partial.pop((p.topic, p.partition), None)
         consumer.unassign()
 
     # ------------------------------------------------------------------ work
@@ -285,47 +284,43 @@ class Sink(Service):
         if not messages:
             return 0
         slices: dict[tuple[str, int], Slice] = {}
-        cut: set[tuple[str, int]] = set()
+        replayed: set[tuple[str, int]] = set()  # logged slices read whole again in this batch
         for m in messages:
+            key = (m.topic(), m.partition())
             if m.error():
-                if m.error().code() != KafkaError._PARTITION_EOF:
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    if key in self.replay:
+                        replayed.add(key)  # compaction removed the rest of the logged slice
+                else:
                     log.warning("consume error: %s", m.error())
                 continue
-            key = (m.topic(), m.partition())
             offset = m.offset()
-            end = self.replay.get(key)
-            if end is not None and offset > end:
-                cut.add(key)  # the replayed slice ends here; the rest comes again after a seek
-                continue
-            s = slices.get(key)
-            if s is None:
-                s = slices[key] = self.partial.pop(key, None) or Slice(key[0], key[1], offset, offset)
-            s.last = offset
+            s = self.replay.get(key)
+            if s is not None:
+                if offset >= s.last:
+                    replayed.add(key)
+                if offset > s.last:
+                    continue  # beyond the logged slice: read again after the seek below
+            else:
+                s = slices.get(key)
+                if s is None:
+                    s = slices[key] = Slice(key[0], key[1], offset, offset)
+                s.last = offset
             value = m.value()
             row = TABLES[key[0]].build(value, key[1], offset) if value is not None else None
             if row is None:
                 self.progress.skipped += 1
             else:
                 s.rows.append(row)
-        for key, end in self.replay.items():
-            s = slices.get(key)
-            if s is not None and s.last < end:  # a replayed slice is inserted only whole (same token)
-                self.partial[key] = slices.pop(key)
-        if slices:
-            self.write(list(slices.values()))
-            cut.update(key for key, s in slices.items() if self.replay.get(key) == s.last)
-        self._seek_past(cut)
-        if slices:
+        done = [self.replay.pop(key) for key in replayed]
+        if done or slices:
+            self.write(done + list(slices.values()))
+            for s in done:  # the same offsets and token as logged, whatever compaction left
+                self.consumer.seek(TopicPartition(s.topic, s.partition, s.last + 1))
             self.consumer.commit(offsets=[TopicPartition(s.topic, s.partition, s.last + 1)
-                                          for s in slices.values()], asynchronous=False)
+                                          for s in (*done, *slices.values())], asynchronous=False)
             self.progress.batches += 1
         return len(messages)
-
-    def _seek_past(self, keys: set[tuple[str, int]]) -> None:
-        for key in keys:
-            end = self.replay.pop(key, None)
-            if end is not None:
-                self.consumer.seek(TopicPartition(key[0], key[1], end + 1))
 
     def write(self, slices: list[Slice]) -> None:
         """Log, then insert, every slice; while ClickHouse refuses, pause and retry the same slices."""
@@ -345,8 +340,7 @@ class Sink(Service):
             # what was fetched before the pause and read while waiting is dropped: go back to it
             back = dict(self.dropped)
             for s in slices:
-                if (s.topic, s.partition) not in self.replay:
-                    back[(s.topic, s.partition)] = s.last + 1
+                back[(s.topic, s.partition)] = s.last + 1
             for (topic, partition), offset in back.items():
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             self.consumer.resume(self.consumer.assignment())

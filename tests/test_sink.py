@@ -19,7 +19,7 @@ from finops.processors.fold import fold_lines
 from finops.producers.publish import publish_lines
 from finops.producers.workload import generate
 from finops.projections import clickhouse, sink as sink_mod
-from finops.projections.query import endpoint_file, open_reader
+from finops.projections.query import RemoteReader, endpoint_file
 from finops.projections.sink import Sink, Slice
 from finops.schemas import topics
 from test_pipeline import wait_until
@@ -104,7 +104,7 @@ class TestExactlyOnce:
         second = Sink(settings, group_id=f"{settings.group_prefix}-sink-again")
         try:
             wait_until(lambda: second.step() is not None and bool(second.consumer.assignment())
-                       and not second.replay and not second.partial and second.progress.batches > 0,
+                       and not second.replay and second.progress.batches > 0,
                        120, "the second sink to replay its last logged slices")
             assert totals(second.query) == before
         finally:
@@ -138,12 +138,19 @@ class TestExactlyOnce:
                                           "clickhouse_database": "killed"})
         cmd = [sys.executable, "-m", "finops.cli", "run", "sink", "--no-supervise"]
 
-        def ledger_rows() -> int:
-            if not endpoint_file(own).exists():
-                return -1  # never open the owner's chdb from here: ask its endpoint once it serves
+        def served_by(proc):
+            """A reader on the sink process's own query endpoint (never this process opening its chdb)."""
+            path = endpoint_file(own)
             try:
-                reader = open_reader(own)
-                return int(reader.query("SELECT count() FROM ledger_entries")[1][0][0])
+                info = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+            return RemoteReader(info["url"], info["token"]) if info.get("pid") == proc.pid else None
+
+        def ledger_rows() -> int:
+            reader = served_by(proc)
+            try:
+                return -1 if reader is None else int(reader.query("SELECT count() FROM ledger_entries")[1][0][0])
             except clickhouse.ClickHouseError:
                 return -1  # not serving yet
         log = tmp_path / "sink.log"
@@ -159,9 +166,10 @@ class TestExactlyOnce:
             proc.wait(30)
         proc = subprocess.Popen(cmd, env=env, stderr=log.open("a"), text=True)
         try:
-            reader = lambda: open_reader(own)  # noqa: E731 - a new reader each time: the owner changed
-            wait_until(lambda: ledger_rows_match_kafka(settings, reader().query), 240, "the restarted sink")
-            assert_once_and_complete(settings, totals(reader().query))
+            wait_until(lambda: served_by(proc) is not None, 120, "the restarted sink to serve queries")
+            reader = served_by(proc)
+            wait_until(lambda: ledger_rows_match_kafka(settings, reader.query), 240, "the restarted sink")
+            assert_once_and_complete(settings, totals(reader.query))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
