@@ -204,7 +204,8 @@ def run(
     """Run the processors in the foreground until Ctrl-C (or SIGTERM).
 
     ledger: usage + commands -> ledger, balances, enforcement, alerts, rejected (exactly once).
-    sink: usage + ledger topics -> ClickHouse tables.
+    sink: usage, ledger, alerts, balances, allocations -> ClickHouse (with embedded chdb it also answers
+    `finops sql` and `finops report` from other terminals).
     scheduler: a tick per tenant every --tick-every seconds (expiries happen with no traffic).
     Every --metrics-every seconds a JSON
     line on stderr: events/s, consumer lag, batch size, transaction time, rejected count.
@@ -364,18 +365,16 @@ def sql(
     _print_rows(columns, rows, fmt)
 
 
-REPORT_HELP = """Reports over the ClickHouse history (each is a SQL file an analyst can reuse).
-
-    burn-rate (daily, 7- and 14-day averages), forecast (month end: the 14-day formula and
-    Holt with a 90 % band), runway (days until each account runs dry, against its window
-    end), chargeback (cost center -> GL account, --mapping), showback (team, project),
-    top-drivers (model, operation, API key; cost per request), anomalies (z-score of daily
-    spend against the trailing 30 days), focus (FOCUS columns; --format csv or parquet).
-    Days are UTC; --to is "as of" (default today), --from defaults to 30 days before it.
-    Works while `finops run` owns the embedded ClickHouse (it answers for this terminal).
-
-    Example: finops report forecast --tenant acme --plot forecast.png
-    """
+REPORT_HELP = (
+    "Reports over the ClickHouse history; each is a SQL file an analyst can reuse (--sql prints it).\n\n"
+    "burn-rate: daily, 7- and 14-day averages. forecast: month end by the 14-day formula and by Holt, with a "
+    "90 % band. runway: days until each account runs dry, against its window end. chargeback: cost center -> "
+    "GL account (--mapping). showback: team and project. top-drivers: model, operation, API key, cost per "
+    "request. anomalies: z-score of daily spend against the trailing 30 days. focus: FOCUS columns (csv or "
+    "parquet).\n\n"
+    "Days are UTC; --to is the 'as of' day (default today), --from defaults to 29 days before it. Works while "
+    "`finops run` owns the embedded ClickHouse: it answers for this terminal.\n\n"
+    "Example: finops report forecast --tenant acme --plot forecast.png")
 
 
 def _day(value: Optional[str], option: str):
@@ -568,12 +567,13 @@ def demo(
                 title="Balances (finops.balances.v1)")
     columns, rows = result.spend_by_team
     _print_rows(columns, [(t, team, n, f"{c:.6f}") for t, team, n, c in rows], "table",
-                title="Spend per team (ClickHouse: usage_events)")
+                title="Spend per team (ClickHouse: mv_credits_by_team)")
     tenants_sql = ", ".join(f"'{t}'" for t in result.workload.tenants)
     out.print(f"usage rows in ClickHouse for this run: {result.usage_rows}; "
               f"balances match `finops fold` of the same input: {'yes' if result.matches_fold else 'NO'}; "
               f"{result.seconds:.1f} s")
-    out.print(f'try: finops sql "SELECT model_name, count(), sum(credits_micros)/1e6 FROM usage_events '
+    out.print(f'try: finops report top-drivers --tenant {result.workload.tenants[0]}   or   '
+              f'finops sql "SELECT model_name, sum(credits_micros)/1e6 FROM mv_model_costs '
               f'WHERE tenant_id IN ({tenants_sql}) GROUP BY model_name"', soft_wrap=True)
     if not result.matches_fold:
         raise typer.Exit(1)
