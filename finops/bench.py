@@ -506,7 +506,10 @@ def sink(events: int = 500_000, repeats: int = 3, slice_rows: int = 50_000) -> d
     from .projections import sink as sink_mod
     from .schemas import topics
 
+    from .service import tune_gc
+
     ledger_msgs, usage_msgs = _sink_messages(events)
+    tune_gc()  # as `finops run` does
     tables = sink_mod.TABLES
     offsets = {topics.LEDGER: 0, topics.USAGE: 0}
 

@@ -188,8 +188,8 @@ EXIT_RESTART = 75  # a worker asks its supervisor for a clean restart
 @app.command()
 @command
 def run(
-    parts: Optional[list[str]] = typer.Argument(None, help="Processors to run: ledger, sink, scheduler "
-                                                       "(default: all three)."),
+    parts: Optional[list[str]] = typer.Argument(None, help="Processors to run: ledger, sink, scheduler, "
+                                                       "webhooks (default: the first three)."),
     instance: str = typer.Option("0", help="Ledger instance id: its transactional id. Unique per running "
                                            "instance; a restarted instance reuses its id (this fences its zombie)."),
     batch_max: int = typer.Option(20_000, help="Most input messages per transaction."),
@@ -199,6 +199,11 @@ def run(
     tick_every: float = typer.Option(60.0, help="Seconds between the scheduler's ticks (per tenant)."),
     supervise: bool = typer.Option(True, help="Run the processors in a child process and restart it after a "
                                               "crash or a stuck Kafka client (--no-supervise: run in this one)."),
+    url: Optional[str] = typer.Option(None, help="webhooks: the receiver's URL (default FINOPS_WEBHOOK_URL)."),
+    webhook_tenant: Optional[str] = typer.Option(None, help="webhooks: only this tenant's alerts."),
+    min_severity: str = typer.Option("info", help="webhooks: only alerts this severe or more "
+                                                  "(info, warning, critical)."),
+    max_attempts: int = typer.Option(10, help="webhooks: attempts before an alert goes to the dead-letter topic."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log assignments and client messages."),
 ) -> None:
     """Run the processors in the foreground until Ctrl-C (or SIGTERM).
@@ -207,21 +212,26 @@ def run(
     sink: usage, ledger, alerts, balances, allocations -> ClickHouse (with embedded chdb it also answers
     `finops sql` and `finops report` from other terminals).
     scheduler: a tick per tenant every --tick-every seconds (expiries happen with no traffic).
+    webhooks: alerts -> POST to --url, signed HMAC-SHA256 with FINOPS_WEBHOOK_SECRET, retried,
+    dead-lettered to finops.alerts.deadletter.v1 after --max-attempts failures.
     Every --metrics-every seconds a JSON
     line on stderr: events/s, consumer lag, batch size, transaction time, rejected count.
-    Example: finops run ledger --instance a
+    Example: finops run ledger --instance a ; finops run webhooks --url https://hooks.example.com/finops
     """
     if supervise:
         raise typer.Exit(_supervise([*sys.argv[1:], "--no-supervise"]))
-    from .pipeline import PARTS, Pipeline
+    from .pipeline import RUN_PARTS, Pipeline
+    from .service import tune_gc
     from .processors.runner import Stuck
 
     _setup_logging(verbose)
     settings = _settings()
-    pipeline = Pipeline(settings, tuple(parts or PARTS), instance=instance, batch_max=batch_max,
+    webhook = {"url": url, "tenant": webhook_tenant, "min_severity": min_severity, "max_attempts": max_attempts}
+    pipeline = Pipeline(settings, tuple(parts or RUN_PARTS), instance=instance, batch_max=batch_max, webhook=webhook,
                         batch_s=batch_ms / 1000, tick_every=tick_every)
     signal.signal(signal.SIGTERM, _interrupt)
-    err.print(f"running {', '.join(parts or PARTS)} against {settings.bootstrap} "
+    tune_gc()
+    err.print(f"running {', '.join(parts or RUN_PARTS)} against {settings.bootstrap} "
               f"and {settings.clickhouse_dsn} (Ctrl-C stops)")
     metrics = _Metrics(pipeline)
     with pipeline:
@@ -307,6 +317,9 @@ class _Metrics:
                             "batches": sink.progress.batches, "refused": sink.progress.refused,
                             "paused_s": round(sink.progress.paused_s, 1)}
             self.rows = rows
+        hooks = self.pipeline.webhooks
+        if hooks is not None:
+            line["webhooks"] = dict(hooks.progress.__dict__)
         self.at = now
         sys.stderr.write(json.dumps(line) + "\n")
         sys.stderr.flush()

@@ -16,21 +16,24 @@ from typing import Callable
 from .errors import FinopsError
 from .processors.runner import LedgerProcessor, Stuck
 from .producers.scheduler import Scheduler
+from .producers.webhooks import WebhookForwarder
 from .projections.query import LocalReader, QueryServer, endpoint_file
 from .projections.sink import Sink
 from .settings import Settings
 
 log = logging.getLogger("finops.pipeline")
 
-PARTS = ("ledger", "sink", "scheduler")
+PARTS = ("ledger", "sink", "scheduler", "webhooks")
 DEFAULT_PARTS = ("ledger", "sink")  # the scheduler sends wall-clock ticks: `finops run` adds it
+RUN_PARTS = ("ledger", "sink", "scheduler")  # `finops run` with no names; webhooks run when named (need a URL)
 
 
 class Pipeline:
     """Start, watch and stop the chosen processors; a crash in one stops all and is re-raised."""
 
     def __init__(self, settings: Settings, parts: tuple[str, ...] = DEFAULT_PARTS, *, instance: str = "0",
-                 batch_max: int = 20_000, batch_s: float = 0.1, tick_every: float = 60.0) -> None:
+                 batch_max: int = 20_000, batch_s: float = 0.1, tick_every: float = 60.0,
+                 webhook: dict | None = None) -> None:
         unknown = set(parts) - set(PARTS)
         if unknown:
             raise FinopsError(f"unknown processor {sorted(unknown)[0]!r}; choose from {', '.join(PARTS)}")
@@ -38,6 +41,13 @@ class Pipeline:
                        if "ledger" in parts else None)
         self.sink = Sink(settings) if "sink" in parts else None
         self.scheduler = Scheduler(settings, tick_every) if "scheduler" in parts else None
+        self.webhooks = None
+        if "webhooks" in parts:
+            options = dict(webhook or {})
+            url = options.pop("url", None) or settings.webhook_url
+            if not url:
+                raise FinopsError("webhooks need a receiver: --url URL or FINOPS_WEBHOOK_URL")
+            self.webhooks = WebhookForwarder(settings, url, **options)
         self.query_server = None
         if self.sink is not None and endpoint_file(settings) is not None:  # embedded: we own chdb, serve others
             self.query_server = QueryServer(settings, LocalReader(self.sink.client, self.sink.lock, owned=False))
@@ -46,8 +56,8 @@ class Pipeline:
         self._stopped = threading.Event()
 
     def _parts(self) -> list[tuple[str, object]]:
-        return [(n, p) for n, p in (("ledger", self.ledger), ("sink", self.sink), ("scheduler", self.scheduler))
-                if p is not None]
+        return [(n, p) for n, p in (("ledger", self.ledger), ("sink", self.sink), ("scheduler", self.scheduler),
+                                    ("webhooks", self.webhooks)) if p is not None]
 
     def start(self) -> Pipeline:
         if self.query_server is not None:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+
+
+def tune_gc() -> None:
+    """For long-running processors: move what start-up built out of the collector's way and
+    collect young objects less often. Batches make many short-lived objects and few cycles;
+    the default thresholds spend a large share of the sink's row building in the collector."""
+    gc.freeze()
+    gc.set_threshold(200_000, 50, 1000)
 
 
 class Service:

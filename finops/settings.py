@@ -10,7 +10,7 @@ import os
 from decimal import Decimal
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,9 @@ class Settings(BaseSettings):
                                   description="FOCUS export: ISO 4217 currency of BilledCost.")
     credit_price: Decimal = Field(default=Decimal(1), ge=0,
                                   description="FOCUS export: what one credit costs in billing_currency.")
+    webhook_url: str | None = Field(default=None, description="`finops run webhooks`: where to POST alerts.")
+    webhook_secret: SecretStr | None = Field(default=None,
+                                             description="Shared secret of the webhooks' HMAC-SHA256 signatures.")
     group_prefix: str = Field(default="finops", description="Prefix of consumer group and transactional ids.")
 
     @property

@@ -45,6 +45,7 @@ INSERT_SETTINGS = {
     "date_time_input_format": "best_effort",  # RFC 3339 with Z and microseconds
     "input_format_skip_unknown_fields": 1,  # the credit strings of an entry are not stored
     "deduplicate_blocks_in_dependent_materialized_views": 1,
+    "parallel_view_processing": 1,  # the daily views of one insert run side by side (about +20 %)
 }
 
 

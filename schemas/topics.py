@@ -11,6 +11,8 @@ BALANCES = "finops.balances.v1"
 ENFORCEMENT = "finops.enforcement.v1"
 ALERTS = "finops.alerts.v1"
 REJECTED = "finops.rejected.v1"
+# Alerts a webhook receiver refused ``max_attempts`` times, with the last error (see producers/webhooks.py).
+ALERTS_DEADLETTER = "finops.alerts.deadletter.v1"
 # Internal: the ledger processor's per-tenant state, written in the same transaction as the
 # input offsets it covers (compacted, key = "<consumer group>/<tenant id>", partition = input partition).
 SNAPSHOTS = "finops.snapshots.v1"
@@ -29,6 +31,7 @@ ALL: tuple[TopicSpec, ...] = (
     TopicSpec(ENFORCEMENT, compacted=True),
     TopicSpec(ALERTS),
     TopicSpec(REJECTED),
+    TopicSpec(ALERTS_DEADLETTER),
     TopicSpec(SNAPSHOTS, compacted=True),
 )
 

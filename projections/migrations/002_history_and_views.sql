@@ -155,12 +155,12 @@ PARTITION BY toYYYYMM(day)
 ORDER BY (tenant_id, day, team, cost_center, project, env)
 SETTINGS non_replicated_deduplication_window = 10000;
 
+-- Chained off the daily table above (its keys are a subset), so it reads aggregated blocks.
 CREATE MATERIALIZED VIEW IF NOT EXISTS mv_credits_by_team TO credits_by_team_daily AS
-SELECT tenant_id, toDate(ts) AS day, team, cost_center, project, env,
-       toInt64(sum(amount_micros)) AS credits_micros,
-       countIf(endsWith(entry_id, '#0')) AS requests
-FROM ledger_entries
-WHERE kind IN ('consume', 'overage')
+SELECT tenant_id, day, team, cost_center, project, env,
+       toInt64(sum(credits_micros)) AS credits_micros,
+       sum(requests) AS requests
+FROM forecast_inputs_daily
 GROUP BY tenant_id, day, team, cost_center, project, env;
 
 CREATE TABLE IF NOT EXISTS model_costs_daily

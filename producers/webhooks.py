@@ -1,0 +1,181 @@
+"""Webhooks: forward ``finops.alerts.v1`` to an HTTP endpoint, signed, retried, never lost.
+
+Each alert is POSTed as JSON: the alert itself plus a Slack-compatible ``text``. Headers:
+
+- ``Idempotency-Key``: the alert's ``id`` (stable across replays and retries: drop repeats);
+- ``X-Finops-Timestamp``: Unix seconds when this attempt was signed;
+- ``X-Finops-Signature``: ``sha256=`` + hex HMAC-SHA256 of ``"<timestamp>.<body>"`` with the
+  shared secret (``FINOPS_WEBHOOK_SECRET``); check it with :func:`verify`.
+
+Delivery is at least once: the consumer offset is committed only after the receiver
+answered 2xx, or after ``max_attempts`` failures, when the alert goes to the dead-letter
+topic ``finops.alerts.deadletter.v1`` with the last error. Retries back off from 0.5 s
+to 30 s; a receiver that is down for a while gets everything afterwards, in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from urllib import error as urlerror
+from urllib import request as urlrequest
+
+from confluent_kafka import KafkaError, TopicPartition
+
+from .. import clients
+from ..errors import FinopsError
+from ..schemas import topics
+from ..service import Service
+from ..settings import Settings
+
+log = logging.getLogger("finops.webhooks")
+
+SEVERITY_ICON = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
+SEVERITIES = ("info", "warning", "critical")
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"sha256={mac.hexdigest()}"
+
+
+def verify(secret: str, body: bytes, timestamp: str, signature: str, *, tolerance_s: float = 300.0,
+           now: float | None = None) -> bool:
+    """For receivers: is this body signed with ``secret``, within ``tolerance_s`` of now (replay guard)?"""
+    try:
+        ts = int(timestamp)
+    except (TypeError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - ts) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, ts, body), signature or "")
+
+
+def slack_text(alert: dict) -> str:
+    """One line a person reads in Slack (or any chat that takes ``text``)."""
+    icon = SEVERITY_ICON.get(alert.get("severity", ""), "")
+    state = "resolved" if alert.get("status") == "resolved" else alert.get("severity", "")
+    where = f"{alert.get('tenant_id')}/{alert.get('account_id')}"
+    kind = alert.get("type", "alert").replace("_", " ")
+    detail = f"{alert.get('threshold')} %" if kind == "threshold" else f"threshold {alert.get('threshold')}"
+    return (f"{icon} [{state}] {where}: {kind} {detail}; used {alert.get('current_usage')} of "
+            f"{alert.get('monthly_allocation')} credits ({alert.get('period') or 'one-time'})").strip()
+
+
+@dataclass
+class Delivery:
+    delivered: int = 0
+    dead_lettered: int = 0
+    failed_attempts: int = 0
+    skipped: int = 0  # filtered out (tenant, severity)
+
+
+class WebhookForwarder(Service):
+    """Consumes alerts (read_committed) and POSTs them one by one, in order; see the module docstring."""
+
+    def __init__(self, settings: Settings, url: str, *, tenant: str | None = None, min_severity: str = "info",
+                 max_attempts: int = 10, timeout_s: float = 10.0, group_id: str | None = None) -> None:
+        super().__init__()
+        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+        if not secret:
+            raise FinopsError("webhooks are signed: set FINOPS_WEBHOOK_SECRET (a shared secret for the receiver)")
+        if not url.startswith(("http://", "https://")):
+            raise FinopsError(f"webhook url {url!r} must start with http:// or https://")
+        if min_severity not in SEVERITIES:
+            raise FinopsError(f"unknown severity {min_severity!r}; choose {', '.join(SEVERITIES)}")
+        self.settings, self.url, self.secret = settings, url, secret
+        self.tenant, self.min_rank = tenant, SEVERITIES.index(min_severity)
+        self.max_attempts, self.timeout_s = max_attempts, timeout_s
+        self.progress = Delivery()
+        worst_wait = sum(min(0.5 * 2 ** n, 30.0) + timeout_s for n in range(max_attempts))
+        self.consumer = clients.consumer(
+            settings, group_id or f"{settings.group_prefix}-webhooks",
+            # retries sleep without polling: stay in the group for the longest retry sequence
+            **{"max.poll.interval.ms": int(max(300.0, worst_wait + 60) * 1000)})
+        self.consumer.subscribe([topics.ALERTS])
+        self.producer = clients.producer(settings)
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.producer.flush(10)
+
+    def step(self) -> int:
+        messages = self.consumer.consume(500, 0.2)
+        done: dict[tuple[str, int], int] = {}
+        for m in messages:
+            if m.error():
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", m.error())
+                continue
+            if not self.forward(m.value()):
+                break  # stopping mid-retry: this alert and the rest stay uncommitted
+            done[(m.topic(), m.partition())] = m.offset() + 1
+        if done:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in done.items()],
+                                 asynchronous=False)
+        return len(messages)
+
+    def wanted(self, alert: dict) -> bool:
+        if self.tenant and alert.get("tenant_id") != self.tenant:
+            return False
+        severity = alert.get("severity", "info")
+        return (SEVERITIES.index(severity) if severity in SEVERITIES else 0) >= self.min_rank
+
+    def forward(self, value: bytes) -> bool:
+        """Deliver one alert, retrying with backoff; dead-letter it after ``max_attempts`` failures.
+
+        False when asked to stop before either happened (the alert is not done).
+        """
+        try:
+            alert = json.loads(value)
+        except ValueError:
+            self._dead_letter(value, "not JSON", 0)
+            return True
+        if not self.wanted(alert):
+            self.progress.skipped += 1
+            return True
+        body = json.dumps({**alert, "text": slack_text(alert)}, separators=(",", ":")).encode()
+        last_error = ""
+        for attempt in range(1, self.max_attempts + 1):
+            last_error = self._post(body, alert.get("id", ""), attempt)
+            if not last_error:
+                self.progress.delivered += 1
+                return True
+            self.progress.failed_attempts += 1
+            if attempt < self.max_attempts:
+                delay = min(0.5 * 2 ** (attempt - 1), 30.0)
+                log.warning("webhook %s failed (%s); attempt %d of %d in %.1f s", self.url, last_error,
+                            attempt + 1, self.max_attempts, delay)
+                if self._stop.wait(delay):
+                    return False
+        self._dead_letter(value, last_error, self.max_attempts)
+        return True
+
+    def _post(self, body: bytes, idempotency_key: str, attempt: int) -> str:
+        """POST once; '' when the receiver took it, else the error in a few words."""
+        ts = int(time.time())
+        req = urlrequest.Request(self.url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "User-Agent": "finops-webhooks/1",
+            "Idempotency-Key": idempotency_key, "X-Finops-Timestamp": str(ts),
+            "X-Finops-Signature": sign(self.secret, ts, body), "X-Finops-Attempt": str(attempt)})
+        try:
+            with urlrequest.urlopen(req, timeout=self.timeout_s) as resp:
+                return "" if 200 <= resp.status < 300 else f"HTTP {resp.status}"
+        except urlerror.HTTPError as exc:
+            return f"HTTP {exc.code}"
+        except (OSError, ValueError) as exc:  # refused, reset, timeout, DNS
+            return str(getattr(exc, "reason", exc))
+
+    def _dead_letter(self, value: bytes, error: str, attempts: int) -> None:
+        record = json.dumps({"url": self.url, "attempts": attempts, "error": error,
+                             "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "alert": value.decode("utf-8", errors="replace")}).encode()
+        self.producer.produce(topics.ALERTS_DEADLETTER, record)
+        if self.producer.flush(30):
+            raise FinopsError("could not write to the dead-letter topic; the alert stays uncommitted")
+        self.progress.dead_lettered += 1
+        log.error("alert dead-lettered after %d attempts: %s", attempts, error)
