@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     webhook_url: str | None = Field(default=None, description="`finops run webhooks`: where to POST alerts.")
     webhook_secret: SecretStr | None = Field(default=None,
                                              description="Shared secret of the webhooks' HMAC-SHA256 signatures.")
+    alert_zscore: float = Field(default=3.0, gt=0, description="zscore_spike: standard deviations above the mean.")
+    alert_min_hours: int = Field(default=24, ge=2, description="zscore_spike: closed hours of history needed.")
+    alert_mom_pct: float = Field(default=20.0, gt=0, description="mom_spike: % above the same point last month.")
+    alert_ending_soon_days: float = Field(default=7.0, gt=0, description="ending_soon: days before a window ends.")
+    alert_low_balance_pct: float = Field(default=10.0, ge=0, description="low_balance: % of the period's grant.")
+    alert_low_balance_credits: float = Field(default=0.0, ge=0, description="low_balance: absolute floor (0: off).")
     group_prefix: str = Field(default="finops", description="Prefix of consumer group and transactional ids.")
 
     @property

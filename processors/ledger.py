@@ -694,6 +694,16 @@ def _charge(state: Tenant, event: Event, charged: Account, amount: int, overage:
         state.totals.overage += overage
         outputs.append(_entry(state, event, n, out.OVERAGE, charged, overage, **(dims or {})))
     outputs.extend(_record_usage(state, charged, amount, event))
+    at = event.ts.timestamp()
+    key = f"{charged.id}\x1f{int(at // 3600 * 3600)}"
+    pending = state.spend.get(key)
+    if pending is None:
+        state.spend[key] = [amount, 1, at]
+    else:
+        pending[0] += amount
+        pending[1] += 1
+        if at > pending[2]:
+            pending[2] = at
     return outputs
 
 

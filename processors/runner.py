@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -84,7 +85,8 @@ class LedgerProcessor(Service):
     """One instance of the ledger processor; several instances share the input partitions."""
 
     def __init__(self, settings: Settings, *, instance: str = "0", batch_max: int = 20_000,
-                 batch_s: float = 0.1, idle_s: float = 0.5, group_id: str | None = None) -> None:
+                 batch_s: float = 0.1, idle_s: float = 0.5, group_id: str | None = None,
+                 spend_every: float = 0.5) -> None:
         super().__init__()
         self.settings = settings
         self.batch_max = batch_max
@@ -99,6 +101,8 @@ class LedgerProcessor(Service):
         self._callback_error: Exception | None = None
         self._txn_since: float | None = None  # monotonic start of the open transaction
         self._lag_at = 0.0
+        self.spend_every = spend_every
+        self._spend_flushed = 0.0
         group = group_id or f"{settings.group_prefix}-ledger"
         # Snapshots belong to the consumer group whose offsets they match: a rebuild under a
         # new group starts from nothing, not from another group's state.
@@ -235,14 +239,16 @@ class LedgerProcessor(Service):
         items = self.merger.take(self._quiet, now, self.batch_max)
         t2 = time.perf_counter()
         self.stats.decode_s += t2 - t1
-        if not items:
+        spend_due = now - self._spend_flushed >= self.spend_every and self._spend_pending()
+        if not items and not spend_due:
             return 0
         self._txn_since = time.monotonic()
         try:
             self.producer.begin_transaction()
-            offsets = self._process(items)
+            offsets = self._process(items, spend_due)
             t3 = time.perf_counter()
-            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 60)
+            if offsets:
+                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 60)
             self.producer.commit_transaction(60)
         except KafkaException as exc:
             self._fail(exc)
@@ -293,7 +299,37 @@ class LedgerProcessor(Service):
             raise
         self._rewind()
 
-    def _process(self, items: list[Item]) -> list[TopicPartition]:
+    def _spend_pending(self) -> bool:
+        return any(state.spend for state in self.book.tenants.values())
+
+    def _flush_spend(self) -> set[str]:
+        """Publish every tenant's pending spend (outputs.Spend per account and hour); the tenants flushed.
+
+        Called inside the transaction; their snapshots (written after) no longer hold it.
+        """
+        produce = self.producer.produce
+        flushed = set()
+        for tenant_id, state in self.book.tenants.items():
+            if not state.spend or tenant_id not in self.partition_of:
+                continue
+            partition = self.partition_of[tenant_id]
+            for key, (micros, requests, last) in state.spend.items():
+                account_id, hour = key.split("\x1f")
+                acct = state.accounts[account_id]
+                ends = [g.ends_at for g in acct.grants if g.ends_at is not None and g.remaining > 0]
+                record = outputs.Spend(
+                    tenant_id=tenant_id, account_id=account_id,
+                    hour=datetime.fromtimestamp(int(hour), timezone.utc), spent_micros=micros, requests=requests,
+                    ts=datetime.fromtimestamp(last, timezone.utc), available_micros=acct.available,
+                    granted_micros=acct.period_granted, period=acct.period, window_end=min(ends) if ends else None)
+                produce(topics.SPEND, _encoder.encode(record), outputs.balance_key(tenant_id, account_id).encode(),
+                        partition=partition)
+            state.spend.clear()
+            flushed.add(tenant_id)
+        self._spend_flushed = time.monotonic()
+        return flushed
+
+    def _process(self, items: list[Item], flush_spend: bool = False) -> list[TopicPartition]:
         """Apply items in order; produce every output into the open transaction; return the offsets."""
         produce = self.producer.produce
         handle = self.book.handle
@@ -328,6 +364,8 @@ class LedgerProcessor(Service):
             produce(topics.REJECTED, _encoder.encode(rejection), key, partition=partition)
         self.stats.applied += len(items) - rejected
         self.stats.rejected += rejected
+        if flush_spend:
+            touched |= self._flush_spend()  # their snapshots must say the spend was published
 
         for tenant_id in touched:
             state = self.book.tenants[tenant_id]

@@ -174,6 +174,9 @@ class Tenant:
     seq: int = 0
     timers: list[tuple[datetime, int, str, str, str]] = field(default_factory=list)  # a heap
     touched: set[str] = field(default_factory=set)  # accounts changed since the last drain
+    # usage spend not yet published on finops.spend.v1 (see processors/runner.py):
+    # "<account id>\x1f<hour start, epoch s>" -> [micro-credits, requests, latest event time, epoch s]
+    spend: dict[str, list] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.tenant_id not in self.accounts:

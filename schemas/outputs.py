@@ -109,6 +109,24 @@ class Enforcement(msgspec.Struct, frozen=True, kw_only=True):
     ts: datetime
 
 
+class Spend(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Usage spend of one account in one event-time hour, on ``finops.spend.v1`` (key
+    ``tenant_id/account_id``): what the ledger booked since its previous record for that
+    account and hour (add them up), with the account's state at that point. Input of the
+    alert processor: far fewer records than usage events."""
+
+    tenant_id: str
+    account_id: str
+    hour: datetime
+    spent_micros: int
+    requests: int
+    ts: datetime  # the latest event time included
+    available_micros: int
+    granted_micros: int  # granted to the account for its current budget period
+    period: str
+    window_end: datetime | None = None  # the earliest end of a grant it can still spend
+
+
 def balance_key(tenant_id: str, account_id: str) -> str:
     """Account ids are unique per tenant only, so the compacted key carries both."""
     return f"{tenant_id}/{account_id}"

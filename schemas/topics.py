@@ -11,6 +11,8 @@ BALANCES = "finops.balances.v1"
 ENFORCEMENT = "finops.enforcement.v1"
 ALERTS = "finops.alerts.v1"
 REJECTED = "finops.rejected.v1"
+# Usage spend per account and event-time hour, summed by the ledger processor (outputs.Spend).
+SPEND = "finops.spend.v1"
 # Alerts a webhook receiver refused ``max_attempts`` times, with the last error (see producers/webhooks.py).
 ALERTS_DEADLETTER = "finops.alerts.deadletter.v1"
 # Internal: the ledger processor's per-tenant state, written in the same transaction as the
@@ -32,6 +34,7 @@ ALL: tuple[TopicSpec, ...] = (
     TopicSpec(ALERTS),
     TopicSpec(REJECTED),
     TopicSpec(ALERTS_DEADLETTER),
+    TopicSpec(SPEND),
     TopicSpec(SNAPSHOTS, compacted=True),
 )
 
