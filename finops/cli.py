@@ -33,6 +33,8 @@ app = typer.Typer(
 stack_app = typer.Typer(help="The local Apache Kafka broker (skipped when FINOPS_KAFKA_BOOTSTRAP is set).",
                         no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+alerts_app = typer.Typer(help="Alerts on finops.alerts.v1.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -189,7 +191,8 @@ EXIT_RESTART = 75  # a worker asks its supervisor for a clean restart
 @command
 def run(
     parts: Optional[list[str]] = typer.Argument(None, help="Processors to run: ledger, sink, scheduler, "
-                                                       "webhooks (default: the first three)."),
+                                                       "webhooks, or alerts on its own (default: the "
+                                                       "first three)."),
     instance: str = typer.Option("0", help="Ledger instance id: its transactional id. Unique per running "
                                            "instance; a restarted instance reuses its id (this fences its zombie)."),
     batch_max: int = typer.Option(20_000, help="Most input messages per transaction."),
@@ -212,6 +215,8 @@ def run(
     sink: usage, ledger, alerts, balances, allocations -> ClickHouse (with embedded chdb it also answers
     `finops sql` and `finops report` from other terminals).
     scheduler: a tick per tenant every --tick-every seconds (expiries happen with no traffic).
+    alerts (on its own, faust): spend per account and hour -> z-score, month-over-month, runway,
+    ending-soon and low-balance alerts (FINOPS_ALERT_* settings).
     webhooks: alerts -> POST to --url, signed HMAC-SHA256 with FINOPS_WEBHOOK_SECRET, retried,
     dead-lettered to finops.alerts.deadletter.v1 after --max-attempts failures.
     Every --metrics-every seconds a JSON
@@ -226,6 +231,14 @@ def run(
 
     _setup_logging(verbose)
     settings = _settings()
+    if parts and "alerts" in parts:
+        if len(parts) > 1:
+            _fail("run alerts on its own: `finops run alerts` (faust runs its own event loop)", 2)
+        from .processors.alerts import run_worker
+
+        err.print(f"running the alert processor (faust) against {settings.bootstrap} (Ctrl-C stops)")
+        run_worker(settings, verbose)
+        return
     webhook = {"url": url, "tenant": webhook_tenant, "min_severity": min_severity, "max_attempts": max_attempts}
     pipeline = Pipeline(settings, tuple(parts or RUN_PARTS), instance=instance, batch_max=batch_max, webhook=webhook,
                         batch_s=batch_ms / 1000, tick_every=tick_every)
@@ -326,6 +339,63 @@ class _Metrics:
 
 
 # ----------------------------------------------------------------------------- queries
+
+
+@alerts_app.command("tail")
+@command
+def alerts_tail(
+    tenant: Optional[str] = typer.Option(None, "--tenant", "-t", help="Only this tenant."),
+    severity: str = typer.Option("info", help="Only this severe or more: info, warning, critical."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON alert per line (as published)."),
+    from_beginning: bool = typer.Option(False, help="Start with the oldest alert kept, not the next one."),
+    count: Optional[int] = typer.Option(None, help="Stop after this many alerts."),
+    timeout: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+) -> None:
+    """Follow alerts as they are raised (threshold, z-score, month-over-month, runway, ...).
+
+    Example: finops alerts tail --tenant acme --severity warning
+    """
+    from .producers.webhooks import SEVERITIES
+    from .schemas import topics
+
+    if severity not in SEVERITIES:
+        _fail(f"unknown severity {severity!r}; choose {', '.join(SEVERITIES)}", 2)
+    _setup_logging(False)
+    settings = _settings()
+    from . import clients
+
+    consumer = clients.consumer(settings, f"{settings.group_prefix}-tail-{os.getpid()}-{int(time.time())}",
+                                **{"auto.offset.reset": "earliest" if from_beginning else "latest"})
+    consumer.subscribe([topics.ALERTS])
+    colors = {"info": "cyan", "warning": "yellow", "critical": "red"}
+    shown = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while (count is None or shown < count) and (deadline is None or time.monotonic() < deadline):
+            for m in consumer.consume(100, 0.5):
+                if m.error():
+                    continue
+                alert = json.loads(m.value())
+                if tenant and alert.get("tenant_id") != tenant:
+                    continue
+                if SEVERITIES.index(alert.get("severity", "info")) < SEVERITIES.index(severity):
+                    continue
+                if as_json:
+                    sys.stdout.write(m.value().decode() + "\n")
+                    sys.stdout.flush()
+                else:
+                    sev = alert.get("severity", "")
+                    state = "resolved" if alert.get("status") == "resolved" else sev
+                    out.print(f"{alert.get('ts', '')}  [{colors.get(sev, 'white')}]{state:<9}[/]  "
+                              f"{alert.get('tenant_id')}/{alert.get('account_id')}  {alert.get('type')}  "
+                              f"period {alert.get('period') or '-'}  usage {alert.get('current_usage')} "
+                              f"of {alert.get('monthly_allocation')}  (threshold {alert.get('threshold')})",
+                              soft_wrap=True)
+                shown += 1
+                if count is not None and shown >= count:
+                    break
+    finally:
+        consumer.close()
 
 
 @app.command()

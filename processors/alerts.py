@@ -228,7 +228,7 @@ def build_app(settings: Settings, rules: Rules | None = None):
         f"{settings.group_prefix}-alerts", broker=f"kafka://{settings.bootstrap}", store="memory://",
         web_enabled=False, topic_partitions=settings.topic_partitions, consumer_auto_offset_reset="earliest",
         producer_acks=-1, broker_commit_every=100, broker_commit_interval=1.0, table_standby_replicas=0,
-        topic_replication_factor=1, stream_wait_empty=False)
+        topic_replication_factor=1, stream_wait_empty=False, key_serializer="json", value_serializer="json")
 
     class SpendEvent(faust.Record, serializer="json"):
         tenant_id: str
@@ -245,28 +245,24 @@ def build_app(settings: Settings, rules: Rules | None = None):
     spend = app.topic(topics.SPEND, key_type=bytes, key_serializer="raw", value_type=SpendEvent)
     alerts = app.topic(topics.ALERTS, key_type=bytes, key_serializer="raw", value_type=bytes,
                        value_serializer="raw")
-    profiles = app.Table("alert-profiles", default=dict, partitions=settings.topic_partitions,
-                         key_serializer="raw", value_serializer="json")
-    hourly = app.Table("spend-hourly", default=int, partitions=settings.topic_partitions, key_serializer="json",
-                       value_serializer="json").tumbling(HOUR, expires=timedelta(days=8)) \
-        .relative_to_field(SpendEvent.hour)
-    daily = app.Table("spend-daily", default=int, partitions=settings.topic_partitions, key_serializer="json",
-                      value_serializer="json").tumbling(DAY, expires=timedelta(days=DAYS_KEPT)) \
-        .relative_to_field(SpendEvent.hour)
+    profiles = app.Table("alert-profiles", default=dict, partitions=settings.topic_partitions, key_type=str)
+    hourly = app.Table("spend-hourly", default=int, partitions=settings.topic_partitions, key_type=str) \
+        .tumbling(HOUR, expires=timedelta(days=8)).relative_to_field(SpendEvent.hour)
+    daily = app.Table("spend-daily", default=int, partitions=settings.topic_partitions, key_type=str) \
+        .tumbling(DAY, expires=timedelta(days=DAYS_KEPT)).relative_to_field(SpendEvent.hour)
 
     @app.agent(spend)
     async def fold(stream):
         async for event in stream.events():
-            key, record = event.key, event.value
-            profile = dict(profiles[key])
+            account, record = event.key.decode(), event.value
+            profile = dict(profiles[account])
             offset = event.message.offset
             if offset <= profile.get("offset", -1):
                 continue  # applied before a restart: nothing twice
-            account = key.decode()
             hourly[account] += record.spent_micros
             daily[account] += record.spent_micros
             profile, raised = judge.apply(profile, record.asdict(), offset)
-            profiles[key] = profile
+            profiles[account] = profile
             for alert in raised:
                 await alerts.send(key=alert.tenant_id.encode(), value=encoder.encode(alert))
 
