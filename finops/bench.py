@@ -118,6 +118,26 @@ def _consume_rate(settings, group: str, expected: int, timeout: float = 300.0) -
         consumer.close()
 
 
+def _bench_broker(cleanup):
+    """A dedicated local broker with fresh topics (stopped by ``cleanup``), unless
+    FINOPS_KAFKA_BOOTSTRAP names a cluster; settings with a fresh group prefix."""
+    import tempfile
+    import uuid
+
+    from . import stack
+    from .settings import load
+
+    base = load()
+    if base.external_kafka:
+        settings = base
+    else:
+        data_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="finops-bench-")))
+        settings = base.model_copy(update={"data_dir": data_dir, "kafka_port": stack.free_port_pair()})
+        stack.up(settings, log=lambda _m: None)
+        cleanup.callback(stack.down, settings, log=lambda _m: None)
+    return settings.model_copy(update={"group_prefix": f"bench-{uuid.uuid4().hex[:8]}"})
+
+
 def ledger(events: int = 200_000, repeats: int = 1, tenants: int = 50) -> dict:
     """The exactly-once ledger processor against a raw consumer, on the same broker and topics.
 
@@ -126,26 +146,16 @@ def ledger(events: int = 200_000, repeats: int = 1, tenants: int = 50) -> dict:
     raw confluent-kafka consume+decode of the input topics, and the ledger processor from
     its first applied batch until every input offset is committed with its outputs.
     """
-    import tempfile
     import uuid
     from contextlib import ExitStack
 
-    from . import clients, stack
+    from . import clients
     from .processors.runner import LedgerProcessor
     from .producers.publish import publish_lines
     from .producers.workload import generate
-    from .settings import load
 
-    base = load()
     with ExitStack() as cleanup:
-        if base.external_kafka:
-            settings = base
-        else:
-            data_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="finops-bench-")))
-            settings = base.model_copy(update={"data_dir": data_dir, "kafka_port": stack.free_port_pair()})
-            stack.up(settings, log=lambda _m: None)
-            cleanup.callback(stack.down, settings, log=lambda _m: None)
-        settings = settings.model_copy(update={"group_prefix": f"bench-{uuid.uuid4().hex[:8]}"})
+        settings = _bench_broker(cleanup)
         workload = generate(tenants=tenants, usage=events, suffix=f"-{uuid.uuid4().hex[:4]}")
         report = publish_lines(settings, workload.lines, validate=False)
         total = sum(end for end in clients.input_ends(settings).values())
@@ -615,3 +625,182 @@ def sink(events: int = 500_000, repeats: int = 3, slice_rows: int = 50_000) -> d
                                                  / result["raw_insert_rows_per_s"][name]["median"], 3)
                                      for name in phases}
     return result
+
+
+# ----------------------------------------------------------------------------- alert latency
+
+
+def alerts(events: int = 10_000, repeats: int = 1, seconds: float = 30.0, accounts: int = 200,
+           spikes: int = 40) -> dict:
+    """Latency from a usage event's publish to its alert, under a steady ``events``/s load.
+
+    On a dedicated broker: ``accounts`` accounts (10 tenants) get 30 hours of steady hourly
+    spend as history (backfilled in event time), then live usage at ``events`` per second
+    with event time now, for ``seconds``. During the live phase ``spikes`` accounts, one at
+    a time, get one usage worth ten hours of their spend: each must raise one
+    ``zscore_spike``; its latency is the time from that usage's publish to the alert's
+    arrival at a consumer of finops.alerts.v1. The ledger processor (in this process) and
+    the faust alert processor (a child process) do the work in between.
+    """
+    import json
+    import signal
+    import subprocess
+    import sys
+    import threading
+    from contextlib import ExitStack
+
+    from . import clients
+    from .pipeline import Pipeline
+    from .producers.publish import publish_lines
+    from .schemas import topics
+
+    tenants = 10
+    per_tenant = max(accounts // tenants, 1)
+    hourly_credits = events / (tenants * per_tenant) * 3600 * 0.01  # live usage is 0.01 credits per event
+    now = datetime.now(timezone.utc)
+    hour0 = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=30)
+    iso = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+    def names():
+        for t in range(tenants):
+            for a in range(per_tenant):
+                yield f"bench-t{t}", f"u{a}"
+
+    setup = []
+    for t in range(tenants):
+        tenant = f"bench-t{t}"
+        setup.append({"type": "purchase", "id": "buy", "tenant_id": tenant, "ts": hour0.strftime(iso),
+                      "credits": 10 ** 9})
+        for a in range(per_tenant):
+            setup.append({"type": "open_account", "id": f"open-u{a}", "tenant_id": tenant, "ts": hour0.strftime(iso),
+                          "account_id": f"u{a}", "kind": "user", "parent_id": tenant})
+    history = []
+    for h in range(30):  # the hours before now's hour: 6 requests an hour, steady spend with 10 % noise
+        for tenant, account in names():
+            for n in range(6):
+                ts = hour0 + timedelta(hours=h, minutes=n * 10 + 1)
+                credits = hourly_credits / 6 * (1 + 0.1 * ((h * 7 + n * 3 + len(account)) % 5 - 2) / 2)
+                history.append({"type": "usage", "id": f"h-{account}-{h}-{n}", "tenant_id": tenant,
+                                "ts": ts.strftime(iso), "account_id": account, "api_key_id": "k", "model_name": "m",
+                                "operation_type": "chat", "units_consumed": 1, "credits_consumed": f"{credits:.6f}"})
+    encode = msgspec.json.encode
+    with ExitStack() as cleanup:
+        settings = _bench_broker(cleanup)
+        publish_lines(settings, [encode(m) for m in setup + history], validate=False)
+        pipeline = cleanup.enter_context(Pipeline(settings, ("ledger",)))
+        ends = clients.input_ends(settings)
+        _wait(lambda: pipeline.ledger.caught_up(ends), 300, "the ledger to fold the history")
+        env = {**os.environ, "FINOPS_KAFKA_BOOTSTRAP": settings.bootstrap, "FINOPS_GROUP_PREFIX": settings.group_prefix}
+        faust_proc = subprocess.Popen([sys.executable, "-m", "finops.cli", "run", "alerts", "--no-supervise"],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cleanup.callback(lambda: (faust_proc.send_signal(signal.SIGTERM), faust_proc.wait(60)))
+        _wait(lambda: _group_caught_up(settings, f"{settings.group_prefix}-alerts", topics.SPEND), 300,
+              "the alert processor to fold the history")
+
+        arrived: dict[str, float] = {}
+        stop = threading.Event()
+
+        def listen() -> None:
+            consumer = clients.consumer(settings, f"{settings.group_prefix}-latency", **{"auto.offset.reset": "latest"})
+            consumer.subscribe([topics.ALERTS])
+            try:
+                while not stop.is_set():
+                    for m in consumer.consume(100, 0.1):
+                        if m.error():
+                            continue
+                        alert = json.loads(m.value())
+                        if alert.get("type") == "zscore_spike" and alert.get("status") == "firing":
+                            arrived.setdefault(f"{alert['tenant_id']}/{alert['account_id']}", time.time())
+            finally:
+                consumer.close()
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        time.sleep(3)  # the listener's assignment: it reads from the end
+        producer = clients.producer(settings, **{"linger.ms": 5})
+        all_accounts = list(names())
+        spike_every = seconds / (spikes + 1)
+        spike_accounts = all_accounts[:spikes]
+        published: dict[str, float] = {}
+        sent = 0
+        started = time.time()
+        next_spike = started + spike_every
+        while time.time() - started < seconds:
+            second_start = time.time()
+            for n in range(events // 10):  # a tenth of a second's worth
+                tenant, account = all_accounts[(sent + n) % len(all_accounts)]
+                producer.produce(topics.USAGE, encode({
+                    "type": "usage", "id": f"live-{sent + n}", "tenant_id": tenant,
+                    "ts": datetime.now(timezone.utc).strftime(iso), "account_id": account, "api_key_id": "k",
+                    "model_name": "m", "operation_type": "chat", "units_consumed": 1, "credits_consumed": "0.01"}),
+                    tenant.encode())
+            sent += events // 10
+            producer.poll(0)
+            if time.time() >= next_spike and len(published) < len(spike_accounts):
+                tenant, account = spike_accounts[len(published)]
+                producer.produce(topics.USAGE, encode({
+                    "type": "usage", "id": f"spike-{account}", "tenant_id": tenant,
+                    "ts": datetime.now(timezone.utc).strftime(iso), "account_id": account, "api_key_id": "k",
+                    "model_name": "m", "operation_type": "chat", "units_consumed": 1,
+                    "credits_consumed": f"{hourly_credits * 10:.6f}"}), tenant.encode())
+                producer.flush(5)
+                published[f"{tenant}/{account}"] = time.time()
+                next_spike += spike_every
+            time.sleep(max(0.0, 0.1 - (time.time() - second_start)))
+        producer.flush(30)
+        rate = sent / (time.time() - started)
+        _wait(lambda: len(arrived.keys() & published.keys()) >= len(published), 60, "every spike alert")
+        stop.set()
+        listener.join(10)
+        latencies = sorted(arrived[k] - t for k, t in published.items() if k in arrived)
+        ledger_stats = pipeline.ledger.stats
+    return {
+        "benchmark": "alerts",
+        "what": "latency from a usage event's publish to its zscore_spike alert on finops.alerts.v1, through "
+                "the ledger processor, finops.spend.v1 and the faust alert processor, under steady usage load",
+        "target_events_per_s": events,
+        "achieved_events_per_s": round(rate),
+        "seconds": seconds,
+        "accounts": len(all_accounts),
+        "spikes": len(published),
+        "alerts_received": len(latencies),
+        "latency_ms": {"p50": round(_quantile(latencies, 0.5) * 1000), "p99": round(_quantile(latencies, 0.99) * 1000),
+                       "max": round(latencies[-1] * 1000) if latencies else None},
+        "target_p99_ms": 1000,
+        "ledger_transactions": ledger_stats.transactions,
+        "machine": _machine(),
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(int(q * len(values)), len(values) - 1)]
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _group_caught_up(settings, group: str, topic: str) -> bool:
+    """Has consumer group ``group`` committed every message of ``topic``?"""
+    from confluent_kafka import TopicPartition
+
+    from . import clients
+
+    probe = clients.consumer(settings, group)
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        committed = {tp.partition: tp.offset for tp in probe.committed(parts, timeout=10)}
+        for p in range(settings.topic_partitions):
+            _low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > 0 and committed.get(p, -1) < high - 1:  # the last offset may be a transaction marker
+                return False
+        return True
+    finally:
+        probe.close()

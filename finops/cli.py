@@ -597,10 +597,12 @@ def fold(file: str = typer.Argument(..., help="A JSONL file of wire-v1 messages,
 def bench(
     name: str = typer.Argument("fold", help="Benchmark to run: fold (pure ledger), ledger (the Kafka "
                                             "processor against raw confluent-kafka, on a dedicated broker), "
-                                            "reports (every report on generated ClickHouse data) or sink (the "
-                                            "sink's ClickHouse write path, no Kafka)."),
-    events: Optional[int] = typer.Option(None, help="Usage events per run; for reports and sink, rows (default: "
-                                                    "fold/ledger 200000, reports 10000000, sink 500000)."),
+                                            "reports (every report on generated ClickHouse data), sink (the "
+                                            "sink's ClickHouse write path, no Kafka) or alerts (publish-to-alert "
+                                            "latency under steady load; --events is events per second)."),
+    events: Optional[int] = typer.Option(None, help="Usage events per run; for reports and sink, rows; for "
+                                                    "alerts, events per second (default: fold/ledger 200000, "
+                                                    "reports 10000000, sink 500000, alerts 10000)."),
     repeats: int = typer.Option(3, help="Runs; the median is reported."),
     output: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the JSON to this file."),
 ) -> None:
@@ -614,7 +616,7 @@ def bench(
 
     _setup_logging(False)
     runners = {"fold": bench_mod.fold, "ledger": bench_mod.ledger, "reports": bench_mod.reports,
-               "sink": bench_mod.sink}
+               "sink": bench_mod.sink, "alerts": bench_mod.alerts}
     if name not in runners:
         _fail(f"unknown benchmark {name!r}; choose from {', '.join(runners)}", 2)
     if events is None:

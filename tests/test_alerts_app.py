@@ -99,8 +99,8 @@ class TestAlertProcessor:
         ledger_through(settings)
         proc = start_alerts(settings, log)
         try:
-            wait_until(lambda: sum(a.get("status", "firing") == "firing" for a in spike_alerts(settings, tenant)) >= 2, 180,
-                       "the second spike alert (it needs the history from before the restart)")
+            wait_until(lambda: sum(a.get("status", "firing") == "firing" for a in spike_alerts(settings, tenant)) >= 2,
+                       180, "the second spike alert (it needs the history from before the restart)")
         finally:
             stop(proc)
         alerts = spike_alerts(settings, tenant)
