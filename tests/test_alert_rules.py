@@ -14,8 +14,8 @@ MICROS = 1_000_000
 def record(account: str, hour: datetime, spent: float, *, available: float = 1e6, granted: float = 1e6,
            window_end: datetime | None = None, tenant: str = "t") -> dict:
     return {"tenant_id": tenant, "account_id": account, "hour": hour.isoformat(),
-            "spent_micros": round(spent * MICROS),
-            "requests": 1, "ts": (hour + timedelta(minutes=59)).isoformat(), "available_micros": round(available * MICROS),
+            "spent_micros": round(spent * MICROS), "requests": 1, "ts": (hour + timedelta(minutes=59)).isoformat(),
+            "available_micros": round(available * MICROS),
             "granted_micros": round(granted * MICROS), "period": "2026-10",
             "window_end": window_end.isoformat() if window_end else None}
 
