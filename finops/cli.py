@@ -227,7 +227,7 @@ def run(
         raise typer.Exit(_supervise([*sys.argv[1:], "--no-supervise"]))
     from .pipeline import RUN_PARTS, Pipeline
     from .service import tune_gc
-    from .processors.runner import Stuck
+    from .processors.runner import PartitionsLost, Stuck
 
     _setup_logging(verbose)
     settings = _settings()
@@ -253,10 +253,10 @@ def run(
                 metrics.emit()
         except KeyboardInterrupt:
             err.print("stopping")
-        except Stuck as exc:
+        except (Stuck, PartitionsLost) as exc:
             err.print(f"[red]error:[/red] {exc}")
             sys.stderr.flush()
-            os._exit(EXIT_RESTART)  # the stuck thread cannot be joined; the supervisor restarts us
+            os._exit(EXIT_RESTART)  # a stuck thread cannot be joined; the supervisor restarts us clean
 
 
 def _supervise(args: list[str]) -> int:

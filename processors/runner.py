@@ -53,6 +53,11 @@ class Fenced(FinopsError):
     """Another instance took over this transactional id or group generation."""
 
 
+class PartitionsLost(FinopsError):
+    """This instance missed its heartbeats (frozen, or cut off from the broker) and its
+    partitions went elsewhere: it drops its state and restarts to rejoin the group."""
+
+
 class Stuck(FinopsError):
     """A transaction call has not returned for far longer than its timeout.
 
@@ -161,11 +166,12 @@ class LedgerProcessor(Service):
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions taken away because this instance missed its heartbeats (frozen, paused,
-        cut off): another instance may own them now, so this one is a zombie. It stops;
-        whatever it still tries to commit is fenced by the group generation."""
+        cut off from the broker): another instance may own them now, so this one is a zombie.
+        It stops (whatever it still tries to commit is fenced by the group generation) and
+        asks its supervisor for a restart, which rejoins the group from committed state."""
         self._on_revoke(consumer, partitions)
-        self._callback_error = Fenced("ledger processor lost its partitions (missed heartbeats); "
-                                      "another instance owns them now")
+        self._callback_error = PartitionsLost("ledger processor lost its partitions (missed heartbeats); "
+                                              "restarting to rejoin its group")
 
     def _restore(self, numbers: set[int]) -> None:
         """Load the latest committed snapshot of every tenant on these partitions."""

@@ -109,3 +109,12 @@ class TestAlertProcessor:
         fired = sorted(a["period"] for a in alerts if a.get("status", "firing") == "firing")
         assert fired == [(START + timedelta(hours=h)).strftime("%Y-%m-%dT%H:%M:%SZ") for h in sorted(spikes)], \
             log.read_text()[-3000:]
+
+        # and a person (or a program) follows them with `finops alerts tail`
+        env = {**os.environ, "FINOPS_KAFKA_BOOTSTRAP": settings.bootstrap, "FINOPS_GROUP_PREFIX": settings.group_prefix}
+        tail = subprocess.run([sys.executable, "-m", "finops.cli", "alerts", "tail", "--tenant", tenant, "--severity",
+                               "warning", "--from-beginning", "--json", "--count", "2", "--timeout", "60"],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert tail.returncode == 0, tail.stderr
+        shown = [json.loads(line) for line in tail.stdout.splitlines()]
+        assert [(a["type"], a["period"]) for a in shown] == [("zscore_spike", p) for p in fired]

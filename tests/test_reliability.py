@@ -149,8 +149,12 @@ class TestFaults:
             stack.up(kafka_settings, log=lambda _m: None)
             publish_lines(settings, workload.lines[half:])
             ends = clients.input_ends(settings)
-            wait_until(lambda: committed(settings, ends) >= sum(ends.values()), 180,
-                       "the second half after the restart")
+            try:
+                wait_until(lambda: committed(settings, ends) >= sum(ends.values()), 180,
+                           "the second half after the restart")
+            except AssertionError as exc:
+                _rc, err = stop(proc)
+                raise AssertionError(f"{exc}; the processor said: {err[-3000:]}") from exc
         finally:
             rc, err = stop(proc)
         assert rc == 0, err
