@@ -527,7 +527,8 @@ def ensure_topics(settings: Settings, bootstrap: str | None = None) -> list[str]
     replication = -1 if settings.external_kafka else 1
     futures = admin.create_topics(
         [NewTopic(spec.name, num_partitions=settings.topic_partitions, replication_factor=replication,
-                  config={"cleanup.policy": "compact"} if spec.compacted else {})
+                  config={**({"cleanup.policy": "compact"} if spec.compacted else {}),
+                          **({"max.message.bytes": str(spec.max_message_bytes)} if spec.max_message_bytes else {})})
          for spec in missing],
         operation_timeout=30, request_timeout=30)
     created = []

@@ -114,7 +114,8 @@ class LedgerProcessor(Service):
         self._snapshot_prefix = f"{group}/".encode()
         self.producer = clients.transactional_producer(
             settings, f"{group}-{instance}", **{"queue.buffering.max.messages": 2_000_000,
-                                                 "queue.buffering.max.kbytes": 1_048_576})
+                                                 "queue.buffering.max.kbytes": 1_048_576,
+                                                 "message.max.bytes": topics.SNAPSHOT_MAX_BYTES})
         try:
             self.producer.init_transactions(60)
         except KafkaException as exc:
