@@ -650,6 +650,7 @@ def alerts(events: int = 10_000, repeats: int = 1, seconds: float = 30.0, accoun
     from contextlib import ExitStack
 
     from . import clients
+    from .demo import wait_for
     from .pipeline import Pipeline
     from .producers.publish import publish_lines
     from .schemas import topics
@@ -689,14 +690,15 @@ def alerts(events: int = 10_000, repeats: int = 1, seconds: float = 30.0, accoun
         publish_lines(settings, [encode(m) for m in setup + history], validate=False)
         pipeline = cleanup.enter_context(Pipeline(settings, ("ledger",)))
         ends = clients.input_ends(settings)
-        _wait(lambda: pipeline.ledger.caught_up(ends), 300, "the ledger to fold the history")
+        wait_for(lambda: pipeline.ledger.caught_up(ends), timeout=300, what="the ledger to fold the history",
+                 pipeline=pipeline)
         env = {**os.environ, "FINOPS_KAFKA_BOOTSTRAP": settings.bootstrap, "FINOPS_GROUP_PREFIX": settings.group_prefix}
         faust_log = Path(settings.data_dir) / f"{settings.group_prefix}-alerts.log"
         faust_proc = subprocess.Popen([sys.executable, "-m", "finops.cli", "run", "alerts", "--no-supervise"],
                                       env=env, stdout=faust_log.open("w"), stderr=subprocess.STDOUT)
         cleanup.callback(lambda: (faust_proc.send_signal(signal.SIGTERM), faust_proc.wait(60)))
-        _wait(lambda: _group_caught_up(settings, f"{settings.group_prefix}-alerts", topics.SPEND), 300,
-              "the alert processor to fold the history")
+        wait_for(lambda: _group_caught_up(settings, f"{settings.group_prefix}-alerts", topics.SPEND), timeout=300,
+                 what="the alert processor to fold the history")
 
         arrived: dict[str, float] = {}
         stop = threading.Event()
@@ -786,14 +788,6 @@ def _quantile(values: list[float], q: float) -> float:
     return values[min(int(q * len(values)), len(values) - 1)]
 
 
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.2)
-
-
 def _group_caught_up(settings, group: str, topic: str) -> bool:
     """Has consumer group ``group`` committed every message of ``topic``?"""
     from confluent_kafka import TopicPartition
@@ -803,7 +797,7 @@ def _group_caught_up(settings, group: str, topic: str) -> bool:
     probe = clients.consumer(settings, group)
     try:
         parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
-        committed = {tp.partition: tp.offset for tp in probe.committed(parts, timeout=10)}
+        committed = {tp.partition: tp.offset for tp in clients.committed_offsets(probe, parts, timeout=10)}
         for p in range(settings.topic_partitions):
             _low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             if high > 0 and committed.get(p, -1) < high - 1:  # the last offset may be a transaction marker

@@ -355,7 +355,7 @@ def alerts_tail(
 
     Example: finops alerts tail --tenant acme --severity warning
     """
-    from .producers.webhooks import SEVERITIES
+    from .producers.webhooks import SEVERITIES, severity_rank
     from .schemas import topics
 
     if severity not in SEVERITIES:
@@ -375,10 +375,13 @@ def alerts_tail(
             for m in consumer.consume(100, 0.5):
                 if m.error():
                     continue
-                alert = json.loads(m.value())
+                try:
+                    alert = json.loads(m.value())
+                except ValueError:
+                    continue  # not an alert: nothing to show (webhooks dead-letter such records)
                 if tenant and alert.get("tenant_id") != tenant:
                     continue
-                if SEVERITIES.index(alert.get("severity", "info")) < SEVERITIES.index(severity):
+                if severity_rank(alert.get("severity")) < severity_rank(severity):
                     continue
                 if as_json:
                     sys.stdout.write(m.value().decode() + "\n")

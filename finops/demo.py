@@ -44,10 +44,12 @@ class DemoResult:
     seconds: float
 
 
-def wait_for(condition: Callable[[], bool], *, timeout: float, what: str, pipeline: Pipeline) -> None:
+def wait_for(condition: Callable[[], bool], *, timeout: float, what: str, pipeline: Pipeline | None = None) -> None:
+    """Poll ``condition`` until true; raise at the timeout, or as soon as ``pipeline`` has failed."""
     deadline = time.monotonic() + timeout
     while not condition():
-        pipeline.raise_failure()
+        if pipeline is not None:
+            pipeline.raise_failure()
         if time.monotonic() > deadline:
             raise FinopsError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.1)

@@ -83,9 +83,9 @@ class Judge:
     def __init__(self, rules: Rules = Rules()) -> None:
         self.rules = rules
 
-    def apply(self, profile: dict, record: outputs.Spend | dict, offset: int) -> tuple[dict, list[outputs.Alert]]:
-        """Fold one spend record into ``profile`` (a JSON-able dict, changed in place); the alerts it raises."""
-        r = record if isinstance(record, dict) else msgspec.structs.asdict(record)
+    def apply(self, profile: dict, r: dict, offset: int) -> tuple[dict, list[outputs.Alert]]:
+        """Fold one spend record (``outputs.Spend`` as JSON) into ``profile`` (a JSON-able dict, changed
+        in place); the alerts it raises."""
         if offset <= profile.get("offset", -1):
             return profile, []
         profile["offset"] = offset
@@ -281,6 +281,9 @@ def run_worker(settings: Settings, verbose: bool = False) -> None:
     """Run the faust worker in the foreground until SIGTERM or Ctrl-C."""
     import faust
 
+    from ..producers.publish import check_reachable
+
+    check_reachable(settings)  # one line, not a faust traceback, when the broker is not there
     app = build_app(settings)
     worker = faust.Worker(app, loglevel="INFO" if verbose else "WARNING", quiet=not verbose)
     worker.execute_from_commandline()

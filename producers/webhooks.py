@@ -38,6 +38,11 @@ SEVERITY_ICON = {"info": ":information_source:", "warning": ":warning:", "critic
 SEVERITIES = ("info", "warning", "critical")
 
 
+def severity_rank(severity: str | None) -> int:
+    """0 (info) .. 2 (critical); an unknown or missing severity ranks as info."""
+    return SEVERITIES.index(severity) if severity in SEVERITIES else 0
+
+
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return f"sha256={mac.hexdigest()}"
@@ -122,8 +127,7 @@ class WebhookForwarder(Service):
     def wanted(self, alert: dict) -> bool:
         if self.tenant and alert.get("tenant_id") != self.tenant:
             return False
-        severity = alert.get("severity", "info")
-        return (SEVERITIES.index(severity) if severity in SEVERITIES else 0) >= self.min_rank
+        return severity_rank(alert.get("severity")) >= self.min_rank
 
     def forward(self, value: bytes) -> bool:
         """Deliver one alert, retrying with backoff; dead-letter it after ``max_attempts`` failures.
