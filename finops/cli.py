@@ -26,8 +26,15 @@ from rich.table import Table
 from .errors import FinopsError
 from .settings import Settings, load
 
+EXIT_CODES = ("Exit codes: 0 done; 1 an expected failure (one line on stderr: unreachable broker, bad file, "
+              "bad SQL, rejected command, timeout); 2 bad usage; 130 interrupted. Every command has --help with "
+              "an example; data comes as a table, or as JSON with --json (--format where there are more).")
+
 app = typer.Typer(
-    help="finops: an event-sourced FinOps pipeline for AI/API credit spend on Kafka and ClickHouse.",
+    help="finops: an event-sourced FinOps pipeline for AI/API credit spend on Kafka and ClickHouse.\n\n"
+         "Start here: finops stack up; finops run &; finops simulate --duration 30 --wait; "
+         "finops balance --tenant acme; finops report burn-rate",
+    epilog=EXIT_CODES,
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]})
 stack_app = typer.Typer(help="The local Apache Kafka broker (skipped when FINOPS_KAFKA_BOOTSTRAP is set).",
@@ -98,6 +105,29 @@ def _print_rows(columns: list[str], rows: Iterable[tuple], fmt: str, title: str 
         wide.print(table)  # never cut a number to fit a narrow terminal
 
 
+@contextlib.contextmanager
+def _progress(description: str, total: int | None = None):
+    """Progress of long work on stderr: a live bar on a terminal, else a line every 10 s.
+    Yields ``update(done)`` (the count so far)."""
+    if err.is_terminal:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn()]
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda done: bar.update(task, completed=done)
+        return
+    last = [time.monotonic()]
+
+    def update(done: int) -> None:
+        if time.monotonic() - last[0] >= 10:
+            last[0] = time.monotonic()
+            err.print(f"{description}: {done}{f' of {total}' if total else ''}")
+    yield update
+
+
 # ----------------------------------------------------------------------------- stack
 
 
@@ -119,7 +149,7 @@ def stack_up(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show c
 @stack_app.command("down")
 @command
 def stack_down() -> None:
-    """Stop the local broker (its data stays in the data dir)."""
+    """Stop the local broker (its data stays in the data dir). Example: finops stack down"""
     from . import stack
 
     stack.down(_settings(), log=err.print)
@@ -128,7 +158,7 @@ def stack_down() -> None:
 @stack_app.command("status")
 @command
 def stack_status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """What runs where: broker pid, bootstrap, data dir, log file, topics."""
+    """What runs where: broker pid, bootstrap, data dir, log file, topics. Example: finops stack status --json"""
     from dataclasses import asdict
 
     from . import stack
@@ -150,28 +180,33 @@ def stack_status(as_json: bool = typer.Option(False, "--json", help="Print JSON.
 def publish(
     file: str = typer.Argument(..., help="A JSONL file of wire-v1 messages, or - for stdin."),
     raw: bool = typer.Option(False, "--raw", help="Send lines as they are, without checking them first."),
+    wait: bool = typer.Option(False, "--wait", help="Then wait until the ledger (and a running sink) has "
+                                                    "processed everything published so far."),
+    timeout: float = typer.Option(120.0, help="--wait: give up after this many seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Send wire-v1 messages to Kafka (usage and commands to their topics, keyed by tenant).
 
     Lines that are not valid v1 messages are reported and not sent (unless --raw).
-    Exit code 1 when any line failed. Example: finops publish events.jsonl
+    Exit code 1 when any line failed. Example: finops publish events.jsonl --wait
     """
     from .producers.publish import publish_lines
 
     _setup_logging(False)
-    if file == "-":
-        lines: Iterable[bytes] = sys.stdin.buffer
-        report = publish_lines(_settings(), lines, validate=not raw)
-    else:
-        path = Path(file)
-        if not path.is_file():
-            _fail(f"cannot read {file}: no such file")
-        with path.open("rb") as handle:
-            report = publish_lines(_settings(), handle, validate=not raw)
+    settings = _settings()
+    with _progress("publishing") as update:
+        if file == "-":
+            report = publish_lines(settings, sys.stdin.buffer, validate=not raw, progress=update)
+        else:
+            path = Path(file)
+            if not path.is_file():
+                _fail(f"cannot read {file}: no such file")
+            with path.open("rb") as handle:
+                report = publish_lines(settings, handle, validate=not raw, progress=update)
+    waited = _wait_processed(settings, timeout) if wait else None
     if as_json:
         out.print_json(json.dumps({"sent": report.sent, "failed": report.failed, "by_topic": report.by_topic,
-                                   "errors": report.errors}))
+                                   "errors": report.errors, **({"waited": waited} if waited else {})}))
     else:
         for line in report.errors:
             err.print(f"  {line}", soft_wrap=True)
@@ -179,6 +214,102 @@ def publish(
         out.print(f"sent {report.sent} ({topics_text or 'nothing'}), failed {report.failed}")
     if report.failed:
         raise typer.Exit(1)
+
+
+def _wait_processed(settings: Settings, timeout: float) -> dict[str, float]:
+    from .waiting import wait_processed
+
+    return wait_processed(settings, timeout=timeout, log=lambda m: err.print(m))
+
+
+@app.command()
+@command
+def simulate(
+    tenants: int = typer.Option(1, help="Tenants (acme, globex, initech, ...)."),
+    accounts_per_tenant: int = typer.Option(12, help="User accounts per tenant (about 4 per team)."),
+    rate: float = typer.Option(100.0, help="Requests per wall-clock second, on average over the daily cycle."),
+    duration: float = typer.Option(60.0, help="Wall-clock seconds to run."),
+    speed: float = typer.Option(1.0, help="Event time runs this many times as fast as the wall clock, ending "
+                                          "now (3600: an hour of traffic per second)."),
+    spike: Optional[list[str]] = typer.Option(None, help="ACCOUNT:FACTOR@TIME, e.g. search-user0:10@30s (TIME: "
+                                                         "event-time offset like 30s/10m/2h, or RFC 3339). "
+                                                         "Repeatable. ACCOUNT may be tenant/account."),
+    spike_length: float = typer.Option(3600.0, help="Event-time seconds a spike lasts."),
+    bad_fraction: float = typer.Option(0.002, help="Share of requests sent as bad input (unreadable, missing "
+                                                   "fields, negative amounts, unknown accounts, conflicting "
+                                                   "resends)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed, for a repeatable run."),
+    setup: bool = typer.Option(True, help="First buy credits and open the accounts and budgets (--no-setup: "
+                                          "add traffic to an earlier run's accounts)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write JSONL here instead of publishing "
+                                                                       "(no pacing: as fast as it can)."),
+    wait: bool = typer.Option(False, "--wait", help="Then wait until the ledger (and a running sink) has "
+                                                    "processed it all."),
+    timeout: float = typer.Option(120.0, help="--wait: give up after this many seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Publish realistic traffic: budgets, a daily cycle, a model mix, labels, spikes, some bad input.
+
+    Example: finops simulate --tenants 2 --rate 500 --duration 60 --speed 3600 --spike search-user0:10@12h --wait
+    """
+    from .producers import simulate as sim
+
+    _setup_logging(False)
+    simulation = sim.Simulation(tenants=tenants, accounts_per_tenant=accounts_per_tenant, rate=rate,
+                                duration=duration, speed=speed, spikes=tuple(spike or ()),
+                                spike_length=spike_length, bad_fraction=bad_fraction, seed=seed)
+    total = int(rate * duration)  # requests, about: the daily cycle and spikes move it
+    settings = _settings()
+    if output is not None:
+        try:
+            handle = output.open("wb")
+        except OSError as exc:
+            _fail(f"cannot write {output}: {exc.strerror}")
+        with handle, _progress(f"writing {output}", total) as update:
+            report = sim.run(simulation, lambda lines: handle.writelines(line + b"\n" for line in lines),
+                             paced=False, progress=update, setup=setup)
+        sent = None
+    else:
+        from .producers.publish import Publisher
+
+        publisher = Publisher(settings)
+        with _progress(f"simulating {simulation.tenants[0]}{' ...' if tenants > 1 else ''}", total) as update:
+            report = sim.run(simulation, publisher.send_all, paced=True,
+                             progress=update, setup=setup)
+        sent = publisher.close()
+        if sent.failed:
+            _fail(f"{sent.failed} messages were not delivered: {sent.errors[0]}")
+    waited = _wait_processed(settings, timeout) if wait and output is None else None
+    summary = {**report.as_dict(), **({"output": str(output)} if output else {}),
+               **({"waited": waited} if waited else {})}
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(f"{'wrote' if output else 'published'} {report.messages} messages in {report.seconds:.1f} s: "
+              f"{report.commands} commands, {report.usage} usage ({report.spiked} from spikes), {report.bad} bad; "
+              f"tenants {', '.join(report.tenants)}; event time {report.first_ts} .. {report.last_ts}",
+              soft_wrap=True)
+
+
+@app.command("wait")
+@command
+def wait_cmd(
+    timeout: float = typer.Option(120.0, help="Give up after this many seconds (exit 1)."),
+    sink: bool = typer.Option(True, help="Also wait for the ClickHouse sink when one runs (--no-sink: the "
+                                         "ledger only)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the seconds each stage took as JSON."),
+) -> None:
+    """Wait until everything published so far is processed: balances by the ledger, history in ClickHouse.
+
+    Exit 1 when no ledger processor runs or at the timeout. Example: finops publish events.jsonl && finops wait
+    """
+    from .waiting import wait_processed
+
+    _setup_logging(False)
+    waited = wait_processed(_settings(), timeout=timeout, sink=None if sink else False,
+                            log=lambda m: None if as_json else err.print(m))
+    if as_json:
+        out.print_json(json.dumps(waited))
 
 
 # ----------------------------------------------------------------------------- processors
@@ -367,7 +498,6 @@ def alerts_tail(
     consumer = clients.consumer(settings, f"{settings.group_prefix}-tail-{os.getpid()}-{int(time.time())}",
                                 **{"auto.offset.reset": "earliest" if from_beginning else "latest"})
     consumer.subscribe([topics.ALERTS])
-    colors = {"info": "cyan", "warning": "yellow", "critical": "red"}
     shown = 0
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
@@ -387,13 +517,7 @@ def alerts_tail(
                     sys.stdout.write(m.value().decode() + "\n")
                     sys.stdout.flush()
                 else:
-                    sev = alert.get("severity", "")
-                    state = "resolved" if alert.get("status") == "resolved" else sev
-                    out.print(f"{alert.get('ts', '')}  [{colors.get(sev, 'white')}]{state:<9}[/]  "
-                              f"{alert.get('tenant_id')}/{alert.get('account_id')}  {alert.get('type')}  "
-                              f"period {alert.get('period') or '-'}  usage {alert.get('current_usage')} "
-                              f"of {alert.get('monthly_allocation')}  (threshold {alert.get('threshold')})",
-                              soft_wrap=True)
+                    _print_alert(alert)
                 shown += 1
                 if count is not None and shown >= count:
                     break
@@ -401,32 +525,86 @@ def alerts_tail(
         consumer.close()
 
 
+def _print_alert(alert: dict) -> None:
+    colors = {"info": "cyan", "warning": "yellow", "critical": "red"}
+    sev = alert.get("severity", "")
+    state = "resolved" if alert.get("status") == "resolved" else sev
+    out.print(f"{alert.get('ts', '')}  [{colors.get(sev, 'white')}]{state:<9}[/]  "
+              f"{alert.get('tenant_id')}/{alert.get('account_id')}  {alert.get('type')}  "
+              f"period {alert.get('period') or '-'}  usage {alert.get('current_usage')} "
+              f"of {alert.get('monthly_allocation')}  (threshold {alert.get('threshold')})", soft_wrap=True)
+
+
+@alerts_app.command("receive")
+@command
+def alerts_receive(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, help="Port to listen on."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON alert per line."),
+    count: Optional[int] = typer.Option(None, help="Stop after this many alerts."),
+    timeout: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+) -> None:
+    """A webhook receiver for trying `finops run webhooks`: checks signatures, prints each alert once.
+
+    With FINOPS_WEBHOOK_SECRET set, a POST without a valid signature gets 401; repeats (same
+    Idempotency-Key) are dropped. Example: finops alerts receive --port 8080 &
+    finops run webhooks --url http://127.0.0.1:8080/
+    """
+    from .producers.webhooks import Receiver
+
+    settings = _settings()
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+
+    def show(alert: dict) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(alert) + "\n")
+            sys.stdout.flush()
+        else:
+            _print_alert(alert)
+
+    try:
+        receiver = Receiver(host, port, secret, show)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+    err.print(f"receiving webhooks on http://{host}:{receiver.address[1]}/ "
+              f"({'checking signatures' if secret else 'FINOPS_WEBHOOK_SECRET unset: signatures not checked'})")
+    receiver.serve(count=count, timeout=timeout)
+    err.print(f"{receiver.received} alerts received, {receiver.refused} refused")
+
+
 @app.command()
 @command
 def balance(
-    account: str = typer.Argument(..., help="Account id (the tenant id for its root pool)."),
+    account: Optional[str] = typer.Argument(None, help="Account id (the tenant id for its root pool); "
+                                                       "default: every account of the tenant."),
     tenant: str = typer.Option(..., "--tenant", "-t", help="Tenant id."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (amounts as credit strings and micros)."),
 ) -> None:
-    """The current balance of one account, from the balances topic.
+    """Current balances, from the balances topic: one account, or every account of a tenant.
 
     Example: finops balance team-search --tenant acme --json
     """
+    import msgspec
+
     from .projections.balances import read_balances
 
     _setup_logging(False)
     balances = read_balances(_settings(), tenant_id=tenant)
-    b = balances.get((tenant, account))
-    if b is None:
-        _fail(f"no balance for account {account!r} of tenant {tenant!r} (is `finops run` processing?)")
+    if account is not None:
+        b = balances.get((tenant, account))
+        if b is None:
+            _fail(f"no balance for account {account!r} of tenant {tenant!r} (is `finops run` processing?)")
+        chosen = [b]
+    else:
+        chosen = [b for _key, b in sorted(balances.items())]
+        if not chosen:
+            _fail(f"no balances for tenant {tenant!r} (is `finops run` processing?)")
     if as_json:
-        import msgspec
-
-        out.print_json(msgspec.json.encode(b).decode())
+        out.print_json(msgspec.json.encode(chosen[0] if account is not None else chosen).decode())
     else:
         _print_rows(["tenant", "account", "kind", "available", "consumed", "reserved", "overage", "as of"],
-                    [(b.tenant_id, b.account_id, b.kind, b.available, b.consumed, b.reserved, b.overage, b.ts)],
-                    "table")
+                    [(b.tenant_id, b.account_id, b.kind, b.available, b.consumed, b.reserved, b.overage, b.ts)
+                     for b in chosen], "table")
 
 
 @app.command()
@@ -640,17 +818,28 @@ def bench(
 def demo(
     usage: int = typer.Option(3000, help="Usage events to generate."),
     tenants: int = typer.Option(2, help="Tenants to generate."),
+    as_json: bool = typer.Option(False, "--json", help="Print the balances and spend as JSON."),
 ) -> None:
     """Run the whole pipeline on the embedded defaults and show what it computed.
 
     Starts the broker if needed, runs the processors, publishes a generated workload,
     waits until it is processed, prints balances and spend per team, stops what it started.
+    Exit 1 when the balances differ from `finops fold` of the same input. Example: finops demo --usage 10000
     """
     from . import demo as demo_mod
 
     _setup_logging(False)
     settings = _settings()
     result = demo_mod.run(settings, usage=usage, tenants=tenants, log=lambda m: err.print(m, soft_wrap=True))
+    if as_json:
+        columns, rows = result.spend_by_team
+        out.print_json(json.dumps({
+            "tenants": result.workload.tenants, "matches_fold": result.matches_fold, "usage_rows": result.usage_rows,
+            "seconds": round(result.seconds, 2),
+            "balances": [dict(zip(["tenant", "account", "kind", "available", "consumed", "overage"], b))
+                         for b in result.balances],
+            "spend_by_team": [dict(zip(columns, r)) for r in rows]}, default=str))
+        raise typer.Exit(0 if result.matches_fold else 1)
     _print_rows(["tenant", "account", "kind", "available", "consumed", "overage"], result.balances, "table",
                 title="Balances (finops.balances.v1)")
     columns, rows = result.spend_by_team

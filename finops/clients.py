@@ -113,18 +113,27 @@ def committed_offsets(consumer: Consumer, partitions: list[TopicPartition],
             time.sleep(0.2)
 
 
-def input_ends(settings: Settings) -> dict[tuple[str, int], int]:
-    """The end offset of every partition of both input topics now (they are not transactional)."""
-    from .schemas import topics
+def end_offsets(settings: Settings, topic_names: Iterable[str]) -> dict[tuple[str, int], int]:
+    """The end offset (high watermark) of every partition of these topics now."""
+    from .errors import FinopsError
 
     probe = consumer(settings, f"{settings.group_prefix}-probe")
     try:
         meta = probe.list_topics(timeout=10)
         ends = {}
-        for topic in topics.INPUTS:
+        for topic in topic_names:
+            if topic not in meta.topics or meta.topics[topic].error is not None:
+                raise FinopsError(f"topic {topic} is missing at {settings.bootstrap} (run `finops stack up`)")
             for p in meta.topics[topic].partitions:
                 _low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
                 ends[(topic, p)] = high
         return ends
     finally:
         probe.close()
+
+
+def input_ends(settings: Settings) -> dict[tuple[str, int], int]:
+    """The end offset of every partition of both input topics now (they are not transactional)."""
+    from .schemas import topics
+
+    return end_offsets(settings, topics.INPUTS)

@@ -63,22 +63,54 @@ def check_reachable(settings: Settings, timeout: float = 10.0) -> None:
                            f"({exc.args[0].str() if exc.args else exc})") from None
 
 
+class Publisher:
+    """An idempotent producer that routes raw lines (usage or command topic, keyed by
+    tenant), waits when its queue is full and counts deliveries into a :class:`PublishReport`."""
+
+    def __init__(self, settings: Settings) -> None:
+        check_reachable(settings)
+        self.settings = settings
+        self.report = PublishReport()
+        self._producer = clients.producer(settings, **{"message.timeout.ms": 30_000,
+                                                       "queue.buffering.max.messages": 500_000})
+
+    def _delivered(self, err, msg) -> None:
+        if err is None:
+            self.report.sent += 1
+            self.report.by_topic[msg.topic()] = self.report.by_topic.get(msg.topic(), 0) + 1
+        else:
+            self.report.fail(f"delivery to {msg.topic()}: {err.str()}")
+
+    def send(self, line: bytes) -> None:
+        topic, key = route(line)
+        while True:
+            try:
+                self._producer.produce(topic, line, key, on_delivery=self._delivered)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def send_all(self, lines: Iterable[bytes]) -> None:
+        for line in lines:
+            self.send(line)
+
+    def close(self, timeout: float = 40.0) -> PublishReport:
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise PublishError(f"{remaining} messages were not delivered to {self.settings.bootstrap} in time")
+        return self.report
+
+
 def publish_lines(settings: Settings, lines: Iterable[bytes], *, validate: bool = True,
                   progress: Callable[[int], None] | None = None) -> PublishReport:
-    """Send every line; returns what went and what failed (with reasons)."""
-    check_reachable(settings)
-    report = PublishReport()
-    producer = clients.producer(settings, **{"message.timeout.ms": 30_000,
-                                             "queue.buffering.max.messages": 500_000})
-
-    def delivered(err, msg) -> None:
-        if err is None:
-            report.sent += 1
-            report.by_topic[msg.topic()] = report.by_topic.get(msg.topic(), 0) + 1
-        else:
-            report.fail(f"delivery to {msg.topic()}: {err.str()}")
-
+    """Send every line; returns what went and what failed (with reasons). ``progress(n)``
+    is called with the number of lines read so far, every 10,000 lines."""
+    publisher = Publisher(settings)
+    report = publisher.report
     for number, line in enumerate(lines, start=1):
+        if progress and number % 10_000 == 0:
+            progress(number)
         line = line.strip()
         if not line:
             continue
@@ -87,17 +119,5 @@ def publish_lines(settings: Settings, lines: Iterable[bytes], *, validate: bool 
             if isinstance(message, wire.Rejection):
                 report.fail(f"line {number}: {message.reason}: {message.detail}")
                 continue
-        topic, key = route(line)
-        while True:
-            try:
-                producer.produce(topic, line, key, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-        if progress and number % 10_000 == 0:
-            progress(number)
-    remaining = producer.flush(40)
-    if remaining:
-        raise PublishError(f"{remaining} messages were not delivered to {settings.bootstrap} in time")
-    return report
+        publisher.send(line)
+    return publisher.close()

@@ -183,3 +183,66 @@ class WebhookForwarder(Service):
             raise FinopsError("could not write to the dead-letter topic; the alert stays uncommitted")
         self.progress.dead_lettered += 1
         log.error("alert dead-lettered after %d attempts: %s", attempts, error)
+
+
+class Receiver:
+    """A webhook endpoint for trying things out (``finops alerts receive``): it checks each
+    POST's signature (when it has a secret), drops repeats by ``Idempotency-Key`` and hands
+    each new alert to ``on_alert``. Answers 204, or 401 for a bad signature, 400 for a body
+    that is not a JSON object."""
+
+    def __init__(self, host: str, port: int, secret: str | None, on_alert) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        receiver = self
+        self.secret = secret
+        self.on_alert = on_alert
+        self.seen: set[str] = set()
+        self.received = 0
+        self.refused = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status = receiver.take(body, self.headers)
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.timeout = 0.5
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.server_address[:2]
+
+    def take(self, body: bytes, headers) -> int:
+        if self.secret and not verify(self.secret, body, headers.get("X-Finops-Timestamp"),
+                                      headers.get("X-Finops-Signature")):
+            self.refused += 1
+            log.warning("refused a webhook with a bad or missing signature")
+            return 401
+        try:
+            alert = json.loads(body)
+        except ValueError:
+            alert = None
+        if not isinstance(alert, dict):
+            self.refused += 1
+            return 400
+        key = headers.get("Idempotency-Key") or alert.get("id") or ""
+        if key not in self.seen:
+            self.seen.add(key)
+            self.received += 1
+            self.on_alert(alert)
+        return 204
+
+    def serve(self, *, count: int | None = None, timeout: float | None = None) -> None:
+        """Handle requests until ``count`` alerts arrived or ``timeout`` seconds passed (or forever)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while (count is None or self.received < count) and (deadline is None or time.monotonic() < deadline):
+                self.server.handle_request()
+        finally:
+            self.server.server_close()

@@ -1,4 +1,8 @@
-"""History with known answers, written to ClickHouse as the sink writes it (ledger-entry JSON rows)."""
+"""History with known answers, written to ClickHouse as the sink writes it (JSON rows per table).
+
+Ledger entries, balance snapshots and allocations feed the reports; usage events (the traffic as
+received: request_summary_daily) and alerts are there for what reads those tables (the dashboard).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ class History:
     entries: list[bytes] = field(default_factory=list)
     balances: list[bytes] = field(default_factory=list)
     allocations: list[bytes] = field(default_factory=list)
+    usages: list[bytes] = field(default_factory=list)
+    alerts: list[bytes] = field(default_factory=list)
     n: int = 0
 
     def spend(self, day: date, account: str, credits: float, *, requests: int = 1, funded_by: str | None = None,
@@ -69,9 +75,38 @@ class History:
                 "kafka_offset": self.n}).encode())
         return self
 
+    def usage(self, at: datetime, account: str, *, requests: int = 1, latency_ms: float | None = 100.0,
+              error: str = "", credits: float | None = None, units: float = 1.0, model: str = "gpt-4o",
+              operation: str = "chat", key: str = "key-1", team: str = "search", env: str = "prod") -> History:
+        """``requests`` usage events as received at ``at`` (usage_events only: no ledger entries)."""
+        for _ in range(requests):
+            self.n += 1
+            self.usages.append(json.dumps({
+                "tenant_id": self.tenant, "id": f"use-{self.n}", "ts": at.isoformat(), "account_id": account,
+                "api_key_id": key, "model_name": model, "operation_type": operation, "units_consumed": units,
+                "credits_micros": None if credits is None else round(credits * MICROS), "team": team,
+                "cost_center": "cc-1", "project": "p-1", "env": env, "labels": {"team": team},
+                "response_latency_ms": latency_ms, "error_code": error, "raw": "{}",
+                "kafka_partition": 0, "kafka_offset": self.n}).encode())
+        return self
+
+    def alert(self, account: str, at: datetime, *, type: str = "threshold", severity: str = "warning",
+              status: str = "firing", threshold: int = 70, used: float = 0, allocation: float = 0) -> History:
+        """One alert as published on finops.alerts.v1 (its id as the alert processor builds it)."""
+        self.n += 1
+        period = f"{at.year}-{at.month:02d}"
+        self.alerts.append(json.dumps({
+            "id": f"{self.tenant}/{account}/{type}/{period}/{status}", "tenant_id": self.tenant,
+            "account_id": account, "type": type, "severity": severity, "status": status, "threshold": threshold,
+            "current_usage_micros": round(used * MICROS), "monthly_allocation_micros": round(allocation * MICROS),
+            "period": period, "action": "", "ts": at.isoformat(), "kafka_partition": 0,
+            "kafka_offset": self.n}).encode())
+        return self
+
     def write(self, client) -> None:
         for table, rows in (("ledger_entries", self.entries), ("balance_snapshots", self.balances),
-                            ("allocations", self.allocations)):
+                            ("allocations", self.allocations), ("usage_events", self.usages),
+                            ("alerts", self.alerts)):
             if rows:
                 client.raw_insert(table, None, b"\n".join(rows), fmt="JSONEachRow",
                                   settings={**INSERT_SETTINGS, "insert_deduplication_token": f"{self.tenant}-{table}"})

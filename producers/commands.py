@@ -1,0 +1,238 @@
+"""The SDK for allocation commands, with their outcome.
+
+    from finops.producers import CommandClient
+
+    with CommandClient() as commands:
+        outcome = commands.allocate("acme", from_account="acme", to_account="team-search", credits=500)
+        if not outcome.applied:
+            print(outcome.reason, outcome.detail)        # e.g. insufficient_funds
+
+Each method checks the command (:class:`InvalidEvent` at once when it is not valid wire
+v1), publishes it to ``finops.commands.v1`` keyed by tenant and, unless ``wait=False``,
+waits until the ledger processor has committed it: the outcome is then final.
+
+How the outcome is known: the ledger commits its input offsets in the same Kafka
+transaction as its outputs. Once the ledger's consumer group has committed past the
+command's offset, the command is decided, and it was rejected exactly when
+``finops.rejected.v1`` holds its id (read from where it stood when this client started).
+A repeat of an applied command (same id and content) is a no-op and counts as applied.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import msgspec
+from confluent_kafka import KafkaError, TopicPartition
+
+from .. import clients
+from ..errors import FinopsError
+from ..schemas import topics, wire
+from ..settings import Settings
+from .usage import InvalidEvent, checked, complete, resolve_settings
+
+
+class OutcomeTimeout(FinopsError, TimeoutError):
+    """The ledger did not decide a command in time (is ``finops run`` running?)."""
+
+
+class CommandRejected(FinopsError):
+    """Raised by :meth:`Outcome.raise_for_rejection`."""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A command delivered to Kafka, not yet known to be decided."""
+
+    id: str
+    tenant_id: str
+    type: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    id: str
+    tenant_id: str
+    type: str
+    status: str  # "applied" or "rejected"
+    reason: str | None = None  # the rejection reason (the vocabulary of schemas/reasons.py)
+    detail: str = ""
+
+    @property
+    def applied(self) -> bool:
+        return self.status == "applied"
+
+    def raise_for_rejection(self) -> Outcome:
+        if not self.applied:
+            raise CommandRejected(f"{self.type} {self.id} of tenant {self.tenant_id} was rejected: "
+                                  f"{self.reason}{': ' + self.detail if self.detail else ''}")
+        return self
+
+
+class _Seen(msgspec.Struct):
+    id: str | None = None
+    tenant_id: str | None = None
+    reason: str = ""
+    detail: str = ""
+
+
+_seen_decoder = msgspec.json.Decoder(_Seen)
+
+
+class CommandClient:
+    """Publish commands and learn their outcome. ``settings`` defaults to the ``FINOPS_*``
+    environment; the ledger's consumer group is ``<FINOPS_GROUP_PREFIX>-ledger``."""
+
+    def __init__(self, settings: Settings | None = None, *, bootstrap: str | None = None,
+                 timeout: float = 30.0) -> None:
+        self.settings = resolve_settings(settings, bootstrap)
+        self.timeout = timeout
+        self._producer = clients.producer(self.settings, **{"message.timeout.ms": 30_000, "linger.ms": 0})
+        # Committed offsets of the ledger's group (queried only: this consumer never joins it).
+        self._ledger = clients.consumer(self.settings, f"{self.settings.group_prefix}-ledger")
+        self._rejected = clients.consumer(self.settings, f"{self.settings.group_prefix}-commands-client",
+                                          **{"enable.partition.eof": True})
+        # Rejections are read from where the topic ends now: any command sent later is after this.
+        meta = self._rejected.list_topics(topics.REJECTED, timeout=10)
+        if meta.topics[topics.REJECTED].error is not None:
+            raise FinopsError(f"cannot read {topics.REJECTED} at {self.settings.bootstrap}: "
+                              f"{meta.topics[topics.REJECTED].error.str()} (run `finops stack up`)")
+        self._cursor = {p: self._rejected.get_watermark_offsets(TopicPartition(topics.REJECTED, p), timeout=10)[1]
+                        for p in meta.topics[topics.REJECTED].partitions}
+        self._rejections: dict[tuple[str, str], _Seen] = {}
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, command: Mapping[str, Any], *, wait: bool = True, timeout: float | None = None
+             ) -> Outcome | Pending:
+        """Check, publish and (``wait``) return the :class:`Outcome`; else the :class:`Pending`."""
+        raw, decoded = checked(complete(command))
+        if isinstance(decoded, wire.Usage):
+            raise InvalidEvent("invalid", "usage is not a command: send it with UsageProducer")
+        delivered: list = []
+        self._producer.produce(topics.COMMANDS, raw, decoded.tenant_id.encode(),
+                               on_delivery=lambda error, msg: delivered.append((error, msg)))
+        self._producer.flush(30)
+        if not delivered:
+            raise FinopsError(f"command {decoded.id} was not delivered to {self.settings.bootstrap} within 30 s")
+        error, msg = delivered[0]
+        if error is not None:
+            raise FinopsError(f"command {decoded.id} was not delivered: {error.str()}")
+        pending = Pending(decoded.id, decoded.tenant_id, decoded.__struct_config__.tag, msg.partition(),
+                          msg.offset())
+        return self.wait(pending, timeout) if wait else pending
+
+    def wait(self, pending: Pending, timeout: float | None = None) -> Outcome:
+        return self.wait_all([pending], timeout)[0]
+
+    def wait_all(self, pendings: Iterable[Pending], timeout: float | None = None) -> list[Outcome]:
+        """The outcomes of these commands, once the ledger has committed all of them."""
+        pendings = list(pendings)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        needed: dict[int, int] = {}
+        for p in pendings:
+            needed[p.partition] = max(needed.get(p.partition, -1), p.offset)
+        while True:
+            committed = clients.committed_offsets(
+                self._ledger, [TopicPartition(topics.COMMANDS, p) for p in sorted(needed)],
+                timeout=max(1.0, deadline - time.monotonic()))
+            if all(tp.offset > needed[tp.partition] for tp in committed):
+                break
+            if time.monotonic() > deadline:
+                raise OutcomeTimeout(
+                    f"no outcome for {len(pendings)} command(s) within {self.timeout if timeout is None else timeout:g}"
+                    f" s: is the ledger processor running (`finops run`) against {self.settings.bootstrap}?")
+            time.sleep(0.05)
+        self._read_rejections(sorted(needed))
+        outcomes = []
+        for p in pendings:
+            seen = self._rejections.get((p.tenant_id, p.id))
+            outcomes.append(Outcome(p.id, p.tenant_id, p.type, "applied") if seen is None else
+                            Outcome(p.id, p.tenant_id, p.type, "rejected", seen.reason, seen.detail))
+        return outcomes
+
+    def _read_rejections(self, partitions: list[int]) -> None:
+        """Read the rejected topic's partitions to their current end (the decided commands' records are there)."""
+        pending = set(partitions)
+        self._rejected.assign([TopicPartition(topics.REJECTED, p, self._cursor[p]) for p in pending])
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            for m in self._rejected.consume(1000, 0.2):
+                error = m.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
+                    continue
+                self._cursor[m.partition()] = m.offset() + 1
+                try:
+                    seen = _seen_decoder.decode(m.value())
+                except msgspec.MsgspecError:
+                    continue
+                if seen.id is not None and seen.tenant_id is not None:
+                    self._rejections[(seen.tenant_id, seen.id)] = seen
+        self._rejected.unassign()
+
+    # ------------------------------------------------------------------ one method per command
+
+    def purchase(self, tenant_id: str, credits: Any, **fields: Any) -> Outcome | Pending:
+        return self._command("purchase", tenant_id, credits=credits, **fields)
+
+    def open_account(self, tenant_id: str, account_id: str, *, kind: str, parent_id: str,
+                     **fields: Any) -> Outcome | Pending:
+        return self._command("open_account", tenant_id, account_id=account_id, kind=kind, parent_id=parent_id,
+                             **fields)
+
+    def allocate(self, tenant_id: str, *, from_account: str, to_account: str, credits: Any,
+                 **fields: Any) -> Outcome | Pending:
+        return self._command("allocate", tenant_id, from_account=from_account, to_account=to_account,
+                             credits=credits, **fields)
+
+    def reclaim(self, tenant_id: str, *, from_account: str, to_account: str, credits: Any = None,
+                all: bool = False, **fields: Any) -> Outcome | Pending:
+        amount = {"all": True} if all else {"credits": credits}
+        return self._command("reclaim", tenant_id, from_account=from_account, to_account=to_account,
+                             **amount, **fields)
+
+    def set_members(self, tenant_id: str, account_id: str, members: list[str], **fields: Any) -> Outcome | Pending:
+        return self._command("set_members", tenant_id, account_id=account_id, members=members, **fields)
+
+    def bind_key(self, tenant_id: str, api_key_id: str, account_id: str, **fields: Any) -> Outcome | Pending:
+        return self._command("bind_key", tenant_id, api_key_id=api_key_id, account_id=account_id, **fields)
+
+    def set_rates(self, tenant_id: str, rates: list[Mapping[str, Any]], **fields: Any) -> Outcome | Pending:
+        return self._command("set_rates", tenant_id, rates=rates, **fields)
+
+    def reserve(self, tenant_id: str, account_id: str, credits: Any, expires_at: str,
+                **fields: Any) -> Outcome | Pending:
+        return self._command("reserve", tenant_id, account_id=account_id, credits=credits, expires_at=expires_at,
+                             **fields)
+
+    def settle(self, tenant_id: str, reservation_id: str, credits: Any, **fields: Any) -> Outcome | Pending:
+        return self._command("settle", tenant_id, reservation_id=reservation_id, credits=credits, **fields)
+
+    def override_cap(self, tenant_id: str, account_id: str, until: str, approvals: list[str],
+                     **fields: Any) -> Outcome | Pending:
+        return self._command("override_cap", tenant_id, account_id=account_id, until=until, approvals=approvals,
+                             **fields)
+
+    def _command(self, type_: str, tenant_id: str, *, wait: bool = True, timeout: float | None = None,
+                 **fields: Any) -> Outcome | Pending:
+        body = {k: v for k, v in fields.items() if v is not None}  # Decimal amounts encode as strings
+        return self.send({"type": type_, "tenant_id": tenant_id, **body}, wait=wait, timeout=timeout)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        self._producer.flush(30)
+        self._ledger.close()
+        self._rejected.close()
+
+    def __enter__(self) -> CommandClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,270 @@
+"""The SDK apps use to publish usage: one event per request, checked in the app.
+
+    from finops.producers import UsageProducer
+
+    with UsageProducer() as usage:                    # FINOPS_KAFKA_BOOTSTRAP or the local broker
+        usage.send({"tenant_id": "acme", "account_id": "team-search", "api_key_id": "key-1",
+                    "model_name": "gpt-4o", "operation_type": "chat", "units_consumed": 1200,
+                    "credits_consumed": "0.0036"})
+
+``send`` fills ``type``, ``id`` (a new request id) and ``ts`` (now) when absent, checks the
+event against wire v1 and raises :class:`InvalidEvent` at once, so a bad event fails in
+the app and never reaches the topic. Delivery is asynchronous (batched, idempotent,
+lz4): ``flush()`` waits for it, and failures are counted and kept in ``failures`` (and
+passed to ``on_delivery``). For OpenAI-style responses see :func:`usage_from_openai`
+and :func:`measure_latency`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, Callable, Iterator, Mapping
+
+import msgspec
+
+from .. import clients
+from ..errors import FinopsError
+from ..schemas import topics, wire
+from ..settings import Settings
+
+
+class InvalidEvent(FinopsError, ValueError):
+    """An event that is not a valid wire-v1 message; ``reason`` is the rejection reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    id: str | None
+    topic: str
+    error: str
+
+
+def resolve_settings(settings: Settings | None, bootstrap: str | None) -> Settings:
+    """The caller's settings (default: FINOPS_* from the environment), with ``bootstrap`` if given."""
+    settings = settings if settings is not None else Settings()
+    if bootstrap:
+        settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+    return settings
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def complete(message: Mapping[str, Any], type_: str | None = None) -> dict[str, Any]:
+    """The message with ``type``, ``id`` and ``ts`` filled in where absent."""
+    full = dict(message)
+    if type_ is not None:
+        full.setdefault("type", type_)
+    full.setdefault("id", uuid.uuid4().hex)
+    full.setdefault("ts", now_iso())
+    return full
+
+
+def checked(message: Mapping[str, Any] | bytes) -> tuple[bytes, wire.Message]:
+    """The message as wire bytes and decoded, or :class:`InvalidEvent`."""
+    raw = message if isinstance(message, bytes) else msgspec.json.encode(message)
+    decoded = wire.decode(raw)
+    if isinstance(decoded, wire.Rejection):
+        raise InvalidEvent(decoded.reason, decoded.detail)
+    return raw, decoded
+
+
+class UsageProducer:
+    """Publishes usage events to ``finops.usage.v1``, keyed by tenant.
+
+    ``settings`` defaults to the ``FINOPS_*`` environment; ``bootstrap`` overrides the
+    cluster; ``kafka_config`` is passed to librdkafka (e.g. ``{"linger.ms": 5}``).
+    ``on_delivery(event_id, error_or_None)`` is called from ``send``/``flush``/``poll``.
+    Thread-safe as confluent-kafka's producer is; one per process is enough.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, bootstrap: str | None = None,
+                 on_delivery: Callable[[str | None, str | None], None] | None = None,
+                 kafka_config: Mapping[str, Any] | None = None) -> None:
+        self.settings = resolve_settings(settings, bootstrap)
+        self._producer = clients.producer(self.settings, **{"message.timeout.ms": 60_000, **(kafka_config or {})})
+        self._on_delivery = on_delivery
+        self.queued = 0  # handed to the producer
+        self.sent = 0  # acknowledged by the broker
+        self.failed = 0
+        self.failures: list[DeliveryFailure] = []  # the first 1,000
+
+    def send(self, event: Mapping[str, Any] | wire.Usage) -> str:
+        """Check and queue one usage event; returns its id. Raises :class:`InvalidEvent`."""
+        if isinstance(event, wire.Usage):
+            raw, decoded = wire.encode(event), event
+        else:
+            raw, decoded = checked(complete(event, "usage"))
+        if not isinstance(decoded, wire.Usage):
+            raise InvalidEvent("invalid", f"{decoded.__struct_config__.tag!r} is a command: "
+                                          "send it with CommandClient")
+        self._produce(raw, decoded.tenant_id, decoded.id)
+        return decoded.id
+
+    def _produce(self, raw: bytes, tenant_id: str, event_id: str) -> None:
+        def delivered(error, msg) -> None:
+            if error is None:
+                self.sent += 1
+            else:
+                self.failed += 1
+                if len(self.failures) < 1000:
+                    self.failures.append(DeliveryFailure(event_id, msg.topic(), error.str()))
+            if self._on_delivery is not None:
+                self._on_delivery(event_id, None if error is None else error.str())
+
+        while True:
+            try:
+                self._producer.produce(topics.USAGE, raw, tenant_id.encode(), on_delivery=delivered)
+                self.queued += 1
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve delivery reports (``send`` does this too)."""
+        self._producer.poll(timeout)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait until every queued event is delivered or failed; returns how many are still queued."""
+        return self._producer.flush(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush; raise :class:`FinopsError` if events are still undelivered at the timeout."""
+        remaining = self.flush(timeout)
+        if remaining:
+            raise FinopsError(f"{remaining} usage events were not delivered to {self.settings.bootstrap} "
+                              f"within {timeout:g} s")
+
+    def __enter__(self) -> UsageProducer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+# ----------------------------------------------------------------------------- OpenAI-style usage
+
+
+_MICRO = Decimal("0.000001")
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """Credits per 1,000 input (prompt) and output (completion) tokens."""
+
+    input_per_1k: Decimal
+    output_per_1k: Decimal
+
+
+@dataclass(frozen=True)
+class RateCard:
+    """Prices per model; a versioned model name (``gpt-4o-2024-08-06``) matches the longest
+    priced prefix (``gpt-4o``, not ``gpt-4``). Amounts are exact decimals.
+
+        cards = RateCard.per_1k({"gpt-4o": ("0.0025", "0.01"), "gpt-4o-mini": ("0.00015", "0.0006")})
+    """
+
+    prices: dict[str, ModelPrice] = field(default_factory=dict)
+
+    @classmethod
+    def per_1k(cls, prices: Mapping[str, tuple[str | int | Decimal, str | int | Decimal]]) -> RateCard:
+        return cls({m: ModelPrice(Decimal(str(i)), Decimal(str(o))) for m, (i, o) in prices.items()})
+
+    def price(self, model: str) -> ModelPrice:
+        best = max((name for name in self.prices if model == name or model.startswith(name + "-")),
+                   key=len, default=None)
+        if best is None:
+            raise InvalidEvent("no_rate", f"no price for model {model!r} in the rate card")
+        return self.prices[best]
+
+    def credits(self, model: str, input_tokens: int, output_tokens: int) -> Decimal:
+        """Credits for one request, rounded half-even to 6 decimals (micro-credits)."""
+        p = self.price(model)
+        exact = (p.input_per_1k * input_tokens + p.output_per_1k * output_tokens) / 1000
+        return exact.quantize(_MICRO, rounding=ROUND_HALF_EVEN)
+
+
+@dataclass
+class Latency:
+    """Filled by :func:`measure_latency`: ``ms`` when the block ends, ``error`` if it raised."""
+
+    started: float = 0.0
+    ms: int | None = None
+    error: str | None = None
+
+    def elapsed_ms(self) -> int:
+        return self.ms if self.ms is not None else round((time.perf_counter() - self.started) * 1000)
+
+
+@contextmanager
+def measure_latency() -> Iterator[Latency]:
+    """Time a provider call for ``response_latency_ms``; an exception is noted and re-raised.
+
+        with measure_latency() as latency:
+            response = client.chat.completions.create(model="gpt-4o", messages=...)
+        usage.send(usage_from_openai(response, tenant_id="acme", ..., latency=latency))
+    """
+    latency = Latency(started=time.perf_counter())
+    try:
+        yield latency
+    except BaseException as exc:
+        latency.error = type(exc).__name__
+        raise
+    finally:
+        latency.ms = round((time.perf_counter() - latency.started) * 1000)
+
+
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
+def usage_from_openai(response: Any, *, tenant_id: str, api_key_id: str, account_id: str | None = None,
+                      rate_card: RateCard | None = None, operation_type: str = "chat",
+                      usage_labels: Mapping[str, str] | None = None, latency: Latency | None = None,
+                      model_name: str | None = None, id: str | None = None, ts: str | None = None) -> dict[str, Any]:
+    """A usage event from an OpenAI-style response (an SDK object or its dict).
+
+    Reads ``usage.prompt_tokens``/``completion_tokens`` (Chat Completions) or
+    ``input_tokens``/``output_tokens`` (Responses API), ``model`` and ``id``. Units are the
+    total tokens; credits come from ``rate_card`` (without one they are left to the
+    tenant's ``set_rates`` rate card in the ledger). The request id defaults to the
+    response's id, so a retried publish of the same response is taken once.
+    """
+    usage = _field(response, "usage")
+    if usage is None:
+        raise InvalidEvent("invalid", "the response has no usage block")
+    input_tokens = _field(usage, "prompt_tokens")
+    output_tokens = _field(usage, "completion_tokens")
+    if input_tokens is None and output_tokens is None:
+        input_tokens, output_tokens = _field(usage, "input_tokens"), _field(usage, "output_tokens")
+    input_tokens, output_tokens = int(input_tokens or 0), int(output_tokens or 0)
+    model = model_name or _field(response, "model")
+    if not model:
+        raise InvalidEvent("invalid", "the response names no model: pass model_name=")
+    event: dict[str, Any] = {
+        "type": "usage", "id": id or _field(response, "id") or uuid.uuid4().hex, "tenant_id": tenant_id,
+        "ts": ts or now_iso(), "api_key_id": api_key_id, "model_name": model, "operation_type": operation_type,
+        "units_consumed": input_tokens + output_tokens,
+        "usage_labels": dict(usage_labels or {}),
+    }
+    if account_id is not None:
+        event["account_id"] = account_id
+    if rate_card is not None:
+        event["credits_consumed"] = str(rate_card.credits(model, input_tokens, output_tokens))
+    if latency is not None:
+        event["response_latency_ms"] = latency.elapsed_ms()
+        if latency.error:
+            event["error_code"] = latency.error
+    return event
