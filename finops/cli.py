@@ -255,9 +255,12 @@ def simulate(
     from .producers import simulate as sim
 
     _setup_logging(False)
-    simulation = sim.Simulation(tenants=tenants, accounts_per_tenant=accounts_per_tenant, rate=rate,
-                                duration=duration, speed=speed, spikes=tuple(spike or ()),
-                                spike_length=spike_length, bad_fraction=bad_fraction, seed=seed)
+    try:
+        simulation = sim.Simulation(tenants=tenants, accounts_per_tenant=accounts_per_tenant, rate=rate,
+                                    duration=duration, speed=speed, spikes=tuple(spike or ()),
+                                    spike_length=spike_length, bad_fraction=bad_fraction, seed=seed)
+    except FinopsError as exc:
+        _fail(str(exc), 2)  # a bad option value
     total = int(rate * duration)  # requests, about: the daily cycle and spikes move it
     settings = _settings()
     if output is not None:

@@ -72,3 +72,78 @@ class TestSql:
         assert out.stdout.splitlines() == ["one", "1"]
         out = finops("sql", "SELECT nope FROM usage_events", env=env)
         assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
+
+
+class TestSimulate:
+    def test_bad_spike_is_a_usage_error_in_one_line(self):
+        out = finops("simulate", "--spike", "search-user0:ten@30s", "--output", os.devnull)
+        assert out.returncode == 2
+        assert out.stderr.strip().splitlines() == [
+            "error: --spike 'search-user0:ten@30s': factor 'ten' is not a number"]
+
+    def test_output_file_and_json_summary(self, tmp_path):
+        events = tmp_path / "events.jsonl"
+        out = finops("simulate", "--tenants", "2", "--rate", "500", "--duration", "4", "--seed", "5", "--output",
+                     str(events), "--json")
+        assert out.returncode == 0, out.stderr
+        summary = json.loads(out.stdout)
+        lines = events.read_bytes().splitlines()
+        assert summary["messages"] == len(lines) == summary["commands"] + summary["usage"] + summary["bad"]
+        assert summary["tenants"] == ["acme", "globex"] and summary["output"] == str(events)
+        folded = json.loads(finops("fold", str(events)).stdout)
+        assert len(folded["rejected"]) >= summary["bad"] > 0  # every bad line is refused with a reason
+
+
+class TestReceive:
+    def test_checks_signatures_and_drops_repeats(self):
+        import socket
+        import urllib.error
+        import urllib.request
+
+        from finops.producers.webhooks import sign
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        receiver = subprocess.Popen([sys.executable, "-m", "finops.cli", "alerts", "receive", "--port", str(port),
+                                     "--json", "--count", "1", "--timeout", "60"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True,
+                                    env={**os.environ, "FINOPS_WEBHOOK_SECRET": "s3cret"})
+
+        def post(body: bytes, secret: str, key: str = "a-1") -> int:
+            ts = int(time.time())
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body, method="POST", headers={
+                "Idempotency-Key": key, "X-Finops-Timestamp": str(ts), "X-Finops-Signature": sign(secret, ts, body)})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+            except urllib.error.URLError:
+                return 0  # not listening yet
+
+        body = json.dumps({"id": "a-1", "tenant_id": "acme", "account_id": "x", "severity": "info"}).encode()
+        deadline = time.monotonic() + 30
+        while (status := post(body, "wrong")) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status == 401
+        assert post(b"[1, 2]", "s3cret", "b") == 400
+        assert post(body, "s3cret") == 204
+        stdout, stderr = receiver.communicate(timeout=30)
+        assert receiver.returncode == 0, stderr
+        assert [json.loads(line)["id"] for line in stdout.splitlines()] == ["a-1"]
+        assert "1 alerts received, 2 refused" in stderr
+
+
+@pytest.mark.integration
+def test_wait_without_a_ledger_says_so(kafka_settings):
+    from finops.producers.publish import publish_lines
+
+    prefix = f"nowhere-{time.time_ns()}"
+    settings = kafka_settings.model_copy(update={"group_prefix": prefix})
+    publish_lines(settings, [Script().purchase(10)])
+    out = finops("wait", "--timeout", "30", env={"FINOPS_KAFKA_BOOTSTRAP": settings.bootstrap,
+                                                 "FINOPS_GROUP_PREFIX": prefix})
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"no ledger processor is running in group {prefix}-ledger" in lines[0]
