@@ -60,9 +60,10 @@ def _forecast(report: Report, ax, _reader) -> None:
         end = _month_end(p.end)
         ax.plot([p.end, end], [total, float(_col(report, row, "forecast_month_end"))], linestyle="--",
                 color=line.get_color(), label=f"{label} forecast (14-day average)")
-        ax.fill_between([p.end, end], [total, float(_col(report, row, "holt_low"))],
-                        [total, float(_col(report, row, "holt_high"))], color=line.get_color(), alpha=0.15,
-                        label=f"{label} Holt 90 % band")
+        low, high = _col(report, row, "holt_low"), _col(report, row, "holt_high")
+        if low is not None and high is not None:  # none under a week of history
+            ax.fill_between([p.end, end], [total, float(low)], [total, float(high)], color=line.get_color(),
+                            alpha=0.15, label=f"{label} Holt 90 % band")
     ax.set_title(f"Spend this month and forecast to {_month_end(p.end)}")
     ax.set_ylabel("credits (cumulative)")
     ax.legend(fontsize="small")

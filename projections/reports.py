@@ -26,6 +26,7 @@ REPORTS = ("burn-rate", "forecast", "runway", "chargeback", "showback", "top-dri
 DEFAULT_DAYS = 30
 HOLT_HISTORY_DAYS = 56
 HOLT_INTERVAL = 0.90
+HOLT_MIN_DAYS = 7  # fewer days of history give no Holt forecast (empty columns), not a made-up band
 
 
 @dataclass
@@ -141,21 +142,24 @@ def _add_holt(reader, report: Report) -> None:
     for row in report.rows:
         history = [float(v) for _, v in report.series.get((row[ix["tenant_id"]], row[ix["account_id"]]), [])]
         mtd, days_left = float(row[ix["month_to_date"]]), int(row[ix["days_left"]])
-        mid, low, high = holt_month_end(history, mtd, days_left)
-        rows.append((*row, _credits(mid), _credits(low), _credits(high)))
+        holt = holt_month_end(history, mtd, days_left)
+        rows.append((*row, *(None if v is None else _credits(v) for v in holt)))
     report.columns = [*report.columns, "holt_month_end", "holt_low", "holt_high"]
     report.rows = rows
 
 
-def holt_month_end(history: list[float], month_to_date: float, days_left: int,
-                   interval: float = HOLT_INTERVAL, paths: int = 200) -> tuple[float, float, float]:
+def holt_month_end(history: list[float], month_to_date: float, days_left: int, interval: float = HOLT_INTERVAL,
+                   paths: int = 200) -> tuple[float, float, float] | tuple[None, None, None]:
     """Month-end spend = month to date + Holt's forecast of the days left, with an interval.
 
-    A flat history (no variation) forecasts itself exactly: nothing to smooth.
+    A flat history (no variation) forecasts itself exactly: nothing to smooth. Under
+    ``HOLT_MIN_DAYS`` days of history there is no forecast: (None, None, None).
     """
-    if days_left <= 0 or not history:
+    if days_left <= 0:
         return month_to_date, month_to_date, month_to_date
-    if len(history) < 4 or max(history) == min(history):
+    if len(history) < HOLT_MIN_DAYS:
+        return None, None, None
+    if max(history) == min(history):
         total = history[-1] * days_left
         return month_to_date + total, month_to_date + total, month_to_date + total
     import numpy as np

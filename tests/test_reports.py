@@ -185,3 +185,11 @@ class TestFromAnotherProcess:
             assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
         finally:
             server.stop()
+
+
+def test_holt_gives_no_forecast_on_under_a_week_of_history():
+    from finops.projections.reports import HOLT_MIN_DAYS, holt_month_end
+
+    assert holt_month_end([5.0, 9.0, 7.0], 21.0, days_left=10) == (None, None, None)
+    assert holt_month_end([7.0] * HOLT_MIN_DAYS, 21.0, days_left=10) == (91.0, 91.0, 91.0)
+    assert holt_month_end([5.0, 9.0, 7.0], 21.0, days_left=0) == (21.0, 21.0, 21.0)  # the month is over
