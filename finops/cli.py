@@ -72,7 +72,9 @@ def _settings() -> Settings:
     try:
         return load()
     except Exception as exc:  # pydantic's ValidationError for a bad FINOPS_* value
-        _fail(f"bad configuration: {str(exc).splitlines()[0]} ({exc})")
+        errors = getattr(exc, "errors", lambda: [])()
+        detail = "; ".join(f"FINOPS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in errors) or str(exc)
+        _fail(f"bad configuration: {detail}")
         raise
 
 
@@ -89,7 +91,7 @@ def _print_rows(columns: list[str], rows: Iterable[tuple], fmt: str, title: str 
         out.print_json(json.dumps([dict(zip(columns, r)) for r in rows], default=str))
     elif fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows(rows)
         sys.stdout.write(buffer.getvalue())
@@ -319,6 +321,7 @@ def wait_cmd(
 
 
 EXIT_RESTART = 75  # a worker asks its supervisor for a clean restart
+EXIT_CRASH = 70  # an unexpected error in a worker (EX_SOFTWARE): restarted too
 
 
 @app.command()
@@ -391,13 +394,22 @@ def run(
             err.print(f"[red]error:[/red] {exc}")
             sys.stderr.flush()
             os._exit(EXIT_RESTART)  # a stuck thread cannot be joined; the supervisor restarts us clean
+        except FinopsError:
+            raise  # expected and final (fenced, bad configuration): one line, exit 1
+        except Exception:  # a bug or an unforeseen fault: show it, and let the supervisor restart us
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(EXIT_CRASH)
 
 
 def _supervise(args: list[str]) -> int:
     """Run ``finops <args>`` as a child; restart it after a crash or EXIT_RESTART, with backoff.
 
     Exit 0 (stopped), 1 (an error a restart would not fix, e.g. fenced) and 2 (usage)
-    are final. The child dies with its parent (Linux PR_SET_PDEATHSIG), so a killed
+    are final; anything else (75: asked for a restart, 70: an unexpected error, a signal)
+    is restarted. The child dies with its parent (Linux PR_SET_PDEATHSIG), so a killed
     supervisor leaves no processor behind.
     """
     import subprocess

@@ -10,7 +10,7 @@ Why this shape:
 * Jars are cached per Kafka version in ``<cache_dir>/kafka-<version>/libs`` (shared by all
   data dirs); broker state lives in ``<data_dir>/kafka`` (config, pid file, logs, storage),
   so stacks with different data dirs and ports run side by side.
-* The broker runs detached (own session) so it outlives ``finops up``; it is found again
+* The broker runs detached (own session) so it outlives ``finops stack up``; it is found again
   through its pid file, trusted only if that pid still runs ``kafka.Kafka`` with *this*
   data dir's config (pids get reused).
 * With ``FINOPS_KAFKA_BOOTSTRAP`` set nothing is started or stopped: only the topics are
@@ -146,7 +146,7 @@ def ensure_jars(settings: Settings, log: Log = print) -> Path:
     if mvn is None:
         raise StackError("Maven (mvn) not found on PATH; install Maven or set FINOPS_KAFKA_BOOTSTRAP "
                          "to use an existing cluster")
-    # The lock makes concurrent `finops up` runs (or test sessions) fetch only once.
+    # The lock makes concurrent `finops stack up` runs (or test sessions) fetch only once.
     with _locked(libs.parent / ".lock"):
         if not jars_cached(settings):
             log(f"fetching Apache Kafka {settings.kafka_version} jars from Maven Central into {libs} "
@@ -267,7 +267,7 @@ def _ensure_broker(settings: Settings, log: Log, timeout: float) -> bool:
             return True
         if files.config.read_text() != _server_properties(settings, files):
             raise StackError(f"the Kafka broker (pid {pid}) runs with other settings than these "
-                             "(port or partitions); run `finops down`, then `finops up` to apply them")
+                             "(port or partitions); run `finops stack down`, then `finops stack up` to apply them")
         log(f"Kafka broker already running (pid {pid}) on {settings.bootstrap}")
         return False
 
@@ -513,6 +513,15 @@ def _wait_until_serving(bootstrap: str, timeout: float, broker: subprocess.Popen
         time.sleep(0.1)
 
 
+def topic_config(spec: topics.TopicSpec) -> dict[str, str]:
+    config = {"cleanup.policy": "compact"} if spec.compacted else {}
+    if spec.max_message_bytes:
+        config["max.message.bytes"] = str(spec.max_message_bytes)
+    if spec.forever:
+        config["retention.ms"] = "-1"
+    return config
+
+
 def ensure_topics(settings: Settings, bootstrap: str | None = None) -> list[str]:
     """Create the v1 topics missing on the cluster; return the names created.
 
@@ -527,8 +536,7 @@ def ensure_topics(settings: Settings, bootstrap: str | None = None) -> list[str]
     replication = -1 if settings.external_kafka else 1
     futures = admin.create_topics(
         [NewTopic(spec.name, num_partitions=settings.topic_partitions, replication_factor=replication,
-                  config={**({"cleanup.policy": "compact"} if spec.compacted else {}),
-                          **({"max.message.bytes": str(spec.max_message_bytes)} if spec.max_message_bytes else {})})
+                  config=topic_config(spec))
          for spec in missing],
         operation_timeout=30, request_timeout=30)
     created = []

@@ -209,7 +209,8 @@ class Judge:
     def _alert(self, r: dict, kind: str, period: str, status: str, severity: str, threshold: int, usage: int,
                granted: int) -> outputs.Alert:
         ts = r["ts"] if isinstance(r["ts"], datetime) else datetime.fromisoformat(str(r["ts"]).replace("Z", "+00:00"))
-        return outputs.Alert(id=f"{r['tenant_id']}/{r['account_id']}/{kind}/{period}/{status}",
+        return outputs.Alert(event=outputs.ALERT_EVENT,
+                             id=f"{r['tenant_id']}/{r['account_id']}/{kind}/{period}/{status}",
                              tenant_id=r["tenant_id"], account_id=r["account_id"], type=kind, severity=severity,
                              threshold=threshold, current_usage=credits_str(max(usage, 0)),
                              monthly_allocation=credits_str(max(granted, 0)), ts=ts, status=status, period=period)
@@ -234,7 +235,7 @@ def build_app(settings: Settings, rules: Rules | None = None):
         f"{settings.group_prefix}-alerts", broker=f"kafka://{settings.bootstrap}", store="memory://",
         web_enabled=False, topic_partitions=settings.topic_partitions, consumer_auto_offset_reset="earliest",
         producer_acks=-1, producer_linger=0.005, broker_commit_every=100, broker_commit_interval=1.0,
-        table_standby_replicas=0,
+        table_standby_replicas=0, datadir=str(settings.data_dir / f"{settings.group_prefix}-alerts-data"),
         topic_replication_factor=1, stream_wait_empty=False, key_serializer="json", value_serializer="json")
 
     class SpendEvent(faust.Record, serializer="json"):

@@ -475,6 +475,7 @@ def _check_budget(state: Tenant, acct: Account, event: Event) -> list[Output]:
             acct.alerted.remove(threshold)
         hard_block = crossed and threshold >= 100 and acct.cap == "hard"
         outputs.append(out.Alert(
+            event=out.ALERT_EVENT,
             id=f"{event.cause_id}/{acct.id}/threshold/{threshold}/{'firing' if crossed else 'resolved'}",
             tenant_id=state.tenant_id, account_id=acct.id, type="threshold",
             severity=_severity(threshold) if crossed else "info", threshold=threshold,

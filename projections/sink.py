@@ -13,7 +13,8 @@ On assignment the sink resumes each partition at the newest logged slice and ins
 slice again, cut at exactly the same offsets, so a crash anywhere in 1-3 leaves one copy:
 ClickHouse drops a repeated block by its token (``non_replicated_deduplication_window``).
 A new consumer group, or a reset of offsets, resumes from ClickHouse too, so replaying a
-topic range into the same database changes nothing.
+topic range into the same database changes nothing; a partition ClickHouse holds nothing
+of (a new or dropped database) is read from its beginning: that is a rebuild.
 
 When ClickHouse refuses an insert the sink pauses its partitions (staying in the group),
 retries the same batch with backoff, then seeks back to where it stopped and goes on.
@@ -30,7 +31,7 @@ from datetime import datetime
 from typing import Callable
 
 import msgspec
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from .. import clients
 from ..schemas import outputs, topics, wire
@@ -261,6 +262,8 @@ class Sink(Service):
             if position is not None:
                 p.offset = position[0]
                 self.replay[(p.topic, p.partition)] = Slice(p.topic, p.partition, position[0], position[1])
+            else:  # ClickHouse holds nothing of it: all of it (a new or dropped database is a rebuild)
+                p.offset = OFFSET_BEGINNING
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions))
         consumer.assign(partitions)
 

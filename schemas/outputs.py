@@ -76,13 +76,18 @@ class Balance(msgspec.Struct, frozen=True, kw_only=True):
     ts: datetime | None
 
 
+ALERT_EVENT = "spend.alert"
+
+
 class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """A ``spend.alert`` on ``finops.alerts.v1``; ``status`` is ``firing`` or ``resolved``.
 
-    ``id`` is stable across replays, so subscribers can drop repeats.
+    ``id`` is stable across replays, so subscribers can drop repeats. ``event``, ``status``
+    and ``period`` have no defaults so that they are always encoded (the contract names
+    them); only the optional ``action`` and ``notify`` are left out when unset.
     """
 
-    event: str = "spend.alert"
+    event: str  # always "spend.alert" (ALERT_EVENT)
     id: str
     tenant_id: str
     account_id: str
@@ -92,8 +97,8 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=Fa
     current_usage: str
     monthly_allocation: str
     ts: datetime
-    status: str = "firing"
-    period: str = ""
+    status: str  # "firing" | "resolved"
+    period: str  # "YYYY-MM" for monthly budgets, "" for one-time ones
     action: dict | None = None
     notify: list[str] | None = None
 

@@ -24,6 +24,10 @@ class TopicSpec(NamedTuple):
     name: str
     compacted: bool = False
     max_message_bytes: int | None = None  # above the broker's 1 MB default, where records can be big
+    # Kept forever (retention.ms=-1): the inputs, the ledger, rejections and alerts are the
+    # event-sourced record that a rebuild replays from offset 0. The others keep the
+    # broker's default retention (7 days unless configured).
+    forever: bool = False
 
 
 # A tenant's snapshot holds its whole state, ids of the last 24 h included: a busy tenant's
@@ -32,14 +36,14 @@ SNAPSHOT_MAX_BYTES = 64 * 1024 * 1024
 
 
 ALL: tuple[TopicSpec, ...] = (
-    TopicSpec(USAGE),
-    TopicSpec(COMMANDS),
-    TopicSpec(LEDGER),
+    TopicSpec(USAGE, forever=True),
+    TopicSpec(COMMANDS, forever=True),
+    TopicSpec(LEDGER, forever=True),
     TopicSpec(BALANCES, compacted=True),
     TopicSpec(ENFORCEMENT, compacted=True),
-    TopicSpec(ALERTS),
-    TopicSpec(REJECTED),
-    TopicSpec(ALERTS_DEADLETTER),
+    TopicSpec(ALERTS, forever=True),
+    TopicSpec(REJECTED, forever=True),
+    TopicSpec(ALERTS_DEADLETTER, forever=True),
     TopicSpec(SPEND),
     TopicSpec(SNAPSHOTS, compacted=True, max_message_bytes=SNAPSHOT_MAX_BYTES),
 )

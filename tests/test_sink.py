@@ -110,6 +110,26 @@ class TestExactlyOnce:
         finally:
             second.close()
 
+    def test_a_new_database_under_the_same_group_is_a_complete_rebuild(self, settings):
+        """ClickHouse, not the group's committed offsets, is the position: an empty database
+        gets every message again, even though the group has committed the topics' ends."""
+        processed_workload(settings, usage=500, tenants=1)
+        first = Sink(settings)
+        try:
+            drain(first, settings, "the first sink")
+            before = totals(first.query)
+        finally:
+            first.close()
+        rebuilt = settings.model_copy(update={"clickhouse_database": f"{settings.clickhouse_database}_rebuilt"})
+        second = Sink(rebuilt)  # the same consumer group as the first
+        try:
+            drain(second, rebuilt, "the rebuild into a new database")
+            after = totals(second.query)
+        finally:
+            second.close()
+        assert_once_and_complete(settings, after)
+        assert after == before
+
     def test_the_same_slice_inserted_twice_lands_once(self, settings):
         processed_workload(settings, usage=300, tenants=1)
         by_partition: dict[int, list] = {}
