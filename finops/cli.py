@@ -135,7 +135,8 @@ def _progress(description: str, total: int | None = None):
 
 @stack_app.command("up")
 @command
-def stack_up(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show client logs.")) -> None:
+def stack_up(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show client logs."),
+             as_json: bool = typer.Option(False, "--json", help="Print the resulting status as JSON.")) -> None:
     """Fetch the Kafka jars once, start one KRaft broker on 127.0.0.1, create the v1 topics.
 
     Running it again is a no-op. Example: FINOPS_KAFKA_PORT=19092 finops stack up
@@ -143,9 +144,17 @@ def stack_up(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show c
     from . import stack
 
     _setup_logging(verbose)
-    status = stack.up(_settings(), log=err.print)
-    for line in status.lines():
-        out.print(line)
+    _print_status(stack.up(_settings(), log=err.print), as_json)
+
+
+def _print_status(status, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    if as_json:
+        out.print_json(json.dumps(asdict(status), default=str))
+    else:
+        for line in status.lines():
+            out.print(line)
 
 
 @stack_app.command("down")
@@ -161,17 +170,10 @@ def stack_down() -> None:
 @command
 def stack_status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """What runs where: broker pid, bootstrap, data dir, log file, topics. Example: finops stack status --json"""
-    from dataclasses import asdict
-
     from . import stack
 
     _setup_logging(False)
-    status = stack.status(_settings())
-    if as_json:
-        out.print_json(json.dumps(asdict(status), default=str))
-    else:
-        for line in status.lines():
-            out.print(line)
+    _print_status(stack.status(_settings()), as_json)
 
 
 # ----------------------------------------------------------------------------- data in
