@@ -199,6 +199,62 @@ def ledger(events: int = 200_000, repeats: int = 1, tenants: int = 50) -> dict:
         }
 
 
+def sdk(events: int = 200_000, repeats: int = 3, tenants: int = 50) -> dict:
+    """The SDK's ``UsageProducer.send`` (fill id and ts, check against wire v1, produce) vs raw
+    confluent-kafka ``produce`` of the same events already encoded, on the same broker and
+    producer settings, each until every event is acknowledged."""
+    from contextlib import ExitStack
+
+    import msgspec
+
+    from . import clients
+    from .producers.usage import UsageProducer
+    from .schemas import topics
+
+    with ExitStack() as cleanup:
+        settings = _bench_broker(cleanup)
+        batch = [{"tenant_id": f"tenant-{i % tenants}", "account_id": f"user-{i % 997}", "api_key_id": "key-1",
+                  "model_name": "gpt-4o", "operation_type": "chat", "units_consumed": 1200,
+                  "credits_consumed": "0.0125", "usage_labels": {"team": "search", "env": "prod"},
+                  "response_latency_ms": 850} for i in range(events)]
+        encoded = [(msgspec.json.encode({"type": "usage", "id": f"raw-{i}", "ts": "2026-11-23T10:00:00Z", **e}),
+                    e["tenant_id"].encode()) for i, e in enumerate(batch)]
+
+        def raw() -> None:
+            producer = clients.producer(settings, **{"message.timeout.ms": 60_000})
+            for value, key in encoded:
+                while True:
+                    try:
+                        producer.produce(topics.USAGE, value, key)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+                producer.poll(0)
+            if producer.flush(120):
+                raise RuntimeError("raw producer: events not delivered in 120 s")
+
+        def with_sdk() -> None:
+            with UsageProducer(settings) as usage:
+                for event in batch:
+                    usage.send(event)
+            if usage.sent != events:
+                raise RuntimeError(f"UsageProducer delivered {usage.sent} of {events}")
+
+        raw_rate, sdk_rate = _rate(raw, events, repeats), _rate(with_sdk, events, repeats)
+        return {
+            "benchmark": "sdk",
+            "what": "UsageProducer.send (complete, check, produce, delivered) vs raw confluent-kafka produce of "
+                    "pre-encoded events (delivered), same broker and producer settings",
+            "broker": settings.bootstrap,
+            "events": events,
+            "sdk": sdk_rate,
+            "raw_produce": raw_rate,
+            "ratio": round(sdk_rate["events_per_s"] / raw_rate["events_per_s"], 3),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+
 # ----------------------------------------------------------------------------- reports and sink
 
 

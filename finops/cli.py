@@ -796,11 +796,12 @@ def bench(
     name: str = typer.Argument("fold", help="Benchmark to run: fold (pure ledger), ledger (the Kafka "
                                             "processor against raw confluent-kafka, on a dedicated broker), "
                                             "reports (every report on generated ClickHouse data), sink (the "
-                                            "sink's ClickHouse write path, no Kafka) or alerts (publish-to-alert "
-                                            "latency under steady load; --events is events per second)."),
+                                            "sink's ClickHouse write path, no Kafka), alerts (publish-to-alert "
+                                            "latency under steady load; --events is events per second) or sdk "
+                                            "(UsageProducer against raw confluent-kafka produce)."),
     events: Optional[int] = typer.Option(None, help="Usage events per run; for reports and sink, rows; for "
                                                     "alerts, events per second (default: fold/ledger 200000, "
-                                                    "reports 10000000, sink 500000, alerts 10000)."),
+                                                    "reports 10000000, sink 500000, alerts 10000, sdk 200000)."),
     repeats: int = typer.Option(3, help="Runs; the median is reported."),
     output: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the JSON to this file."),
 ) -> None:
@@ -814,7 +815,7 @@ def bench(
 
     _setup_logging(False)
     runners = {"fold": bench_mod.fold, "ledger": bench_mod.ledger, "reports": bench_mod.reports,
-               "sink": bench_mod.sink, "alerts": bench_mod.alerts}
+               "sink": bench_mod.sink, "alerts": bench_mod.alerts, "sdk": bench_mod.sdk}
     if name not in runners:
         _fail(f"unknown benchmark {name!r}; choose from {', '.join(runners)}", 2)
     if events is None:

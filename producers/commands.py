@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import msgspec
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from .. import clients
 from ..errors import FinopsError
@@ -97,7 +97,11 @@ class CommandClient:
         self._rejected = clients.consumer(self.settings, f"{self.settings.group_prefix}-commands-client",
                                           **{"enable.partition.eof": True})
         # Rejections are read from where the topic ends now: any command sent later is after this.
-        meta = self._rejected.list_topics(topics.REJECTED, timeout=10)
+        try:
+            meta = self._rejected.list_topics(topics.REJECTED, timeout=10)
+        except KafkaException as exc:
+            raise FinopsError(f"cannot reach Kafka at {self.settings.bootstrap} within 10 s "
+                              f"({exc.args[0].str() if exc.args else exc})") from None
         if meta.topics[topics.REJECTED].error is not None:
             raise FinopsError(f"cannot read {topics.REJECTED} at {self.settings.bootstrap}: "
                               f"{meta.topics[topics.REJECTED].error.str()} (run `finops stack up`)")
@@ -175,6 +179,9 @@ class CommandClient:
                 if seen.id is not None and seen.tenant_id is not None:
                     self._rejections[(seen.tenant_id, seen.id)] = seen
         self._rejected.unassign()
+        if pending:  # without the end of a partition, a rejection could be missed: no guess
+            raise OutcomeTimeout(f"could not read {topics.REJECTED} partitions {sorted(pending)} to their end "
+                                 f"within 30 s at {self.settings.bootstrap}")
 
     # ------------------------------------------------------------------ one method per command
 

@@ -22,6 +22,7 @@ publish`` read.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import re
@@ -271,8 +272,6 @@ class Simulation:
         return lines
 
     def _pick_user(self) -> User:
-        import bisect
-
         return self.users[bisect.bisect(self._cumulative, self.rng.random() * self._weight_total)
                           if self._weight_total else 0]
 

@@ -116,7 +116,7 @@ def test_second_up_is_a_no_op(local: Settings, running: stack.StackStatus) -> No
 def test_up_with_other_settings_than_the_running_broker_asks_for_a_restart(
         local: Settings, running: stack.StackStatus) -> None:
     moved = local.model_copy(update={"kafka_port": _free_port_pair()})
-    with pytest.raises(stack.StackError, match=r"runs with other settings.*finops down"):
+    with pytest.raises(stack.StackError, match=r"runs with other settings.*finops stack down"):
         stack.up(moved, log=_quiet)
     assert stack.status(local).pid == running.pid
 
