@@ -110,6 +110,18 @@ class TestCheckedInTheApp:
         assert producer.queued == 0
 
 
+class TestDeliveryReports:
+    def test_a_failed_delivery_is_counted_with_its_event_id(self):
+        seen = []
+        producer = UsageProducer(Settings(kafka_bootstrap="127.0.0.1:1"), kafka_config={"message.timeout.ms": 500},
+                                 on_delivery=lambda event_id, error: seen.append((event_id, error)))
+        event_id = producer.send({"tenant_id": "acme", "api_key_id": "k", "model_name": "m",
+                                  "operation_type": "chat", "units_consumed": 1})
+        assert producer.flush(10) == 0  # delivered or failed: nothing left queued
+        assert (producer.queued, producer.sent, producer.failed) == (1, 0, 1)
+        assert producer.failures[0].id == event_id and seen[0][0] == event_id and seen[0][1]
+
+
 class TestSimulation:
     def test_spike_forms(self):
         start = datetime(2026, 11, 23, tzinfo=timezone.utc)
