@@ -27,12 +27,12 @@ from .errors import FinopsError
 from .settings import Settings, load
 
 EXIT_CODES = ("Exit codes: 0 done; 1 an expected failure (one line on stderr: unreachable broker, bad file, "
-              "bad SQL, rejected command, timeout); 2 bad usage; 130 interrupted. Every command has --help with "
+              "bad SQL, invalid lines, timeout); 2 bad usage; 130 interrupted. Every command has --help with "
               "an example; data comes as a table, or as JSON with --json (--format where there are more).")
 
 app = typer.Typer(
     help="finops: an event-sourced FinOps pipeline for AI/API credit spend on Kafka and ClickHouse.\n\n"
-         "Start here: finops stack up; finops run &; finops simulate --duration 30 --wait; "
+         "Start here: finops stack up; finops run 2> run.log &; finops simulate --duration 30 --wait; "
          "finops balance --tenant acme; finops report burn-rate",
     epilog=EXIT_CODES,
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
