@@ -118,7 +118,7 @@ class UsageProducer:
     ``settings`` defaults to the ``FINOPS_*`` environment; ``bootstrap`` overrides the
     cluster; ``kafka_config`` is passed to librdkafka (e.g. ``{"linger.ms": 5}``).
     ``on_delivery(event_id, error_or_None)`` is called from ``send``/``flush``/``poll``.
-    Thread-safe as confluent-kafka's producer is; one per process is enough.
+    One per process is enough (its counters are plain ints: read them after `flush()`).
     """
 
     def __init__(self, settings: Settings | None = None, *, bootstrap: str | None = None,
