@@ -69,12 +69,14 @@ def read_to_end(settings: Settings, topic: str, partitions: Iterable[int], *,
                 timeout: float = 120.0) -> Iterator[Message]:
     """Every committed message of these partitions, from the beginning to the current end.
 
-    The end is the last stable offset (read_committed), so a transaction still open
-    is not waited for; ask ``Consumer.committed`` first when that matters.
+    First the partitions are settled (:func:`settle`): whatever a transaction had written
+    when this is called is read once it is committed (or skipped once aborted), so a
+    reader sees what a processor that already committed wrote.
     """
     pending = set(partitions)
     if not pending:
         return
+    settle(settings, [(topic, p) for p in pending], timeout=min(timeout, 60.0))
     reader = consumer(settings, f"{settings.group_prefix}-reader-{uuid.uuid4().hex[:8]}",
                       **{"enable.partition.eof": True})
     try:
@@ -130,6 +132,41 @@ def end_offsets(settings: Settings, topic_names: Iterable[str]) -> dict[tuple[st
         return ends
     finally:
         probe.close()
+
+
+def settle(settings: Settings, partitions: Iterable[tuple[str, int]], *, timeout: float = 60.0) -> None:
+    """Wait until what was written to these partitions when called is readable (read_committed).
+
+    A transaction's commit is acknowledged before its markers reach every partition, so
+    right after a processor committed (its consumer offsets are visible), a read_committed
+    reader may still stop short of its outputs. This waits until each partition's last
+    stable offset reaches the log end measured at the call."""
+    from confluent_kafka import IsolationLevel
+    from confluent_kafka.admin import OffsetSpec
+
+    from .errors import FinopsError
+
+    client = admin(settings)
+    wanted = [TopicPartition(t, p) for t, p in sorted(set(partitions))]
+    if not wanted:
+        return
+
+    def ends(level) -> dict[tuple[str, int], int]:
+        futures = client.list_offsets({tp: OffsetSpec.latest() for tp in wanted}, isolation_level=level,
+                                      request_timeout=10)
+        return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+
+    target = ends(IsolationLevel.READ_UNCOMMITTED)
+    deadline = time.monotonic() + timeout
+    while True:
+        stable = ends(IsolationLevel.READ_COMMITTED)
+        behind = sorted(k for k, end in target.items() if stable[k] < end)
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise FinopsError(f"transactions on {', '.join(f'{t}[{p}]' for t, p in behind[:5])} were still open "
+                              f"after {timeout:g} s")
+        time.sleep(0.02)
 
 
 def input_ends(settings: Settings) -> dict[tuple[str, int], int]:

@@ -22,6 +22,7 @@ from .schemas import topics
 from .settings import Settings
 
 SINK_TOPICS = (topics.USAGE, topics.COMMANDS, topics.LEDGER, topics.ALERTS, topics.BALANCES)
+LEDGER_OUTPUTS = (topics.LEDGER, topics.BALANCES, topics.ENFORCEMENT, topics.ALERTS, topics.REJECTED)
 
 
 def group_active(settings: Settings, group: str) -> bool:
@@ -97,6 +98,8 @@ def wait_processed(settings: Settings, *, timeout: float = 120.0, sink: bool | N
                 raise FinopsError(f"timed out after {timeout:g} s: the ledger still has {sum(behind.values())} "
                                   "inputs to process")
             time.sleep(0.1)
+    # Offsets are visible once the transactions committed; their outputs a moment later.
+    clients.settle(settings, clients.end_offsets(settings, LEDGER_OUTPUTS), timeout=max(deadline - time.monotonic(), 5))
     waited["ledger_s"] = round(time.monotonic() - started, 3)
     log(f"ledger: every input processed ({waited['ledger_s']:.1f} s)")
     if sink is False or (sink is None and not group_active(settings, sink_group)):

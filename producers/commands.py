@@ -14,7 +14,8 @@ waits until the ledger processor has committed it: the outcome is then final.
 How the outcome is known: the ledger commits its input offsets in the same Kafka
 transaction as its outputs. Once the ledger's consumer group has committed past the
 command's offset, the command is decided, and it was rejected exactly when
-``finops.rejected.v1`` holds its id (read from where it stood when this client started).
+``finops.rejected.v1`` holds its id (read from where it stood when this client started,
+once that partition's transactions are settled: see :func:`finops.clients.settle`).
 A repeat of an applied command (same id and content) is a no-op and counts as applied.
 """
 
@@ -151,6 +152,9 @@ class CommandClient:
                     f"no outcome for {len(pendings)} command(s) within {self.timeout if timeout is None else timeout:g}"
                     f" s: is the ledger processor running (`finops run`) against {self.settings.bootstrap}?")
             time.sleep(0.05)
+        # Decided; the rejections of those transactions are readable once their markers are written.
+        clients.settle(self.settings, [(topics.REJECTED, p) for p in needed],
+                       timeout=max(deadline - time.monotonic(), 5))
         self._read_rejections(sorted(needed))
         outcomes = []
         for p in pendings:
