@@ -223,13 +223,7 @@ def sdk(events: int = 200_000, repeats: int = 3, tenants: int = 50) -> dict:
         def raw() -> None:
             producer = clients.producer(settings, **{"message.timeout.ms": 60_000})
             for value, key in encoded:
-                while True:
-                    try:
-                        producer.produce(topics.USAGE, value, key)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-                producer.poll(0)
+                clients.produce(producer, topics.USAGE, value, key)
             if producer.flush(120):
                 raise RuntimeError("raw producer: events not delivered in 120 s")
 

@@ -115,23 +115,38 @@ def committed_offsets(consumer: Consumer, partitions: list[TopicPartition],
             time.sleep(0.2)
 
 
-def end_offsets(settings: Settings, topic_names: Iterable[str]) -> dict[tuple[str, int], int]:
-    """The end offset (high watermark) of every partition of these topics now."""
+def partitions(settings: Settings, topic_names: Iterable[str]) -> list[tuple[str, int]]:
+    """Every (topic, partition) of these topics, from the cluster's metadata."""
     from .errors import FinopsError
 
+    meta = admin(settings).list_topics(timeout=10)
+    found = []
+    for topic in topic_names:
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            raise FinopsError(f"topic {topic} is missing at {settings.bootstrap} (run `finops stack up`)")
+        found.extend((topic, p) for p in sorted(meta.topics[topic].partitions))
+    return found
+
+
+def end_offsets(settings: Settings, topic_names: Iterable[str]) -> dict[tuple[str, int], int]:
+    """The end offset (high watermark) of every partition of these topics now."""
+    keys = partitions(settings, topic_names)
     probe = consumer(settings, f"{settings.group_prefix}-probe")
     try:
-        meta = probe.list_topics(timeout=10)
-        ends = {}
-        for topic in topic_names:
-            if topic not in meta.topics or meta.topics[topic].error is not None:
-                raise FinopsError(f"topic {topic} is missing at {settings.bootstrap} (run `finops stack up`)")
-            for p in meta.topics[topic].partitions:
-                _low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                ends[(topic, p)] = high
-        return ends
+        return {(t, p): probe.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1] for t, p in keys}
     finally:
         probe.close()
+
+
+def produce(producer: Producer, topic: str, value: bytes, key: bytes | None, on_delivery=None) -> None:
+    """``producer.produce``, waiting while its local queue is full (deliveries drain it)."""
+    while True:
+        try:
+            producer.produce(topic, value, key, on_delivery=on_delivery)
+            break
+        except BufferError:
+            producer.poll(0.05)
+    producer.poll(0)
 
 
 def settle(settings: Settings, partitions: Iterable[tuple[str, int]], *, timeout: float = 60.0) -> None:

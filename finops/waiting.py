@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from . import clients
 from .errors import FinopsError
@@ -35,13 +35,10 @@ def group_active(settings: Settings, group: str) -> bool:
         return False
 
 
-def _committed(settings: Settings, group: str, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    consumer = clients.consumer(settings, group)  # queries the group's offsets; never joins it
-    try:
-        return {(tp.topic, tp.partition): tp.offset
-                for tp in clients.committed_offsets(consumer, [TopicPartition(t, p) for t, p in keys])}
-    finally:
-        consumer.close()
+def _committed(reader: Consumer, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The committed offsets of ``reader``'s group (it queries them; it never joins the group)."""
+    return {(tp.topic, tp.partition): tp.offset
+            for tp in clients.committed_offsets(reader, [TopicPartition(t, p) for t, p in keys])}
 
 
 def _messages_between(settings: Settings, starts: dict[tuple[str, int], int],
@@ -82,38 +79,46 @@ def wait_processed(settings: Settings, *, timeout: float = 120.0, sink: bool | N
     inputs = {key: end for key, end in clients.end_offsets(settings, topics.INPUTS).items() if end > 0}
     waited: dict[str, float] = {}
     if inputs:
-        checked_active = False
-        while True:
-            committed = _committed(settings, ledger_group, list(inputs))
-            behind = {k: e - max(committed[k], 0) for k, e in inputs.items() if committed[k] < e}
-            if not behind:
-                break
-            if not checked_active:
-                checked_active = True
-                if not group_active(settings, ledger_group):
-                    raise FinopsError(f"no ledger processor is running in group {ledger_group} at "
-                                      f"{settings.bootstrap} ({sum(behind.values())} inputs not processed): "
-                                      "start `finops run`")
-            if time.monotonic() > deadline:
-                raise FinopsError(f"timed out after {timeout:g} s: the ledger still has {sum(behind.values())} "
-                                  "inputs to process")
-            time.sleep(0.1)
+        reader = clients.consumer(settings, ledger_group)
+        try:
+            checked_active = False
+            while True:
+                committed = _committed(reader, list(inputs))
+                behind = {k: e - max(committed[k], 0) for k, e in inputs.items() if committed[k] < e}
+                if not behind:
+                    break
+                if not checked_active:
+                    checked_active = True
+                    if not group_active(settings, ledger_group):
+                        raise FinopsError(f"no ledger processor is running in group {ledger_group} at "
+                                          f"{settings.bootstrap} ({sum(behind.values())} inputs not processed): "
+                                          "start `finops run`")
+                if time.monotonic() > deadline:
+                    raise FinopsError(f"timed out after {timeout:g} s: the ledger still has "
+                                      f"{sum(behind.values())} inputs to process")
+                time.sleep(0.1)
+        finally:
+            reader.close()
     # Offsets are visible once the transactions committed; their outputs a moment later.
-    clients.settle(settings, clients.end_offsets(settings, LEDGER_OUTPUTS), timeout=max(deadline - time.monotonic(), 5))
+    clients.settle(settings, clients.partitions(settings, LEDGER_OUTPUTS), timeout=max(deadline - time.monotonic(), 5))
     waited["ledger_s"] = round(time.monotonic() - started, 3)
     log(f"ledger: every input processed ({waited['ledger_s']:.1f} s)")
     if sink is False or (sink is None and not group_active(settings, sink_group)):
         return waited
     outputs = {key: end for key, end in clients.end_offsets(settings, SINK_TOPICS).items() if end > 0}
-    while outputs:
-        committed = _committed(settings, sink_group, list(outputs))
-        behind = {k: committed[k] for k, e in outputs.items() if committed[k] < e}
-        if not behind or not _messages_between(settings, behind, outputs):
-            break
-        if time.monotonic() > deadline:
-            raise FinopsError(f"timed out after {timeout:g} s: the ClickHouse sink is still behind on "
-                              f"{len(behind)} partitions")
-        time.sleep(0.2)
+    reader = clients.consumer(settings, sink_group)
+    try:
+        while outputs:
+            committed = _committed(reader, list(outputs))
+            behind = {k: committed[k] for k, e in outputs.items() if committed[k] < e}
+            if not behind or not _messages_between(settings, behind, outputs):
+                break
+            if time.monotonic() > deadline:
+                raise FinopsError(f"timed out after {timeout:g} s: the ClickHouse sink is still behind on "
+                                  f"{len(behind)} partitions")
+            time.sleep(0.2)
+    finally:
+        reader.close()
     waited["sink_s"] = round(time.monotonic() - started, 3)
     log(f"sink: ClickHouse holds every record ({waited['sink_s']:.1f} s)")
     return waited

@@ -83,13 +83,7 @@ class Publisher:
 
     def send(self, line: bytes) -> None:
         topic, key = route(line)
-        while True:
-            try:
-                self._producer.produce(topic, line, key, on_delivery=self._delivered)
-                break
-            except BufferError:
-                self._producer.poll(0.05)
-        self._producer.poll(0)
+        clients.produce(self._producer, topic, line, key, self._delivered)
 
     def send_all(self, lines: Iterable[bytes]) -> None:
         for line in lines:

@@ -157,14 +157,8 @@ class UsageProducer:
                 self._on_delivery(event_id, None if error is None else error.str())
 
     def _produce(self, raw: bytes, tenant_id: str) -> None:
-        while True:
-            try:
-                self._producer.produce(topics.USAGE, raw, tenant_id.encode(), on_delivery=self._delivered)
-                self.queued += 1
-                break
-            except BufferError:  # the local queue is full: let deliveries drain it
-                self._producer.poll(0.05)
-        self._producer.poll(0)
+        clients.produce(self._producer, topics.USAGE, raw, tenant_id.encode(), self._delivered)
+        self.queued += 1
 
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery reports (``send`` does this too)."""

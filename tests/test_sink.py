@@ -90,15 +90,20 @@ def drain(sink: Sink, settings, what: str) -> None:
     wait_until(done, 180, what)
 
 
+def drained_totals(settings) -> dict:
+    """Run a sink until ClickHouse holds the topics, then close it; the totals it wrote."""
+    sink = Sink(settings)
+    try:
+        drain(sink, settings, "the first sink")
+        return totals(sink.query)
+    finally:
+        sink.close()
+
+
 class TestExactlyOnce:
     def test_a_new_consumer_group_replays_nothing_twice(self, settings):
         processed_workload(settings)
-        first = Sink(settings)
-        try:
-            drain(first, settings, "the first sink")
-            before = totals(first.query)
-        finally:
-            first.close()
+        before = drained_totals(settings)
         assert_once_and_complete(settings, before)
         # a fresh group starts at offset 0 as far as Kafka knows; ClickHouse holds the position
         second = Sink(settings, group_id=f"{settings.group_prefix}-sink-again")
@@ -114,12 +119,7 @@ class TestExactlyOnce:
         """ClickHouse, not the group's committed offsets, is the position: an empty database
         gets every message again, even though the group has committed the topics' ends."""
         processed_workload(settings, usage=500, tenants=1)
-        first = Sink(settings)
-        try:
-            drain(first, settings, "the first sink")
-            before = totals(first.query)
-        finally:
-            first.close()
+        before = drained_totals(settings)
         rebuilt = settings.model_copy(update={"clickhouse_database": f"{settings.clickhouse_database}_rebuilt"})
         second = Sink(rebuilt)  # the same consumer group as the first
         try:
