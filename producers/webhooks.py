@@ -192,51 +192,62 @@ class Receiver:
     that is not a JSON object."""
 
     def __init__(self, host: str, port: int, secret: str | None, on_alert) -> None:
+        import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         receiver = self
         self.secret = secret
         self.on_alert = on_alert
         self.seen: set[str] = set()
-        self.received = 0
+        self.received = 0  # new alerts answered and handed on (what ``serve(count=)`` counts)
         self.refused = 0
+        self._lock = threading.Lock()  # requests are handled in threads
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the http.server name
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status = receiver.take(body, self.headers)
+                status, alert = receiver.take(body, self.headers)
                 self.send_response(status)
                 self.end_headers()
+                self.wfile.flush()
+                if alert is not None:  # answered first: a sender never waits on our printing
+                    receiver.on_alert(alert)
+                    with receiver._lock:
+                        receiver.received += 1
 
             def log_message(self, *_args) -> None:
                 pass
 
         self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = False  # closing waits for requests in flight to be answered
         self.server.timeout = 0.5
 
     @property
     def address(self) -> tuple[str, int]:
         return self.server.server_address[:2]
 
-    def take(self, body: bytes, headers) -> int:
+    def take(self, body: bytes, headers) -> tuple[int, dict | None]:
+        """The HTTP status for this POST, and the alert when it is a new one."""
         if self.secret and not verify(self.secret, body, headers.get("X-Finops-Timestamp"),
                                       headers.get("X-Finops-Signature")):
-            self.refused += 1
             log.warning("refused a webhook with a bad or missing signature")
-            return 401
+            with self._lock:
+                self.refused += 1
+            return 401, None
         try:
             alert = json.loads(body)
         except ValueError:
             alert = None
         if not isinstance(alert, dict):
-            self.refused += 1
-            return 400
+            with self._lock:
+                self.refused += 1
+            return 400, None
         key = headers.get("Idempotency-Key") or alert.get("id") or ""
-        if key not in self.seen:
+        with self._lock:
+            if key in self.seen:
+                return 204, None
             self.seen.add(key)
-            self.received += 1
-            self.on_alert(alert)
-        return 204
+        return 204, alert
 
     def serve(self, *, count: int | None = None, timeout: float | None = None) -> None:
         """Handle requests until ``count`` alerts arrived or ``timeout`` seconds passed (or forever)."""
