@@ -66,21 +66,23 @@ def admin(settings: Settings) -> AdminClient:
 
 
 def read_to_end(settings: Settings, topic: str, partitions: Iterable[int], *,
-                timeout: float = 120.0) -> Iterator[Message]:
-    """Every committed message of these partitions, from the beginning to the current end.
+                timeout: float = 120.0, start: dict[int, int] | None = None) -> Iterator[Message]:
+    """Every committed message of these partitions, from the beginning (or from ``start``,
+    ``{partition: offset}``, where given) to the current end.
 
     First the partitions are settled (:func:`settle`): whatever a transaction had written
     when this is called is read once it is committed (or skipped once aborted), so a
     reader sees what a processor that already committed wrote.
     """
     pending = set(partitions)
+    start = start or {}
     if not pending:
         return
     settle(settings, [(topic, p) for p in pending], timeout=min(timeout, 60.0))
     reader = consumer(settings, f"{settings.group_prefix}-reader-{uuid.uuid4().hex[:8]}",
                       **{"enable.partition.eof": True})
     try:
-        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
+        reader.assign([TopicPartition(topic, p, start[p] if start.get(p, 0) > 0 else OFFSET_BEGINNING) for p in pending])
         deadline = time.monotonic() + timeout
         while pending:
             if time.monotonic() > deadline:

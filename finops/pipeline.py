@@ -33,12 +33,11 @@ class Pipeline:
 
     def __init__(self, settings: Settings, parts: tuple[str, ...] = DEFAULT_PARTS, *, instance: str = "0",
                  batch_max: int = 20_000, batch_s: float = 0.1, tick_every: float = 60.0,
-                 webhook: dict | None = None, spend_every: float = 0.5) -> None:
+                 webhook: dict | None = None) -> None:
         unknown = set(parts) - set(PARTS)
         if unknown:
             raise FinopsError(f"unknown processor {sorted(unknown)[0]!r}; choose from {', '.join(PARTS)}")
-        self.ledger = (LedgerProcessor(settings, instance=instance, batch_max=batch_max, batch_s=batch_s,
-                                       spend_every=spend_every)
+        self.ledger = (LedgerProcessor(settings, instance=instance, batch_max=batch_max, batch_s=batch_s)
                        if "ledger" in parts else None)
         self.sink = Sink(settings) if "sink" in parts else None
         self.scheduler = Scheduler(settings, tick_every) if "scheduler" in parts else None

@@ -7,6 +7,7 @@ else reads the environment.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -56,6 +57,18 @@ class Settings(BaseSettings):
     alert_ending_soon_days: float = Field(default=7.0, gt=0, description="ending_soon: days before a window ends.")
     alert_low_balance_pct: float = Field(default=10.0, ge=0, description="low_balance: % of the period's grant.")
     alert_low_balance_credits: float = Field(default=0.0, ge=0, description="low_balance: absolute floor (0: off).")
+    id_horizon: timedelta = Field(
+        default=timedelta(days=35), gt=timedelta(0),
+        description="Idempotency horizon: ids are remembered this long in event time; older messages are "
+                    "rejected too_late (seconds, or ISO 8601 like P35D).")
+    max_future_skew: timedelta = Field(
+        default=timedelta(minutes=5), ge=timedelta(0),
+        description="A message whose ts is more than this ahead of the time Kafka stored it is rejected "
+                    "ts_in_future (seconds, or ISO 8601 like PT5M).")
+    unknown_account_grace: timedelta = Field(
+        default=timedelta(hours=1), ge=timedelta(0),
+        description="Usage for an account not opened (or a key not bound) yet is held this long in event time "
+                    "before it is rejected unknown_account (seconds, or ISO 8601 like PT1H).")
     group_prefix: str = Field(default="finops", description="Prefix of consumer group and transactional ids.")
 
     @property

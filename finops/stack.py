@@ -513,13 +513,7 @@ def _wait_until_serving(bootstrap: str, timeout: float, broker: subprocess.Popen
         time.sleep(0.1)
 
 
-def topic_config(spec: topics.TopicSpec) -> dict[str, str]:
-    config = {"cleanup.policy": "compact"} if spec.compacted else {}
-    if spec.max_message_bytes:
-        config["max.message.bytes"] = str(spec.max_message_bytes)
-    if spec.forever:
-        config["retention.ms"] = "-1"
-    return config
+topic_config = topics.topic_config
 
 
 def ensure_topics(settings: Settings, bootstrap: str | None = None) -> list[str]:
@@ -530,7 +524,8 @@ def ensure_topics(settings: Settings, bootstrap: str | None = None) -> list[str]
     bootstrap = bootstrap or settings.bootstrap
     admin = _admin(bootstrap)
     existing = set(_list_topics(admin, bootstrap, timeout=10.0))
-    missing = [spec for spec in topics.ALL if spec.name not in existing]
+    wanted = (*topics.ALL, topics.changelog_spec(topics.changelog_name(f"{settings.group_prefix}-ledger")))
+    missing = [spec for spec in wanted if spec.name not in existing]
     if not missing:
         return []
     replication = -1 if settings.external_kafka else 1

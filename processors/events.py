@@ -30,7 +30,7 @@ class IdRecorded(Event, frozen=True, kw_only=True):
 
 
 class TimerEvent(Event, frozen=True, kw_only=True):
-    timer: Timer
+    timer: Timer | None  # None: caused by the end of the input, not a timer (Book.finish)
 
 
 class TimerDropped(TimerEvent, frozen=True, kw_only=True):
@@ -62,6 +62,13 @@ class HoldReleased(TimerEvent, frozen=True, kw_only=True):
 
 class OverrideEnded(TimerEvent, frozen=True, kw_only=True):
     account_id: str
+
+
+class HeldExpired(TimerEvent, frozen=True, kw_only=True):
+    """The grace of a held usage ended before its account opened: it is rejected ``unknown_account``."""
+
+    ref: str  # "a:<account id>" or "k:<api key id>"
+    seq: int
 
 
 # ----------------------------------------------------------------------------- caused by messages
@@ -100,6 +107,25 @@ class Reclaimed(Event, frozen=True, kw_only=True):
     to_account: str
     amount: int
     draws: tuple[tuple[str, int], ...]
+
+
+class IdForgotten(Event, frozen=True, kw_only=True):
+    """A held message was rejected after all: its id is free again (a rejection uses up no id)."""
+
+
+class UsageHeld(Event, frozen=True, kw_only=True):
+    """A usage for an account not opened (or a key not bound) yet, kept until ``grace_end`` (event time)."""
+
+    ref: str  # "a:<account id>" or "k:<api key id>"
+    raw: bytes  # the message as sent: applied from it later, or quoted in its rejection
+    grace_end: datetime
+
+
+class HeldTaken(Event, frozen=True, kw_only=True):
+    """A held usage leaves the waiting list because its account opened (it is charged right after)."""
+
+    ref: str
+    seq: int
 
 
 class UsageCharged(Event, frozen=True, kw_only=True):

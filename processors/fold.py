@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Iterable
 
 from ..schemas import outputs, wire
 from ..schemas.money import credits_str
 from .ledger import Book, Output
+from .state import DEFAULT_RULES, Rules
 
 
 class FoldResult:
-    """A folded book plus what was refused, in input order."""
+    """A folded book plus what was refused, in input order.
 
-    def __init__(self, keep_outputs: bool = False) -> None:
-        self.book = Book()
+    ``now``: judge every line as if Kafka had stored it at this time (the far-future rule,
+    ``ts_in_future``); None skips that rule. Call :meth:`finish` after the last line: the end
+    of the input ends every grace of usage held for its account (``fold_lines`` does).
+    """
+
+    def __init__(self, keep_outputs: bool = False, *, now: datetime | None = None,
+                 rules: Rules = DEFAULT_RULES) -> None:
+        self.book = Book(rules)
         self.rejected: list[wire.Rejection] = []
         self.keep_outputs = keep_outputs
         self.outputs: list[Output] = []  # alerts; every output (entries too) with keep_outputs
         self.lines = 0
+        self.now = now
+
+    def _keep(self, produced: list[Output]) -> None:
+        for o in produced:
+            kind = type(o)
+            if kind is wire.Rejection:
+                self.rejected.append(o)
+            elif self.keep_outputs or kind is outputs.Alert:
+                self.outputs.append(o)
 
     def feed(self, raw: bytes | str) -> None:
         self.lines += 1
@@ -25,14 +42,15 @@ class FoldResult:
         if isinstance(message, wire.Rejection):
             self.rejected.append(message)
             return
-        produced, refused = self.book.handle(message, raw if isinstance(raw, bytes) else raw.encode())
-        if self.keep_outputs:
-            self.outputs.extend(produced)
-        else:
-            self.outputs.extend(o for o in produced if type(o) is outputs.Alert)
+        produced, refused = self.book.handle(message, raw if isinstance(raw, bytes) else raw.encode(), self.now)
+        self._keep(produced)
         if refused is not None:
             self.rejected.append(wire.Rejection(id=message.id, tenant_id=message.tenant_id, reason=refused.reason,
                                                 detail=refused.detail, **wire.raw_fields(raw)))
+
+    def finish(self) -> None:
+        """End of input: usage still held for an account that never opened is rejected ``unknown_account``."""
+        self._keep(self.book.finish())
 
     def summary(self) -> dict:
         """The wire-v1 ``finops fold`` object (amounts as exact decimal credit strings)."""
@@ -57,10 +75,13 @@ class FoldResult:
         }
 
 
-def fold_lines(lines: Iterable[bytes | str], keep_outputs: bool = False) -> FoldResult:
-    result = FoldResult(keep_outputs)
+def fold_lines(lines: Iterable[bytes | str], keep_outputs: bool = False, *, now: datetime | None = None,
+               rules: Rules = DEFAULT_RULES) -> FoldResult:
+    """Fold JSONL lines in order, then end the input (:meth:`FoldResult.finish`)."""
+    result = FoldResult(keep_outputs, now=now, rules=rules)
     for line in lines:
         line = line.strip()  # as `finops publish` sends it, so ids fingerprint alike
         if line:
             result.feed(line)
+    result.finish()
     return result

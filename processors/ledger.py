@@ -30,9 +30,9 @@ Rules (wire-v1.md, plus the choices written here):
 
 from __future__ import annotations
 
+import hashlib
 import heapq
-import zlib
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Callable
 
@@ -43,16 +43,19 @@ from ..schemas import reasons, wire
 from ..schemas.money import MICROS_PER_CREDIT, Micros, credits_str
 from .events import (
     AccountOpened, Allocated, CapOverridden, Draw, Event, GrantEnded, HoldReleased, IdRecorded,
-    KeyBound, MembersSet, OverrideEnded, PeriodRenewed, Purchased, RatesSet, Reclaimed, Reserved, Settled,
-    TimerDropped, TimerEvent, UsageCharged,
+    HeldExpired, HeldTaken, IdForgotten, KeyBound, MembersSet, OverrideEnded, PeriodRenewed, Purchased, RatesSet,
+    Reclaimed, Reserved, Settled, TimerDropped, TimerEvent, UsageCharged, UsageHeld,
 )
 from .state import (
-    GRANT_END, HOLD_END, NO_END, OVERRIDE_END, RENEW, Account, Grant, Hold, Recurring, Rejected, Tenant, rate_key,
+    DEFAULT_RULES, GRANT_END, HELD_END, HOLD_END, NO_END, OVERRIDE_END, RENEW, Account, Grant, Held, Hold,
+    Recurring, Rejected, Rules, Tenant, rate_key,
 )
 
-Output = out.LedgerEntry | out.Alert | out.Enforcement
+# What folding a message makes: ledger entries, alerts, enforcement changes, and rejections
+# that time causes (a held usage whose grace ended).
+Output = out.LedgerEntry | out.Alert | out.Enforcement | wire.Rejection
 
-__all__ = ["Book", "Rejected", "Tenant", "Output", "decide", "apply", "advance", "balance_of"]
+__all__ = ["Book", "Rejected", "Rules", "Tenant", "Output", "decide", "apply", "advance", "balance_of"]
 
 
 # ----------------------------------------------------------------------------- time
@@ -83,23 +86,17 @@ def advance(state: Tenant, t: datetime) -> list[Output]:
     return outputs
 
 
-# Ids (and settled reservations) are remembered for this much event time after their own
-# ts: a resend within it is recognised; one arriving later is judged as new. Bounded so
-# state and snapshots stay bounded; a constant, so every replay forgets at the same time.
-ID_MEMORY_S = 24 * 3600.0
-PRUNE_EVERY_S = 60.0
+# The id memories are pruned once per this much event time. Pruning only frees space: a
+# lookup ignores an entry older than the horizon whether or not it was pruned yet, so live
+# processing, a restored store and a replay judge alike.
+PRUNE_EVERY_S = 3600.0
 
 
 def prune_memory(state: Tenant, now: float) -> None:
-    """Forget ids older than ID_MEMORY_S. Dicts keep arrival order, and arrival order is
-    event-time order except for late messages, which are forgotten a little later."""
-    horizon = now - ID_MEMORY_S
-    for memory in (state.seen, state.closed_holds):
-        while memory:
-            first = next(iter(memory))
-            if memory[first][1] >= horizon:
-                break
-            del memory[first]
+    """Forget ids (and closed reservations) older than the idempotency horizon before ``now`` (epoch s)."""
+    before = now - state.rules.id_horizon_s
+    state.ids.prune(before)
+    state.closed_holds.prune(before)
     state.pruned_at = now
 
 
@@ -126,6 +123,12 @@ def _decide_timer(state: Tenant, timer) -> TimerEvent:
             return TimerDropped(cause_id="", cause_type="timer", ts=when, timer=timer)
         return OverrideEnded(cause_id=f"override-end:{ref}:{when.isoformat()}", cause_type="override_end",
                              ts=when, timer=timer, account_id=ref)
+    if kind == HELD_END:
+        held = _find_held(state, ref, int(_ref2))
+        if held is None:
+            return TimerDropped(cause_id="", cause_type="timer", ts=when, timer=timer)
+        return HeldExpired(cause_id=f"held-end:{held.seq}", cause_type="held_end", ts=when, timer=timer,
+                           ref=ref, seq=held.seq)
     raise ValueError(f"unknown timer kind {kind!r}")
 
 
@@ -166,25 +169,43 @@ _fingerprint_encoder = msgspec.json.Encoder(enc_hook=wire.enc_hook)
 
 
 def fingerprint(message: wire.Message, raw: bytes | None = None) -> int:
-    """A stable digest of a message's content (not Python's per-process ``hash``).
+    """A stable 64-bit digest of a message's content (BLAKE2b; not Python's per-process ``hash``).
 
     The content is the message as sent (``raw``), so a retry of the same bytes is a
-    no-op; without raw bytes, the message's canonical encoding.
+    no-op; without raw bytes, the message's canonical encoding. Two different contents
+    share a fingerprint with probability 2^-64: such a resend would pass as a no-op
+    instead of ``duplicate_id_conflict``.
     """
-    return zlib.crc32(raw if raw is not None else _fingerprint_encoder.encode(message))
+    content = raw if raw is not None else _fingerprint_encoder.encode(message)
+    return int.from_bytes(hashlib.blake2b(content, digest_size=8).digest(), "big")
 
 
 def decide(state: Tenant, message: wire.Message, raw: bytes | None = None) -> list[Event]:
-    """The events ``message`` causes (time already advanced to it), or :class:`Rejected`."""
+    """The events ``message`` causes (time already advanced to it), or :class:`Rejected`.
+
+    Idempotency (wire-v1.md, "Idempotency horizon"): an id is remembered for
+    ``rules.id_horizon_s`` of event time; a message older than the clock minus the horizon
+    is ``too_late``; within it, the same id with the same content is a no-op and other
+    content is ``duplicate_id_conflict``.
+    """
+    clock = state.clock
+    ts_epoch = message.ts.timestamp()
+    if clock is not None:
+        oldest = clock.timestamp() - state.rules.id_horizon_s
+        if ts_epoch < oldest:
+            raise Rejected(reasons.TOO_LATE, f"ts {message.ts.isoformat()} is more than the idempotency horizon "
+                                             f"({state.rules.id_horizon_s:g} s) before the tenant clock "
+                                             f"{clock.isoformat()}")
+    else:
+        oldest = None
     print_ = fingerprint(message, raw)
-    previous = state.seen.get(message.id)
-    if previous is not None:
+    previous = state.ids.get(message.id)
+    if previous is not None and (oldest is None or previous[1] >= oldest):
         if previous[0] == print_:
             return []  # the same message again: a no-op
         raise Rejected(reasons.DUPLICATE_ID_CONFLICT, f"id {message.id!r} was used before with other content")
-    clock = state.clock
     late = clock is not None and message.ts < clock
-    events = _decide(message, state, clock if late else message.ts, late)
+    events = _decide(message, state, clock if late else message.ts, late, raw)
     events.append(IdRecorded(cause_id=message.id, cause_type="id", ts=message.ts, fingerprint=print_))
     return events
 
@@ -209,7 +230,9 @@ def _applies(kind: type) -> Callable:
     return register
 
 
-def _decide(message: wire.Message, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _decide(message: wire.Message, state: Tenant, now: datetime, late: bool, raw: bytes | None = None) -> list[Event]:
+    if type(message) is wire.Usage:
+        return _decide_usage(message, state, now, late, raw)
     decider = _DECIDERS.get(type(message))
     if decider is None:
         raise Rejected(reasons.NOT_SUPPORTED, f"{message.__struct_config__.tag!r} is not supported")
@@ -360,16 +383,74 @@ def usage_credits(state: Tenant, message: wire.Usage) -> int:
     return int(credits * MICROS_PER_CREDIT)
 
 
-@_decides(wire.Usage)
-def _(message: wire.Usage, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _decide_usage(message: wire.Usage, state: Tenant, now: datetime, late: bool, raw: bytes | None) -> list[Event]:
+    """Charge a usage through the cascade; hold it while its account is not open (or its key not bound) yet.
+
+    wire-v1.md, "Usage before its account": held for ``rules.unknown_account_grace_s`` of
+    event time after its ``ts``, applied when the account opens or the key is bound, and
+    rejected ``unknown_account`` when the grace ends.
+    """
     account_id = message.account_id or state.keys.get(message.api_key_id)
-    if account_id is None:
-        raise Rejected(reasons.UNKNOWN_ACCOUNT, f"no account_id and api key {message.api_key_id!r} is not bound")
-    charged = state.account(account_id)
+    if account_id is None or account_id not in state.accounts:
+        ref = f"a:{message.account_id}" if message.account_id else f"k:{message.api_key_id}"
+        grace_end = message.ts + timedelta(seconds=state.rules.unknown_account_grace_s)
+        if raw is None or grace_end <= now:
+            if account_id is None:
+                raise Rejected(reasons.UNKNOWN_ACCOUNT,
+                               f"no account_id and api key {message.api_key_id!r} is not bound")
+            state.account(account_id)  # raises unknown_account
+        return [UsageHeld(cause_id=message.id, cause_type="usage", ts=message.ts, late=late, ref=ref,
+                          raw=raw, grace_end=grace_end)]
+    return _charge_usage(message, state, state.accounts[account_id], now, late)
+
+
+def _charge_usage(message: wire.Usage, state: Tenant, charged: Account, now: datetime, late: bool) -> list[Event]:
     amount = usage_credits(state, message)
     draws, unpaid = _cascade(state, charged, amount, now)
     return [UsageCharged(cause_id=message.id, cause_type="usage", ts=message.ts, late=late, account_id=charged.id,
                          amount=amount, draws=tuple(draws), overage=unpaid, dims=_usage_dims(message))]
+
+
+def _find_held(state: Tenant, ref: str, seq: int) -> Held | None:
+    for held in state.held.get(ref, ()):
+        if held.seq == seq:
+            return held
+    return None
+
+
+def _release_held(state: Tenant, ref: str, now: datetime) -> list[Output]:
+    """Apply the usage held for ``ref`` (its account just opened or its key was bound), in arrival order.
+
+    Each is judged at ``now`` like a late usage; one that is refused now (e.g. ``no_rate``)
+    becomes a rejection and gives its id back.
+    """
+    outputs: list[Output] = []
+    for held in list(state.held.get(ref, ())):
+        message = wire.decode(held.raw)
+        outputs.extend(apply(state, HeldTaken(cause_id=message.id, cause_type="usage", ts=held.ts, ref=ref,
+                                              seq=held.seq)))
+        late = message.ts < now
+        try:
+            account_id = message.account_id or state.keys[message.api_key_id]
+            events = _charge_usage(message, state, state.accounts[account_id], now if late else message.ts, late)
+        except Rejected as refused:
+            outputs.extend(apply(state, IdForgotten(cause_id=message.id, cause_type="usage", ts=held.ts)))
+            outputs.append(wire.Rejection(id=message.id, tenant_id=state.tenant_id, reason=refused.reason,
+                                          detail=refused.detail, **wire.raw_fields(held.raw)))
+            continue
+        for event in events:
+            outputs.extend(apply(state, event))
+    return outputs
+
+
+def expire_all_held(state: Tenant) -> list[Output]:
+    """End every grace now (``finops fold`` at the end of its input): held usage is rejected ``unknown_account``."""
+    outputs: list[Output] = []
+    for ref in sorted(state.held, key=lambda r: state.held[r][0].seq):
+        for held in list(state.held.get(ref, ())):
+            outputs.extend(apply(state, HeldExpired(cause_id=f"held-end:{held.seq}", cause_type="held_end",
+                                                    ts=state.clock or held.ts, timer=None, ref=ref, seq=held.seq)))
+    return outputs
 
 
 def _usage_dims(message: wire.Usage) -> dict:
@@ -395,7 +476,7 @@ def _(message: wire.Settle, state: Tenant, now: datetime, late: bool) -> list[Ev
     hold = state.holds.get(message.reservation_id)
     if hold is None:
         closed = state.closed_holds.get(message.reservation_id)
-        if closed is not None:
+        if closed is not None and closed[1] >= now.timestamp() - state.rules.id_horizon_s:
             raise Rejected(reasons.RESERVATION_CLOSED, f"reservation {message.reservation_id!r} was {closed[0]}")
         raise Rejected(reasons.UNKNOWN_RESERVATION, f"no reservation {message.reservation_id!r}")
     amount = int(message.credits)
@@ -432,12 +513,17 @@ def _entry(state: Tenant, event: Event, n: int, kind: str, acct: Account, amount
 
 
 def _push_timer(state: Tenant, when: datetime, kind: str, ref: str, ref2: str = "") -> None:
-    heapq.heappush(state.timers, (when, state.next_seq(), kind, ref, ref2))
+    timer = (when, state.next_seq(), kind, ref, ref2)
+    heapq.heappush(state.timers, timer)
+    state.timer_changes[(when, timer[1])] = timer
 
 
 def _pop_timer(state: Tenant, event: TimerEvent) -> None:
+    if event.timer is None:  # not caused by a timer (expire_all_held)
+        return
     popped = heapq.heappop(state.timers)
     assert popped == event.timer, "timers fire in heap order"
+    state.timer_changes[(popped[0], popped[1])] = None
     if state.clock is None or event.ts > state.clock:
         state.clock = event.ts
 
@@ -465,6 +551,7 @@ def _check_budget(state: Tenant, acct: Account, event: Event) -> list[Output]:
     """Fire or resolve threshold alerts and block or open a hard cap, after ``acct``'s period changed."""
     outputs: list[Output] = []
     used, granted = acct.period_used, acct.period_granted
+    state.touched.add(acct.id)
     for threshold in acct.thresholds:
         crossed = granted > 0 and used * 100 >= threshold * granted
         if crossed == (threshold in acct.alerted):
@@ -498,8 +585,10 @@ def _record_usage(state: Tenant, charged: Account, amount: int, event: Event) ->
     outputs: list[Output] = []
     accounts = state.accounts
     acct: Account | None = charged
+    touched = state.touched
     while acct is not None:
         acct.period_used += amount
+        touched.add(acct.id)
         if acct.period_granted or acct.alerted:
             outputs.extend(_check_budget(state, acct, event))
         acct = accounts[acct.parent_id] if acct.parent_id is not None else None
@@ -517,8 +606,56 @@ def _start_period(acct: Account, period: str, granted: int) -> None:
 
 @_applies(IdRecorded)
 def _(event: IdRecorded, state: Tenant) -> list[Output]:
-    state.seen[event.cause_id] = (event.fingerprint, event.ts.timestamp())
+    state.ids[event.cause_id] = (event.fingerprint, event.ts.timestamp())
     return []
+
+
+@_applies(IdForgotten)
+def _(event: IdForgotten, state: Tenant) -> list[Output]:
+    state.ids.pop(event.cause_id, None)
+    return []
+
+
+@_applies(UsageHeld)
+def _(event: UsageHeld, state: Tenant) -> list[Output]:
+    held = Held(ref=event.ref, seq=state.next_seq(), ts=event.ts, raw=event.raw)
+    state.held.setdefault(event.ref, []).append(held)
+    state.held_changes[held.seq] = held
+    _push_timer(state, event.grace_end, HELD_END, event.ref, str(held.seq))
+    return []
+
+
+def _unhold(state: Tenant, ref: str, seq: int) -> Held:
+    queue = state.held[ref]
+    for i, held in enumerate(queue):
+        if held.seq == seq:
+            del queue[i]
+            break
+    else:
+        raise KeyError((ref, seq))
+    if not queue:
+        del state.held[ref]
+    state.held_changes[seq] = None
+    return held
+
+
+@_applies(HeldTaken)
+def _(event: HeldTaken, state: Tenant) -> list[Output]:
+    _unhold(state, event.ref, event.seq)
+    return []
+
+
+@_applies(HeldExpired)
+def _(event: HeldExpired, state: Tenant) -> list[Output]:
+    _pop_timer(state, event)
+    held = _unhold(state, event.ref, event.seq)
+    message = wire.decode(held.raw)
+    state.ids.pop(message.id, None)  # a rejected message does not use up its id
+    what = f"account {event.ref[2:]!r} was not opened" if event.ref.startswith("a:") else \
+        f"api key {event.ref[2:]!r} was not bound"
+    return [wire.Rejection(id=message.id, tenant_id=state.tenant_id, reason=reasons.UNKNOWN_ACCOUNT,
+                           detail=f"{what} within {state.rules.unknown_account_grace_s:g} s of event time",
+                           **wire.raw_fields(held.raw))]
 
 
 @_applies(TimerDropped)
@@ -533,6 +670,7 @@ def _(event: GrantEnded, state: Tenant) -> list[Output]:
     acct = state.accounts[event.account_id]
     if event.recurrence is not None:
         del state.recurring[event.recurrence]
+        state.dirty.add(("recurring", event.recurrence))
     if not event.amount:
         return []
     acct.take(event.grant_id, event.amount)
@@ -574,6 +712,7 @@ def _(event: PeriodRenewed, state: Tenant) -> list[Output]:
     if drawn:
         outputs.append(_entry(state, event, n, out.ALLOCATION_IN, child, drawn, grant_id=event.new_grant))
     rec.grant_id = event.new_grant
+    state.dirty.add(("recurring", rec.id))
     _push_timer(state, event.ends_at, RENEW, rec.id)
     _start_period(child, event.period, event.carry + drawn)
     state.touched.add(child.id)
@@ -585,6 +724,7 @@ def _(event: PeriodRenewed, state: Tenant) -> list[Output]:
 def _(event: HoldReleased, state: Tenant) -> list[Output]:
     _pop_timer(state, event)
     hold = state.holds.pop(event.hold_id)
+    state.dirty.add(("hold", hold.id))
     state.closed_holds[hold.id] = ("released at expiry", event.ts.timestamp())
     charged = state.accounts[hold.account]
     charged.reserved -= hold.amount
@@ -642,11 +782,13 @@ def _(event: Allocated, state: Tenant) -> list[Output]:
                on_expiry=event.on_expiry, source=parent.id, recurrence=recurrence)
     child.cap = event.cap
     child.thresholds = event.thresholds
+    state.touched.add(child.id)
     if recurrence is not None:
         state.recurring[recurrence] = Recurring(
             id=recurrence, parent=parent.id, child=child.id, amount=event.amount,
             rollover_pct=event.rollover_pct, grant_id=event.cause_id, ends_at=event.recurrence_ends_at,
             on_expiry=event.on_expiry)
+        state.dirty.add(("recurring", recurrence))
         _push_timer(state, event.ends_at, RENEW, recurrence)
     if event.period and event.period != child.period:  # a monthly allocation starts monthly periods
         _start_period(child, event.period, 0)
@@ -724,6 +866,7 @@ def _(event: Reserved, state: Tenant) -> list[Output]:
     state.touched.add(charged.id)
     state.holds[event.cause_id] = Hold(id=event.cause_id, account=charged.id, amount=event.amount,
                                        draws=list(event.draws), expires_at=event.expires_at)
+    state.dirty.add(("hold", event.cause_id))
     _push_timer(state, event.expires_at, HOLD_END, event.cause_id)
     return outputs
 
@@ -731,6 +874,7 @@ def _(event: Reserved, state: Tenant) -> list[Output]:
 @_applies(Settled)
 def _(event: Settled, state: Tenant) -> list[Output]:
     hold = state.holds.pop(event.hold_id)
+    state.dirty.add(("hold", hold.id))
     state.closed_holds[hold.id] = ("settled", event.ts.timestamp())
     charged = state.accounts[hold.account]
     charged.reserved -= hold.amount
@@ -754,12 +898,14 @@ def _(event: MembersSet, state: Tenant) -> list[Output]:
 @_applies(KeyBound)
 def _(event: KeyBound, state: Tenant) -> list[Output]:
     state.keys[event.api_key_id] = event.account_id
+    state.dirty.add(("key", event.api_key_id))
     return []
 
 
 @_applies(RatesSet)
 def _(event: RatesSet, state: Tenant) -> list[Output]:
     state.rates.update(event.rates)
+    state.dirty.add(("rates", ""))
     return []
 
 
@@ -776,25 +922,42 @@ def _(event: CapOverridden, state: Tenant) -> list[Output]:
 
 
 class Book:
-    """All tenants' states; the one entry point for folding messages (fold and the runner)."""
+    """All tenants' states; the one entry point for folding messages (fold and the runner).
 
-    __slots__ = ("tenants",)
+    ``new_tenant`` makes the state of a tenant seen for the first time (the runner's gives
+    it id memories in its partition's state store); ``rules`` are the configurable rules.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("tenants", "rules", "new_tenant")
+
+    def __init__(self, rules: Rules = DEFAULT_RULES,
+                 new_tenant: Callable[[str], Tenant] | None = None) -> None:
         self.tenants: dict[str, Tenant] = {}
+        self.rules = rules
+        self.new_tenant = new_tenant
 
     def tenant(self, tenant_id: str) -> Tenant:
         state = self.tenants.get(tenant_id)
         if state is None:
-            state = self.tenants[tenant_id] = Tenant(tenant_id)
+            state = self.new_tenant(tenant_id) if self.new_tenant is not None else Tenant(tenant_id)
+            state.rules = self.rules
+            self.tenants[tenant_id] = state
         return state
 
-    def handle(self, message: wire.Message, raw: bytes | None = None) -> tuple[list[Output], Rejected | None]:
+    def handle(self, message: wire.Message, raw: bytes | None = None,
+               stored_at: datetime | None = None) -> tuple[list[Output], Rejected | None]:
         """Advance the tenant's time to the message, then decide and apply it.
 
+        ``stored_at`` is the time Kafka stored the message (the record's LogAppendTime), or
+        None where there is none (a file without ``--now``): a message more than
+        ``rules.max_future_skew_s`` ahead of it is ``ts_in_future`` and moves no clock.
         Returns every output and, if the message was refused, why (its own events are
         then not applied; what time caused is).
         """
+        if stored_at is not None and (message.ts - stored_at).total_seconds() > self.rules.max_future_skew_s:
+            return [], Rejected(reasons.TS_IN_FUTURE,
+                                f"ts {message.ts.isoformat()} is more than {self.rules.max_future_skew_s:g} s "
+                                f"ahead of the time it was stored, {stored_at.isoformat()}")
         state = self.tenant(message.tenant_id)
         outputs = advance(state, message.ts)
         try:
@@ -803,7 +966,19 @@ class Book:
             return outputs, refused
         for event in events:
             outputs.extend(apply(state, event))
+            kind = type(event)
+            if kind is AccountOpened and state.held:
+                outputs.extend(_release_held(state, f"a:{event.account_id}", state.clock or event.ts))
+            elif kind is KeyBound and state.held:
+                outputs.extend(_release_held(state, f"k:{event.api_key_id}", state.clock or event.ts))
         return outputs, None
+
+    def finish(self) -> list[Output]:
+        """The end of the input ends every grace (``finops fold``): held usage is rejected ``unknown_account``."""
+        outputs: list[Output] = []
+        for tenant_id in sorted(self.tenants):
+            outputs.extend(expire_all_held(self.tenants[tenant_id]))
+        return outputs
 
 
 def balance_of(state: Tenant, acct: Account) -> out.Balance:

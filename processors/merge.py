@@ -35,9 +35,10 @@ class Item:
     topic: str
     partition: int
     offset: int
-    ts: datetime | None  # None: unreadable, no event time
+    ts: datetime | None  # merge order: event time (see the runner for far-future ones); None: unreadable
     message: Any  # the decoded message or its Rejection
     raw: bytes
+    stored_at: datetime | None = None  # when Kafka stored it (the record timestamp), for ts_in_future
 
     def order(self) -> tuple:
         return (self.ts, RANK[self.topic], self.offset)

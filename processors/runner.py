@@ -1,23 +1,34 @@
 """The exactly-once ledger processor: consume -> fold -> produce, one Kafka transaction a batch.
 
-Commit order of one batch (all or nothing, in one transaction):
-  1. ledger entries, alerts, enforcement changes, rejections, balances of touched
-     accounts and snapshots of touched tenants — produced inside the transaction, each to
-     the input's partition number;
-  2. the input offsets of exactly the messages applied, by ``send_offsets_to_transaction``
-     (bound to the consumer group generation, so a zombie of an older generation is fenced);
-  3. ``commit_transaction``.
-Nothing is written outside a transaction, so a crash anywhere aborts the whole batch and
-the restarted (or newly assigned) instance resumes from the committed offsets with the
-committed snapshots: nothing is applied twice and nothing is skipped.
+This module is the I/O shell; what a batch writes is computed by the pure :func:`.plan.plan`.
 
-Restore: when partition *p* is assigned, the instance first asks for the committed
-offsets (this waits for any transaction still pending on them, KIP-447), then reads
-partition *p* of ``finops.snapshots.v1`` to its end; the latest snapshot of each tenant is
-exactly the state after the last committed batch.
+Commit order of one batch (quix-streams' checkpoint order; all or nothing in Kafka):
+  1. ``begin_transaction``;
+  2. produce, inside the transaction: ledger entries, alerts, enforcement changes,
+     rejections, spend and balances of changed accounts (each to its input's partition
+     number), and every state key the batch changed to the changelog topic
+     ``<group>-state-changelog`` (:mod:`.store`), same partition number;
+  3. the input offsets of exactly the items applied, by ``send_offsets_to_transaction``
+     (bound to the consumer group generation, so a zombie of an older generation is fenced);
+  4. ``commit_transaction`` (flushes, then commits);
+  5. only then, the same state changes to the local RocksDB store of each partition, with
+     the changelog offset they reach as its checkpoint, in one atomic write batch.
+A crash before 4 aborts the transaction: the store never saw it, the committed offsets and
+changelog are unchanged. A crash between 4 and 5 leaves the store behind its changelog:
+restore (below) replays the changelog from the store's checkpoint. Nothing is applied twice
+and nothing is skipped.
+
+Restore: when partition *p* is assigned, the instance first asks for the committed input
+offsets (this waits for any transaction still pending on them, KIP-447), then brings the
+store of *p* up to the end of changelog partition *p* (read_committed) and loads its
+tenants' small state into memory; id memories are read from disk per lookup.
 
 Order: the two input topics are merged per partition number by event time
 (:mod:`.merge`), so a tenant's commands and usage are applied in one deterministic order.
+A topic is *idle* (the other may go on without it) only when a high watermark asked of the
+broker after the waiting messages arrived shows nothing more in it: a cached watermark may
+predate a command that was already stored, and applying usage before it would differ from
+a replay (wire-v1.md, "Publishing files").
 """
 
 from __future__ import annotations
@@ -25,25 +36,27 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
-import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition,
+)
+from confluent_kafka.admin import NewTopic
 
 from .. import clients
 from ..errors import FinopsError
-from ..schemas import outputs, topics, wire
+from ..schemas import topics, wire
 from ..service import Service
 from ..settings import Settings
-from .ledger import Book, balance_of
+from .ledger import Book
 from .merge import Item, Merger
-from .state import restore, snapshot
+from .plan import Plan, plan
+from .state import Rules
+from .store import PartitionStore
 
 log = logging.getLogger("finops.ledger")
 
-_OUTPUT_TOPIC = {outputs.LedgerEntry: topics.LEDGER, outputs.Alert: topics.ALERTS,
-                 outputs.Enforcement: topics.ENFORCEMENT}
-_encoder = msgspec.json.Encoder(enc_hook=wire.enc_hook)
 _REFRESH_S = 2.0  # after this long waiting on a partition, re-read its high watermark
 _MARKER_GAP = 8  # offsets at a partition's end that may be transaction markers, not messages
 _FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
@@ -84,38 +97,65 @@ class LedgerStats:
     commit_s: float = 0.0
     committed: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset per input partition
     lag: int = 0  # input messages in Kafka not yet committed, on this instance's partitions
+    changelog_records: int = 0  # state-store changes written to the changelog (committed transactions)
+    changelog_bytes: int = 0  # their keys and values, in bytes (before compression)
+    restored_records: int = 0  # changelog records applied to local stores when partitions were assigned
+    restore_s: float = 0.0  # wall seconds spent restoring (bringing stores up to their changelog)
+
+
+
+
+def ensure_changelog(settings: Settings, group: str) -> str:
+    """Create the changelog topic if it is missing (``finops stack up`` creates the default group's)."""
+    name = topics.changelog_name(group)
+    admin = clients.admin(settings)
+    if name in admin.list_topics(timeout=30).topics:
+        return name
+    spec = topics.changelog_spec(name)
+    partitions = max(len(admin.list_topics(topic, timeout=30).topics[topic].partitions) for topic in topics.INPUTS)
+    future = admin.create_topics([NewTopic(name, partitions, 1, config=topics.topic_config(spec))])[name]
+    try:
+        future.result(30)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise FinopsError(f"cannot create the changelog topic {name}: {exc.args[0].str()}") from None
+    return name
 
 
 class LedgerProcessor(Service):
     """One instance of the ledger processor; several instances share the input partitions."""
 
     def __init__(self, settings: Settings, *, instance: str = "0", batch_max: int = 20_000,
-                 batch_s: float = 0.1, idle_s: float = 0.5, group_id: str | None = None,
-                 spend_every: float = 0.5) -> None:
+                 batch_s: float = 0.1, idle_s: float = 0.5, group_id: str | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.batch_max = batch_max
         self.batch_s = batch_s
-        self.book = Book()
+        self.rules = Rules(id_horizon_s=settings.id_horizon.total_seconds(),
+                           max_future_skew_s=settings.max_future_skew.total_seconds(),
+                           unknown_account_grace_s=settings.unknown_account_grace.total_seconds())
+        self._skew = settings.max_future_skew
+        self.book = Book(self.rules)
         self.stats = LedgerStats()
         self.merger = Merger()
         self.idle_s = idle_s
-        self.partition_of: dict[str, int] = {}  # tenant -> input partition number
+        self.home: dict[str, int] = {}  # tenant -> the partition whose store holds its state
+        self.stores: dict[int, PartitionStore] = {}
         self._owned: set[int] = set()  # input partition numbers assigned to this instance now
-        self._fetched: dict[tuple[str, int], int] = {}  # next offset after the last message consumed
+        self._fetched: dict[tuple[str, int], int] = {}  # position: next offset after the last message consumed
+        self._fresh_high: dict[tuple[str, int], tuple[int, float]] = {}  # (high watermark, monotonic asked at)
         self._callback_error: Exception | None = None
         self._txn_since: float | None = None  # monotonic start of the open transaction
         self._lag_at = 0.0
-        self.spend_every = spend_every
-        self._spend_flushed = 0.0
+        self._delivered: dict[int, int] = {}  # changelog partition -> offset of its last delivered record
         group = group_id or f"{settings.group_prefix}-ledger"
-        # Snapshots belong to the consumer group whose offsets they match: a rebuild under a
-        # new group starts from nothing, not from another group's state.
-        self._snapshot_prefix = f"{group}/".encode()
+        self.group = group
+        self.changelog = ensure_changelog(settings, group)
+        self.store_dir = Path(settings.data_dir) / "ledger-state" / group / instance
         self.producer = clients.transactional_producer(
             settings, f"{group}-{instance}", **{"queue.buffering.max.messages": 2_000_000,
                                                  "queue.buffering.max.kbytes": 1_048_576,
-                                                 "message.max.bytes": topics.SNAPSHOT_MAX_BYTES})
+                                                 "message.max.bytes": topics.CHANGELOG_MAX_BYTES})
         try:
             self.producer.init_transactions(60)
         except KafkaException as exc:
@@ -131,6 +171,9 @@ class LedgerProcessor(Service):
             self.consumer.close()
         finally:
             self.producer.flush(10)
+            for store in self.stores.values():
+                store.close()
+            self.stores.clear()
 
     # ------------------------------------------------------------------ assignment and restore
 
@@ -143,7 +186,7 @@ class LedgerProcessor(Service):
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = {tp.partition for tp in partitions}
-        # Waits for transactional offsets still pending, so the snapshots read next are theirs.
+        # Waits for transactional offsets still pending, so the changelog read next is theirs.
         for tp in clients.committed_offsets(consumer, partitions):
             self.stats.committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
             self._fetched[(tp.topic, tp.partition)] = max(tp.offset, 0)
@@ -157,10 +200,11 @@ class LedgerProcessor(Service):
         numbers = {tp.partition for tp in partitions}
         self._owned -= numbers
         self.merger.revoke(numbers)
-        for tenant, partition in list(self.partition_of.items()):
-            if partition in numbers:
-                del self.partition_of[tenant]
-                self.book.tenants.pop(tenant, None)
+        self._drop(numbers)
+        for number in numbers:
+            store = self.stores.pop(number, None)
+            if store is not None:
+                store.close()
         for key in [k for k in self._fetched if k[1] in numbers]:
             del self._fetched[key]
         log.info("revoked partitions %s", sorted(numbers))
@@ -174,24 +218,50 @@ class LedgerProcessor(Service):
         self._callback_error = PartitionsLost("ledger processor lost its partitions (missed heartbeats); "
                                               "restarting to rejoin its group")
 
+    def _drop(self, numbers: set[int]) -> None:
+        """Forget the in-memory state of the tenants whose home is one of these partitions."""
+        for tenant, partition in list(self.home.items()):
+            if partition in numbers:
+                del self.home[tenant]
+                self.book.tenants.pop(tenant, None)
+
     def _restore(self, numbers: set[int]) -> None:
-        """Load the latest committed snapshot of every tenant on these partitions."""
-        prefix = self._snapshot_prefix
-        for m in clients.read_to_end(self.settings, topics.SNAPSHOTS, numbers):
-            if not m.key().startswith(prefix) or m.value() is None:
-                continue
-            state = restore(m.value())
-            self.book.tenants[state.tenant_id] = state
-            self.partition_of[state.tenant_id] = m.partition()
+        """Bring each partition's store up to its changelog's end, then load its tenants."""
+        started = time.perf_counter()
+        ends = clients.end_offsets(self.settings, [self.changelog])
+        for number in sorted(numbers):
+            store = self.stores.get(number)
+            if store is None:
+                store = self.stores[number] = PartitionStore.open(self.store_dir, number)
+            end = ends.get((self.changelog, number), 0)
+            start = store.checkpoint
+            if start > end:  # the changelog was recreated (a rebuild): the store is of another history
+                log.warning("state store p%d is at changelog offset %d beyond its end %d: restoring from 0",
+                            number, start, end)
+                store.wipe()
+                start = 0
+            if start < end:
+                last = start
+                records = []
+                for m in clients.read_to_end(self.settings, self.changelog, [number], start={number: start}):
+                    records.append((m.key(), m.value()))
+                    last = m.offset() + 1
+                self.stats.restored_records += store.apply_changelog(records, max(last, start))
+            for tenant_id, state in store.load(self.rules).items():
+                self.book.tenants[tenant_id] = state
+                self.home[tenant_id] = number
+        self.stats.restore_s += time.perf_counter() - started
 
     def _rewind(self) -> None:
-        """After an aborted transaction: drop the in-memory state, restore it, seek back."""
+        """After an aborted transaction: reload the committed state from the stores, seek back."""
         assignment = self.consumer.assignment()
-        self.book = Book()
-        self.partition_of.clear()
+        self._drop(set(self.stores))
         self.merger.clear()
         committed = clients.committed_offsets(self.consumer, assignment)
-        self._restore({tp.partition for tp in assignment})
+        for number, store in self.stores.items():
+            for tenant_id, state in store.load(self.rules).items():
+                self.book.tenants[tenant_id] = state
+                self.home[tenant_id] = number
         for tp in committed:
             self._fetched[(tp.topic, tp.partition)] = max(tp.offset, 0)
             self.consumer.seek(TopicPartition(tp.topic, tp.partition,
@@ -199,19 +269,26 @@ class LedgerProcessor(Service):
 
     # ------------------------------------------------------------------ the loop
 
-    def _quiet(self, topic: str, partition: int, idle_for: float) -> bool:
+    def _idle(self, topic: str, partition: int, idle_for: float) -> bool:
         """May the other topic of this partition go on without waiting for this one?
 
-        Yes when this one holds nothing more in Kafka now (position >= high watermark). A
-        gap of a few offsets that stays idle for ``idle_s`` is transaction markers (apps
-        that publish with transactions), which never arrive as messages.
+        Yes when this one holds nothing more in Kafka: its position has reached a high
+        watermark asked of the broker after the other topic's waiting messages arrived (so
+        whatever was stored before them has been fetched). A gap of a few offsets that stays
+        idle for ``idle_s`` is transaction markers (apps that publish with transactions),
+        which never arrive as messages.
         """
-        tp = TopicPartition(topic, partition)
-        _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-        if high < 0 or (idle_for >= _REFRESH_S and high > self._fetched.get((topic, partition), 0)):
-            # not fetched yet, or waiting long on a gap: ask the broker rather than trust the cache
-            _low, high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-        gap = high - self._fetched.get((topic, partition), 0)
+        key = (topic, partition)
+        other = topics.USAGE if topic == topics.COMMANDS else topics.COMMANDS
+        waiting_since = self.merger.last_arrival.get((other, partition), 0.0)
+        position = self._fetched.get(key, 0)
+        fresh = self._fresh_high.get(key)
+        if fresh is None or fresh[1] < waiting_since or (idle_for >= _REFRESH_S and fresh[0] > position):
+            asked = time.monotonic()
+            _low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10,
+                                                             cached=False)
+            fresh = self._fresh_high[key] = (high, asked)
+        gap = fresh[0] - position
         return gap <= 0 or (gap <= _MARKER_GAP and idle_for >= self.idle_s)
 
     def step(self) -> int:
@@ -228,6 +305,8 @@ class LedgerProcessor(Service):
         rejection_type = wire.Rejection
         fetched = self._fetched
         owned = self._owned
+        skew = self._skew
+        utc = timezone.utc
         for m in messages:
             err = m.error()
             if err is not None:
@@ -239,20 +318,27 @@ class LedgerProcessor(Service):
                 continue
             raw = m.value() or b""
             message = decode(raw)
-            add(Item(topic, partition, offset, None if type(message) is rejection_type else message.ts,
-                     message, raw), now)
+            kind, stamp = m.timestamp()
+            stored_at = None if kind == TIMESTAMP_NOT_AVAILABLE else datetime.fromtimestamp(stamp / 1000, utc)
+            if type(message) is rejection_type:
+                ts = None
+            else:
+                ts = message.ts
+                if stored_at is not None and ts - stored_at > skew:
+                    ts = stored_at  # it will be refused ts_in_future: nothing to wait for
+            add(Item(topic, partition, offset, ts, message, raw, stored_at), now)
             fetched[(topic, partition)] = offset + 1
         self.stats.consumed += len(messages)
-        items = self.merger.take(self._quiet, now, self.batch_max)
+        items = self.merger.take(self._idle, now, self.batch_max)
         t2 = time.perf_counter()
         self.stats.decode_s += t2 - t1
-        spend_due = now - self._spend_flushed >= self.spend_every and self._spend_pending()
-        if not items and not spend_due:
+        if not items:
             return 0
         self._txn_since = time.monotonic()
         try:
             self.producer.begin_transaction()
-            offsets = self._process(items, spend_due)
+            batch = plan(self.book, items, self.home, self._open_tenant)
+            offsets = self._produce(batch)
             t3 = time.perf_counter()
             if offsets:
                 self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 60)
@@ -262,18 +348,66 @@ class LedgerProcessor(Service):
             return 0
         finally:
             self._txn_since = None
+        self._checkpoint(batch)
         t4 = time.perf_counter()
         self.stats.apply_s += t3 - t2
         self.stats.commit_s += t4 - t3
         self.stats.transactions += 1
         self.stats.last_batch = len(items)
         self.stats.last_txn_ms = (t4 - t2) * 1000
+        self.stats.applied += batch.applied
+        self.stats.rejected += batch.rejected
         for tp in offsets:
             self.stats.committed[(tp.topic, tp.partition)] = tp.offset
         if now - self._lag_at >= 1.0:
             self._lag_at = now
             self.stats.lag = self._lag()
         return len(items)
+
+    def _open_tenant(self, tenant_id: str, partition: int):
+        return self.stores[partition].new_tenant(tenant_id, self.rules)
+
+    def _produce(self, batch: Plan) -> list[TopicPartition]:
+        """Produce a plan's records and state changes into the open transaction; the offsets to commit."""
+        produce = self.producer.produce
+        for topic, value, key, partition in batch.records:
+            try:
+                produce(topic, value, key, partition=partition)
+            except BufferError:
+                self.producer.poll(0.05)
+                produce(topic, value, key, partition=partition)
+        changelog = self.changelog
+        self._delivered = {}
+        for partition, changes in batch.changelog.items():
+            last = len(changes) - 1
+            for i, (key, value) in enumerate(changes):
+                self.stats.changelog_bytes += len(key) + (len(value) if value is not None else 0)
+                try:
+                    produce(changelog, value, key, partition=partition,
+                            on_delivery=self._on_changelog_delivery if i == last else None)
+                except BufferError:
+                    self.producer.poll(0.05)
+                    produce(changelog, value, key, partition=partition,
+                            on_delivery=self._on_changelog_delivery if i == last else None)
+            self.stats.changelog_records += len(changes)
+        return [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
+
+    def _on_changelog_delivery(self, error, message) -> None:
+        if error is None:
+            self._delivered[message.partition()] = message.offset()
+
+    def _checkpoint(self, batch: Plan) -> None:
+        """After the commit: the batch's state changes to the local stores, with their changelog offsets."""
+        deadline = time.monotonic() + 30
+        while len(self._delivered) < len(batch.changelog) and time.monotonic() < deadline:
+            self.producer.poll(0.01)  # delivery reports of the committed changelog records
+        for partition, changes in batch.changelog.items():
+            store = self.stores.get(partition)
+            if store is None:
+                continue
+            offset = self._delivered.get(partition)
+            local = batch.local.get(partition)
+            store.write(changes + local if local else changes, None if offset is None else offset + 1)
 
     def _lag(self) -> int:
         lag = 0
@@ -305,82 +439,3 @@ class LedgerProcessor(Service):
                 raise Fenced(f"ledger processor fenced: {abort_exc.args[0].str()}") from abort_exc
             raise
         self._rewind()
-
-    def _spend_pending(self) -> bool:
-        return any(state.spend for state in self.book.tenants.values())
-
-    def _flush_spend(self) -> set[str]:
-        """Publish every tenant's pending spend (outputs.Spend per account and hour); the tenants flushed.
-
-        Called inside the transaction; their snapshots (written after) no longer hold it.
-        """
-        produce = self.producer.produce
-        flushed = set()
-        for tenant_id, state in self.book.tenants.items():
-            if not state.spend or tenant_id not in self.partition_of:
-                continue
-            partition = self.partition_of[tenant_id]
-            for key, (micros, requests, last) in state.spend.items():
-                account_id, hour = key.split("\x1f")
-                acct = state.accounts[account_id]
-                ends = [g.ends_at for g in acct.grants if g.ends_at is not None and g.remaining > 0]
-                record = outputs.Spend(
-                    tenant_id=tenant_id, account_id=account_id,
-                    hour=datetime.fromtimestamp(int(hour), timezone.utc), spent_micros=micros, requests=requests,
-                    ts=datetime.fromtimestamp(last, timezone.utc), available_micros=acct.available,
-                    granted_micros=acct.period_granted, period=acct.period, window_end=min(ends) if ends else None)
-                produce(topics.SPEND, _encoder.encode(record), outputs.balance_key(tenant_id, account_id).encode(),
-                        partition=partition)
-            state.spend.clear()
-            flushed.add(tenant_id)
-        self._spend_flushed = time.monotonic()
-        return flushed
-
-    def _process(self, items: list[Item], flush_spend: bool = False) -> list[TopicPartition]:
-        """Apply items in order; produce every output into the open transaction; return the offsets."""
-        produce = self.producer.produce
-        handle = self.book.handle
-        touched: set[str] = set()
-        positions: dict[tuple[str, int], int] = {}
-        rejected = 0
-        for item in items:
-            positions[(item.topic, item.partition)] = item.offset + 1
-            message = item.message
-            partition = item.partition
-            if item.ts is None:
-                rejection = message
-            else:
-                tenant_id = message.tenant_id
-                self.partition_of[tenant_id] = partition
-                touched.add(tenant_id)  # even a refused message may let time pass
-                produced, refused = handle(message, item.raw)
-                key = tenant_id.encode()
-                for output in produced:
-                    topic = _OUTPUT_TOPIC[type(output)]
-                    if topic is topics.ENFORCEMENT:
-                        produce(topic, _encoder.encode(output),
-                                outputs.balance_key(tenant_id, output.account_id).encode(), partition=partition)
-                    else:
-                        produce(topic, _encoder.encode(output), key, partition=partition)
-                if refused is None:
-                    continue
-                rejection = wire.Rejection(id=message.id, tenant_id=tenant_id, reason=refused.reason,
-                                           detail=refused.detail, **wire.raw_fields(item.raw))
-            rejected += 1
-            key = rejection.tenant_id.encode() if rejection.tenant_id else None
-            produce(topics.REJECTED, _encoder.encode(rejection), key, partition=partition)
-        self.stats.applied += len(items) - rejected
-        self.stats.rejected += rejected
-        if flush_spend:
-            touched |= self._flush_spend()  # their snapshots must say the spend was published
-
-        for tenant_id in touched:
-            state = self.book.tenants[tenant_id]
-            partition = self.partition_of[tenant_id]
-            for account_id in state.drain_touched():
-                balance = balance_of(state, state.accounts[account_id])
-                produce(topics.BALANCES, _encoder.encode(balance),
-                        outputs.balance_key(tenant_id, account_id).encode(), partition=partition)
-            produce(topics.SNAPSHOTS, snapshot(state), self._snapshot_prefix + tenant_id.encode(),
-                    partition=partition)
-        return [TopicPartition(t, p, o) for (t, p), o in positions.items()]

@@ -1,6 +1,12 @@
-"""The ledger's state: plain dataclasses, serialisable with msgspec (snapshots).
+"""The ledger's state: plain dataclasses, encoded per key by :mod:`.store`.
 
-Only :mod:`.ledger` changes them, through ``apply``. Money is integer micro-credits.
+Only :mod:`.ledger` changes them, through ``apply``. Money is integer micro-credits;
+times are event time (timezone-aware UTC ``datetime``, or epoch seconds where noted).
+
+Every change is also recorded as *dirty* on the :class:`Tenant` (accounts in ``touched``,
+holds, recurring allocations, key bindings, the rate card, timers and held usage in their
+own change logs), so the runner can write exactly the keys a transaction changed to its
+state store and changelog (:mod:`.store`); ``drain_changes`` hands them over.
 """
 
 from __future__ import annotations
@@ -9,8 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-import msgspec
-
 from ..schemas import reasons
 
 # Timer kinds (``Tenant.timers`` entries are (when, seq, kind, ref, ref2)).
@@ -18,6 +22,7 @@ GRANT_END = "grant"  # a one-time grant's window or expiry ends: (account, grant
 RENEW = "renew"  # a recurring allocation's period ends: (recurrence id, "")
 HOLD_END = "hold"  # an unsettled reservation is released: (reservation id, "")
 OVERRIDE_END = "override"  # a cap override ends: (account, "")
+HELD_END = "held"  # the grace of a usage held for its account ends: (held ref, held seq as text)
 
 # Draw-order key of a grant with no end: after every real end, and finite so it survives JSON.
 NO_END = 1e18
@@ -148,10 +153,58 @@ class Hold:
 
 @dataclass(slots=True)
 class Totals:
+    """Tenant-wide sums in micro-credits; conservation: available + reserved + consumed - overage + expired
+    == purchased, summed over accounts."""
+
     purchased: int = 0
     consumed: int = 0
     expired: int = 0
     overage: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class Rules:
+    """The ledger's configurable rules (wire-v1.md, "v1 rules made precise"), in seconds of event time.
+
+    ``id_horizon_s``: ids are remembered this long; older messages are ``too_late``.
+    ``max_future_skew_s``: a message more than this ahead of the time Kafka stored it is ``ts_in_future``.
+    ``unknown_account_grace_s``: usage for an account not opened (or a key not bound) yet is held this long.
+    """
+
+    id_horizon_s: float = 35 * 86400.0
+    max_future_skew_s: float = 300.0
+    unknown_account_grace_s: float = 3600.0
+
+
+DEFAULT_RULES = Rules()
+
+
+@dataclass(slots=True)
+class Held:
+    """A usage waiting for its account (``ref`` = ``"a:<account>"`` or ``"k:<api key>"``), as it was sent."""
+
+    ref: str
+    seq: int
+    ts: datetime  # the usage's event time; its grace ends at ts + unknown_account_grace_s
+    raw: bytes
+
+
+class MemoryIds(dict):
+    """An id memory in a dict: ``id -> (value, event time as epoch seconds)``, in arrival order.
+
+    The ledger uses two (message ids with their content fingerprint; closed reservations with
+    how they closed). :mod:`.store` has the same interface on disk (``get``, item assignment,
+    ``pop``, ``prune``); this one serves ``finops fold`` and the tests.
+    """
+
+    def prune(self, before: float) -> None:
+        """Forget entries older than ``before`` (epoch s). Arrival order is event-time order except
+        for late messages, which are forgotten a little later; lookups check the time anyway."""
+        while self:
+            first = next(iter(self))
+            if self[first][1] >= before:
+                break
+            del self[first]
 
 
 @dataclass(slots=True)
@@ -160,20 +213,25 @@ class Tenant:
 
     tenant_id: str
     accounts: dict[str, Account] = field(default_factory=dict)
-    # id -> (content fingerprint, event time as epoch seconds), in arrival order; kept for
-    # ID_MEMORY of event time (see prune_memory)
-    seen: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # id -> (content fingerprint, event time as epoch seconds); remembered for rules.id_horizon_s
+    ids: MemoryIds = field(default_factory=MemoryIds)
     keys: dict[str, str] = field(default_factory=dict)  # api_key_id -> account_id
     rates: dict[str, Decimal] = field(default_factory=dict)  # "model\x1foperation" -> credits/unit
     recurring: dict[str, Recurring] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)
-    closed_holds: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> (how, epoch s)
-    pruned_at: float = 0.0  # event time (epoch s) of the last prune_memory
+    closed_holds: MemoryIds = field(default_factory=MemoryIds)  # id -> (how, epoch s)
+    held: dict[str, list[Held]] = field(default_factory=dict)  # usage waiting for its account, by ref
+    pruned_at: float = 0.0  # event time (epoch s) of the last prune of the id memories
     totals: Totals = field(default_factory=Totals)
     clock: datetime | None = None
     seq: int = 0
     timers: list[tuple[datetime, int, str, str, str]] = field(default_factory=list)  # a heap
-    touched: set[str] = field(default_factory=set)  # accounts changed since the last drain
+    rules: Rules = DEFAULT_RULES
+    # ---- changes since the last drain (see drain_changes); not state
+    touched: set[str] = field(default_factory=set)  # accounts changed (their balances are published too)
+    dirty: set[tuple[str, str]] = field(default_factory=set)  # ("hold"|"recurring"|"key"|"rates", id)
+    timer_changes: dict[tuple[datetime, int], tuple | None] = field(default_factory=dict)  # added / removed
+    held_changes: dict[int, Held | None] = field(default_factory=dict)  # held seq -> added / removed
     # usage spend not yet published on finops.spend.v1 (see processors/runner.py):
     # "<account id>\x1f<hour start, epoch s>" -> [micro-credits, requests, latest event time, epoch s]
     spend: dict[str, list] = field(default_factory=dict)
@@ -181,6 +239,7 @@ class Tenant:
     def __post_init__(self) -> None:
         if self.tenant_id not in self.accounts:
             self.accounts[self.tenant_id] = Account(self.tenant_id, "tenant", None, fallback=False)
+            self.touched.add(self.tenant_id)
 
     def account(self, account_id: str) -> Account:
         acct = self.accounts.get(account_id)
@@ -203,19 +262,15 @@ class Tenant:
         touched, self.touched = self.touched, set()
         return touched
 
+    def clear_changes(self) -> None:
+        """Forget the change logs (a fold that keeps no store)."""
+        self.touched = set()
+        self.dirty = set()
+        self.timer_changes = {}
+        self.held_changes = {}
+
 
 def rate_key(model_name: str, operation_type: str) -> str:
     return f"{model_name}\x1f{operation_type}"
 
 
-_snapshot_encoder = msgspec.json.Encoder()
-_snapshot_decoder = msgspec.json.Decoder(Tenant)
-
-
-def snapshot(state: Tenant) -> bytes:
-    """The whole tenant state as JSON (``finops.snapshots.v1``); ``restore`` reads it back equal."""
-    return _snapshot_encoder.encode(state)
-
-
-def restore(raw: bytes) -> Tenant:
-    return _snapshot_decoder.decode(raw)

@@ -9,7 +9,10 @@
 
 Each method checks the command (:class:`InvalidEvent` at once when it is not valid wire
 v1), publishes it to ``finops.commands.v1`` keyed by tenant and, unless ``wait=False``,
-waits until the ledger processor has committed it: the outcome is then final.
+waits until the ledger processor has committed it: the outcome is then final. Either way
+it returns only once Kafka has acknowledged the command, so usage the app sends after it
+(:class:`~finops.producers.usage.UsageProducer`) is behind it, as wire v1 asks of a
+publisher of commands and usage.
 
 How the outcome is known: the ledger commits its input offsets in the same Kafka
 transaction as its outputs. Once the ledger's consumer group has committed past the

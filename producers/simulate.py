@@ -17,7 +17,9 @@ Then requests arrive at ``rate`` per wall-clock second on average:
 Event time advances ``speed`` times as fast as the wall clock (``--speed 3600``: an hour a
 second), ending now, so a minute of simulation can leave days of history. Output goes to
 Kafka (paced) or to a JSONL file (as fast as it can), which ``finops fold`` and ``finops
-publish`` read.
+publish`` read. Either way a tenant's setup commands come before its traffic, and Kafka
+has acknowledged them before its first request is sent (wire v1, "Publishing files": the
+:class:`~finops.producers.publish.Publisher` waits for them).
 """
 
 from __future__ import annotations
@@ -340,7 +342,8 @@ Sink = Callable[[list[bytes]], None]
 def run(simulation: Simulation, send: Sink, *, paced: bool, progress: Callable[[int], None] = lambda _n: None,
         setup: bool = True) -> Report:
     """Send the setup, then the traffic slice by slice; ``paced`` keeps to the wall clock.
-    ``progress(n)`` gets the number of requests sent so far."""
+    ``progress(n)`` gets the number of requests sent so far. A ``send`` that publishes must
+    keep each tenant's commands ahead of its usage in Kafka, as ``Publisher.send_all`` does."""
     started = time.monotonic()
     if setup:
         send(simulation.setup())

@@ -119,6 +119,8 @@ class UsageProducer:
     cluster; ``kafka_config`` is passed to librdkafka (e.g. ``{"linger.ms": 5}``).
     ``on_delivery(event_id, error_or_None)`` is called from ``send``/``flush``/``poll``.
     One per process is enough (its counters are plain ints: read them after `flush()`).
+    It publishes usage only: a tenant's commands go through :class:`CommandClient`, which
+    returns once Kafka has them, so usage sent after a command is behind it.
     """
 
     def __init__(self, settings: Settings | None = None, *, bootstrap: str | None = None,

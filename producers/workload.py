@@ -34,10 +34,11 @@ def _iso(t: datetime) -> str:
 def generate(*, tenants: int = 2, usage: int = 3000, seed: int = 7, suffix: str = "",
              start: datetime | None = None) -> Workload:
     """``tenants`` tenants (named acme, globex, ... plus ``suffix``) and ``usage`` requests
-    over the day from ``start`` (default: now, so each new workload comes after the last one
-    in event time, as real traffic does)."""
+    over the day from ``start`` (default: the day that ends now, so the traffic lies in the
+    past as real traffic does: the ledger refuses a ts more than 5 minutes ahead of the time
+    Kafka stores it, ``ts_in_future``)."""
     if start is None:
-        start = datetime.now(timezone.utc).replace(microsecond=0)
+        start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1)
     rng = random.Random(seed)
     encode = msgspec.json.encode
     commands: list[dict] = []

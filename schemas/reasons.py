@@ -32,6 +32,10 @@ Ledger decisions (the message was read, but refused):
 ``approvals_required``      ``override_cap`` without two distinct approvers
 ``no_rate``                 usage without ``credits_consumed`` and no rate for its model/operation
 ``not_supported``           a v1 command this version of the ledger cannot apply yet
+``too_late``                ``ts`` older than the tenant clock minus the idempotency horizon (35 days):
+                            its id can no longer be checked, so it is not applied
+``ts_in_future``            ``ts`` more than the allowed skew (5 minutes) ahead of the time Kafka
+                            stored the message (its LogAppendTime)
 ==========================  =====================================================
 """
 
@@ -64,6 +68,8 @@ RESERVATION_CLOSED = "reservation_closed"
 APPROVALS_REQUIRED = "approvals_required"
 NO_RATE = "no_rate"
 NOT_SUPPORTED = "not_supported"
+TOO_LATE = "too_late"
+TS_IN_FUTURE = "ts_in_future"
 
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 _PATH = re.compile(r"at `\$\.?([^`\[]*)")

@@ -15,9 +15,8 @@ REJECTED = "finops.rejected.v1"
 SPEND = "finops.spend.v1"
 # Alerts a webhook receiver refused ``max_attempts`` times, with the last error (see producers/webhooks.py).
 ALERTS_DEADLETTER = "finops.alerts.deadletter.v1"
-# Internal: the ledger processor's per-tenant state, written in the same transaction as the
-# input offsets it covers (compacted, key = "<consumer group>/<tenant id>", partition = input partition).
-SNAPSHOTS = "finops.snapshots.v1"
+# Internal: the ledger's state-store changelog is "<ledger consumer group>-state-changelog"
+# (changelog_name), compacted, one partition per input partition (processors/store.py).
 
 
 class TopicSpec(NamedTuple):
@@ -28,16 +27,19 @@ class TopicSpec(NamedTuple):
     # event-sourced record that a rebuild replays from offset 0. The others keep the
     # broker's default retention (7 days unless configured).
     forever: bool = False
+    # The record timestamp is the broker's (message.timestamp.type=LogAppendTime): the input
+    # topics, so that "ts_in_future" judges against a time that is part of the log.
+    log_append_time: bool = False
 
 
-# A tenant's snapshot holds its whole state, ids of the last 24 h included: a busy tenant's
-# outgrows 1 MB (see docs/operations.md, "Known limits").
-SNAPSHOT_MAX_BYTES = 64 * 1024 * 1024
+# One changelog record holds one key of the ledger's state: an account with all its grants
+# is the largest; 16 MB leaves room for accounts with tens of thousands of grants.
+CHANGELOG_MAX_BYTES = 16 * 1024 * 1024
 
 
 ALL: tuple[TopicSpec, ...] = (
-    TopicSpec(USAGE, forever=True),
-    TopicSpec(COMMANDS, forever=True),
+    TopicSpec(USAGE, forever=True, log_append_time=True),
+    TopicSpec(COMMANDS, forever=True, log_append_time=True),
     TopicSpec(LEDGER, forever=True),
     TopicSpec(BALANCES, compacted=True),
     TopicSpec(ENFORCEMENT, compacted=True),
@@ -45,7 +47,28 @@ ALL: tuple[TopicSpec, ...] = (
     TopicSpec(REJECTED, forever=True),
     TopicSpec(ALERTS_DEADLETTER, forever=True),
     TopicSpec(SPEND),
-    TopicSpec(SNAPSHOTS, compacted=True, max_message_bytes=SNAPSHOT_MAX_BYTES),
 )
+
+
+def changelog_name(ledger_group: str) -> str:
+    """The state-store changelog topic of a ledger consumer group (it belongs to the group, as
+    the committed offsets it matches do)."""
+    return f"{ledger_group}-state-changelog"
+
+
+def changelog_spec(name: str) -> TopicSpec:
+    return TopicSpec(name, compacted=True, max_message_bytes=CHANGELOG_MAX_BYTES)
+
+
+def topic_config(spec: TopicSpec) -> dict[str, str]:
+    """The topic-level configs ``finops stack up`` creates a topic with."""
+    config = {"cleanup.policy": "compact"} if spec.compacted else {}
+    if spec.max_message_bytes:
+        config["max.message.bytes"] = str(spec.max_message_bytes)
+    if spec.forever:
+        config["retention.ms"] = "-1"
+    if spec.log_append_time:
+        config["message.timestamp.type"] = "LogAppendTime"
+    return config
 
 INPUTS = (USAGE, COMMANDS)

@@ -8,7 +8,7 @@ Unknown extra fields are ignored here (raw history keeps them).
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Literal, Union
 
@@ -185,12 +185,37 @@ _encoder = msgspec.json.Encoder(enc_hook=enc_hook)
 _loose = msgspec.json.Decoder()
 
 
+_UTC = timezone.utc
+_TIME_FIELDS = {kind: tuple(f for f in kind.__struct_fields__ if f in ("ts", "expires_at", "starts_at", "ends_at",
+                                                                       "until"))
+                for kind in Message.__args__}  # type: ignore[attr-defined]
+
+
+def _in_utc(message: Message) -> Message:
+    """The message with every time in UTC (wire-v1.md, "Time is UTC"): the same instant
+    written with another offset is the same message, in the same calendar month."""
+    changes = {}
+    for name in _TIME_FIELDS[type(message)]:
+        value = getattr(message, name)
+        if value is not None and value.tzinfo is not _UTC:
+            changes[name] = value.astimezone(_UTC)
+    return msgspec.structs.replace(message, **changes) if changes else message
+
+
 def decode(raw: bytes | str) -> Message | Rejection:
-    """Decode one v1 message; bad input becomes a :class:`Rejection`, never an exception."""
+    """Decode one v1 message; bad input becomes a :class:`Rejection`, never an exception.
+
+    Every time of the result is in UTC, whatever offset it was written with."""
     try:
-        return _decoder.decode(raw)
+        message = _decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return reject_unreadable(raw, exc)
+    if type(message) is Usage and message.ts.tzinfo is _UTC:
+        return message  # the common case, checked first
+    try:
+        return _in_utc(message)
+    except (OverflowError, ValueError) as exc:  # an offset that moves the time out of years 1..9999
+        return reject_unreadable(raw, msgspec.ValidationError(f"datetime out of range in UTC ({exc}) - at `$.ts`"))
 
 
 def encode(message: Message) -> bytes:

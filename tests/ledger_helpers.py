@@ -61,6 +61,7 @@ class Script:
         result = FoldResult(keep_outputs=True)
         for line in self.lines:
             result.feed(line)
+        result.finish()
         return result
 
 

@@ -59,7 +59,7 @@ def spike_alerts(settings, tenant: str) -> list[dict]:
 
 
 def ledger_through(settings) -> None:
-    with Pipeline(settings, ("ledger",), spend_every=0.0) as pipeline:
+    with Pipeline(settings, ("ledger",)) as pipeline:
         ends = clients.input_ends(settings)
         wait_until(lambda: pipeline.ledger.caught_up(ends), 120, "the ledger", pipeline)
 

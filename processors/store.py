@@ -1,0 +1,373 @@
+"""The ledger's state store: one RocksDB store per input partition, backed by a changelog topic.
+
+The design Kafka Streams and quix-streams use (design.md, "Exactly once, end to end"):
+
+* **State store.** Each input partition the ledger owns has a local RocksDB store
+  (``rocksdict``) under ``<data dir>/ledger-state/<consumer group>/<instance>/p<N>``. It holds
+  every tenant of that partition, one key per piece of state (:data:`KINDS`): the tenant's
+  header (clock, sequence, totals), each account with its grants, each hold, recurring
+  allocation, key binding, timer and held usage, the rate card, and the id memories (a
+  16-byte BLAKE2b digest of each id with its content fingerprint and event time).
+* **Changelog.** Every transaction of the ledger also produces each key it changed, with its
+  new value (or a tombstone), to the compacted changelog topic
+  ``<consumer group>-state-changelog``, partition N, in the same Kafka transaction as its
+  outputs and input offsets. What a transaction writes grows with what it changed, never
+  with a tenant's history.
+* **Checkpoint.** After the transaction commits, the same changes go to the local store in
+  one atomic write batch together with the *checkpoint*: the changelog offset up to which
+  the store holds everything (``_CHECKPOINT``).
+* **Restore.** Before an assigned partition is processed, its store is brought up to the
+  changelog's end: records from the checkpoint on are applied (all of them for a new or
+  lost store). A store whose checkpoint lies beyond the changelog's end (the topic was
+  recreated) is wiped and restored from offset 0. Applying a changelog record twice is
+  harmless: each holds a key's whole value.
+
+Only the tenants' small state (accounts, holds, timers, ...) is loaded into memory; the id
+memories stay on disk and are read per lookup (:class:`StoredIds`), so memory does not
+grow with traffic. Key layout: ``kind (1 byte) + len(tenant) (2 bytes) + tenant (UTF-8) + rest``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import hashlib
+import logging
+import os
+import shutil
+import struct
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import msgspec
+from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
+
+from .state import Account, Held, Hold, Recurring, Rules, Tenant, Totals
+
+log = logging.getLogger("finops.ledger.store")
+
+HEADER = b"T"  # clock, seq, totals, pruned_at
+ACCOUNT = b"A"  # one account with its grants
+HOLD = b"H"
+RECURRING = b"C"
+KEY = b"K"  # api key -> account
+RATES = b"R"  # the whole rate card of a tenant (configuration-sized)
+TIMER = b"M"  # rest: event time in µs (8 bytes, biased) + seq (8 bytes): ordered
+HELD = b"P"  # rest: seq (8 bytes)
+IDS = b"I"  # rest: BLAKE2b-128 of the message id
+CLOSED = b"X"  # rest: BLAKE2b-128 of the reservation id
+INDEX = b"x"  # local only, not in the changelog: (memory kind, event time µs, digest) for pruning
+KINDS = (HEADER, ACCOUNT, HOLD, RECURRING, KEY, RATES, TIMER, HELD, IDS, CLOSED)
+_CHECKPOINT = b"\x00checkpoint"  # local only: 8 bytes, the next changelog offset not yet in the store
+_TIME_BIAS = 1 << 62  # µs since 1970 + bias: sortable big-endian for any year msgspec can read
+
+_enc = msgspec.msgpack.Encoder()
+_header = msgspec.msgpack.Decoder(tuple[datetime | None, int, Totals, float])
+_account = msgspec.msgpack.Decoder(Account)
+_hold = msgspec.msgpack.Decoder(Hold)
+_recurring = msgspec.msgpack.Decoder(Recurring)
+_rates = msgspec.msgpack.Decoder(dict[str, Decimal])
+_timer = msgspec.msgpack.Decoder(tuple[datetime, int, str, str, str])
+_held = msgspec.msgpack.Decoder(Held)
+_memory = msgspec.msgpack.Decoder(tuple[int | str, float])
+_u64 = struct.Struct(">Q")
+
+
+def tenant_prefix(kind: bytes, tenant_id: str) -> bytes:
+    """The first bytes of every key of one kind of one tenant."""
+    t = tenant_id.encode("utf-8", "surrogatepass")
+    return kind + len(t).to_bytes(2, "big") + t
+
+
+def split_key(key: bytes) -> tuple[bytes, str, bytes]:
+    """(kind, tenant id, rest) of a store key."""
+    n = int.from_bytes(key[1:3], "big")
+    return key[:1], key[3:3 + n].decode("utf-8", "surrogatepass"), key[3 + n:]
+
+
+def digest(ident: str) -> bytes:
+    """The 16-byte BLAKE2b digest under which an id is remembered. Two of a tenant's ids share
+    one with probability about n^2 / 2^129 for n ids (1e-20 for three billion)."""
+    return hashlib.blake2b(ident.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _time_key(t: datetime | float) -> bytes:
+    seconds = t.timestamp() if isinstance(t, datetime) else t
+    return _u64.pack(int(seconds * 1_000_000) + _TIME_BIAS)
+
+
+def _index_key(kind: bytes, tenant_id: str, ts: float, d: bytes) -> bytes:
+    return tenant_prefix(INDEX, tenant_id) + kind + _time_key(ts) + d
+
+
+class StoredIds:
+    """An id memory of one tenant in a partition store: this transaction's writes over RocksDB.
+
+    The interface of :class:`.state.MemoryIds` (``get``, item assignment, ``pop``,
+    ``prune``): ``id -> (value, event time as epoch seconds)``. Writes stay in ``overlay``
+    until the runner drains them into the changelog and, after the commit, the store.
+    """
+
+    __slots__ = ("db", "tenant_id", "kind", "prefix", "overlay", "index_removed")
+
+    def __init__(self, db: Rdict, tenant_id: str, kind: bytes) -> None:
+        self.db = db
+        self.tenant_id = tenant_id
+        self.kind = kind
+        self.prefix = tenant_prefix(kind, tenant_id)
+        self.overlay: dict[bytes, tuple | None] = {}  # digest -> value, None: removed
+        self.index_removed: list[bytes] = []
+
+    def get(self, ident: str, default=None):
+        d = digest(ident)
+        if d in self.overlay:
+            value = self.overlay[d]
+            return default if value is None else value
+        raw = self.db.get(self.prefix + d)
+        return default if raw is None else _memory.decode(raw)
+
+    def __setitem__(self, ident: str, value: tuple) -> None:
+        self.overlay[digest(ident)] = value
+
+    def pop(self, ident: str, default=None):
+        value = self.get(ident, default)
+        self.overlay[digest(ident)] = None
+        return value
+
+    def prune(self, before: float) -> None:
+        """Remove entries older than ``before`` (epoch s), found through the local time index."""
+        start = tenant_prefix(INDEX, self.tenant_id) + self.kind
+        stop = start + _time_key(before)
+        for key in self.db.keys(from_key=start):
+            if key >= stop or not key.startswith(start):
+                break
+            self.index_removed.append(key)
+            d = key[len(start) + 8:]
+            current = self.get_digest(d)
+            if current is not None and current[1] < before:
+                self.overlay[d] = None
+
+    def get_digest(self, d: bytes):
+        if d in self.overlay:
+            return self.overlay[d]
+        raw = self.db.get(self.prefix + d)
+        return None if raw is None else _memory.decode(raw)
+
+    def drain(self, changes: list, local: list) -> None:
+        """Move this transaction's writes to ``changes`` (changelog and store) and ``local`` (store only)."""
+        prefix = self.prefix
+        for d, value in self.overlay.items():
+            if value is None:
+                changes.append((prefix + d, None))
+            else:
+                changes.append((prefix + d, _enc.encode(value)))
+                local.append((_index_key(self.kind, self.tenant_id, value[1], d), b""))
+        for key in self.index_removed:
+            local.append((key, None))
+        self.overlay = {}
+        self.index_removed = []
+
+    def discard(self) -> None:
+        self.overlay = {}
+        self.index_removed = []
+
+
+def drain_changes(state: Tenant) -> tuple[list[tuple[bytes, bytes | None]], list[tuple[bytes, bytes | None]]]:
+    """The keys ``state`` changed since the last drain, as (key, value or None for removed).
+
+    Returns (changes, local): ``changes`` go to the changelog and the store, ``local`` (the
+    time index of the id memories) to the store only. Clears the change logs; the accounts
+    that changed stay in ``state.touched`` for the runner to publish their balances.
+    """
+    t = state.tenant_id
+    changes: list[tuple[bytes, bytes | None]] = [
+        (tenant_prefix(HEADER, t), _enc.encode((state.clock, state.seq, state.totals, state.pruned_at)))]
+    accounts = state.accounts
+    prefix = tenant_prefix(ACCOUNT, t)
+    for account_id in state.touched:
+        changes.append((prefix + account_id.encode("utf-8", "surrogatepass"), _enc.encode(accounts[account_id])))
+    for kind, ident in state.dirty:
+        if kind == "hold":
+            value = state.holds.get(ident)
+            key = tenant_prefix(HOLD, t) + ident.encode("utf-8", "surrogatepass")
+        elif kind == "recurring":
+            value = state.recurring.get(ident)
+            key = tenant_prefix(RECURRING, t) + ident.encode("utf-8", "surrogatepass")
+        elif kind == "key":
+            value = state.keys.get(ident)
+            key = tenant_prefix(KEY, t) + ident.encode("utf-8", "surrogatepass")
+        else:  # rates
+            value = state.rates
+            key = tenant_prefix(RATES, t)
+        changes.append((key, None if value is None else _enc.encode(value)))
+    prefix = tenant_prefix(TIMER, t)
+    for (when, seq), timer in state.timer_changes.items():
+        changes.append((prefix + _time_key(when) + _u64.pack(seq), None if timer is None else _enc.encode(timer)))
+    prefix = tenant_prefix(HELD, t)
+    for seq, held in state.held_changes.items():
+        changes.append((prefix + _u64.pack(seq), None if held is None else _enc.encode(held)))
+    local: list[tuple[bytes, bytes | None]] = []
+    for memory in (state.ids, state.closed_holds):
+        if isinstance(memory, StoredIds):
+            memory.drain(changes, local)
+    state.dirty = set()
+    state.timer_changes = {}
+    state.held_changes = {}
+    return changes, local
+
+
+def store_options() -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)  # most id lookups are misses (a new request id)
+    options.set_block_based_table_factory(table)
+    return options
+
+
+class PartitionStore:
+    """The local RocksDB store of one input partition (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = Rdict(str(path), store_options())
+        options = WriteOptions()
+        # The changelog is the durable copy: a write lost with the process is restored from it
+        # (a batch is atomic, so the checkpoint never runs ahead of the data).
+        options.disable_wal = True
+        self.db.set_write_options(options)
+
+    @classmethod
+    def open(cls, base: Path, partition: int) -> PartitionStore:
+        """The store of ``partition`` under ``base``; a fresh private one if another process holds it
+        (a frozen instance with the same instance id): that one is restored from the changelog."""
+        path = base / f"p{partition}"
+        try:
+            return cls(path)
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises a bare Exception for a held lock
+            if "lock" not in str(exc).lower():
+                raise
+            private = base / f"p{partition}.{os.getpid()}"
+            shutil.rmtree(private, ignore_errors=True)
+            log.warning("state store %s is locked by another process; restoring into %s", path, private)
+            store = cls(private)
+            store.private = True
+            return store
+
+    private = False
+
+    def close(self) -> None:
+        self.db.close()
+        if self.private:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def wipe(self) -> None:
+        """Remove everything (the changelog was recreated: restore from its start)."""
+        self.db.close()
+        Rdict.destroy(str(self.path), store_options())
+        self.__init__(self.path)
+
+    # ------------------------------------------------------------------ checkpoint and writes
+
+    @property
+    def checkpoint(self) -> int:
+        raw = self.db.get(_CHECKPOINT)
+        return 0 if raw is None else _u64.unpack(raw)[0]
+
+    def write(self, changes: Iterable[tuple[bytes, bytes | None]], checkpoint: int | None) -> None:
+        """Apply committed changes atomically, with the changelog position they reach."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in changes:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        if checkpoint is not None:
+            batch.put(_CHECKPOINT, _u64.pack(checkpoint))
+        self.db.write(batch)
+
+    def apply_changelog(self, records: Iterable[tuple[bytes, bytes | None]], checkpoint: int) -> int:
+        """Restore: write changelog records (and the id memories' time index); returns how many."""
+        n = 0
+        batch: list[tuple[bytes, bytes | None]] = []
+        for key, value in records:
+            n += 1
+            batch.append((key, value))
+            kind = key[:1]
+            if value is not None and (kind == IDS or kind == CLOSED):
+                _kind, tenant_id, d = split_key(key)
+                batch.append((_index_key(kind, tenant_id, _memory.decode(value)[1], d), b""))
+            if len(batch) >= 50_000:
+                self.write(batch, None)
+                batch = []
+        self.write(batch, checkpoint)
+        return n
+
+    # ------------------------------------------------------------------ loading tenants
+
+    def load(self, rules: Rules) -> dict[str, Tenant]:
+        """Every tenant of this partition, in memory but for the id memories (read from disk per lookup)."""
+        parts: dict[str, dict] = {}
+        for key, value in self._small_state():
+            kind, tenant_id, rest = split_key(key)
+            part = parts.setdefault(tenant_id, {"accounts": {}, "holds": {}, "recurring": {}, "keys": {},
+                                                "rates": {}, "timers": [], "held": [], "header": None})
+            if kind == HEADER:
+                part["header"] = _header.decode(value)
+            elif kind == ACCOUNT:
+                acct = _account.decode(value)
+                part["accounts"][acct.id] = acct
+            elif kind == HOLD:
+                hold = _hold.decode(value)
+                part["holds"][hold.id] = hold
+            elif kind == RECURRING:
+                rec = _recurring.decode(value)
+                part["recurring"][rec.id] = rec
+            elif kind == KEY:
+                part["keys"][rest.decode("utf-8", "surrogatepass")] = msgspec.msgpack.decode(value)
+            elif kind == RATES:
+                part["rates"] = _rates.decode(value)
+            elif kind == TIMER:
+                part["timers"].append(_timer.decode(value))
+            elif kind == HELD:
+                part["held"].append(_held.decode(value))
+        tenants = {}
+        for tenant_id, part in parts.items():
+            if part["header"] is None:
+                continue
+            clock, seq, totals, pruned_at = part["header"]
+            timers = part["timers"]
+            heapq.heapify(timers)
+            held: dict[str, list[Held]] = {}
+            for h in sorted(part["held"], key=lambda h: h.seq):
+                held.setdefault(h.ref, []).append(h)
+            state = self.new_tenant(tenant_id, rules, accounts=part["accounts"], holds=part["holds"],
+                                    recurring=part["recurring"], keys=part["keys"], rates=part["rates"],
+                                    timers=timers, held=held, clock=clock, seq=seq, totals=totals,
+                                    pruned_at=pruned_at)
+            tenants[tenant_id] = state
+        return tenants
+
+    def new_tenant(self, tenant_id: str, rules: Rules, **state) -> Tenant:
+        """A tenant whose id memories live in this store."""
+        tenant = Tenant(tenant_id, ids=StoredIds(self.db, tenant_id, IDS),  # type: ignore[arg-type]
+                        closed_holds=StoredIds(self.db, tenant_id, CLOSED), rules=rules, **state)  # type: ignore[arg-type]
+        return tenant
+
+    def _small_state(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every key but the id memories and their index (which stay on disk)."""
+        for kind in (HEADER, ACCOUNT, HOLD, RECURRING, KEY, RATES, TIMER, HELD):
+            for key, value in self.db.items(from_key=kind):
+                if not key.startswith(kind):
+                    break
+                yield key, value
+
+    def count(self, kind: bytes) -> int:
+        n = 0
+        for key in self.db.keys(from_key=kind):
+            if not key.startswith(kind):
+                break
+            n += 1
+        return n
