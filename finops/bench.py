@@ -855,3 +855,322 @@ def _group_caught_up(settings, group: str, topic: str) -> bool:
         return True
     finally:
         probe.close()
+
+
+# ----------------------------------------------------------------------------- busy tenant
+#
+# Issue 13's acceptance: one busy tenant published into a running ledger (a `finops run
+# ledger` child process), killed with -9 at about half-way and restarted, against 50 small
+# tenants of the same shape measured in the same run. The helpers below are shared with
+# tests/test_busy_tenant.py (the short version).
+
+_BUSY_COSTS = ("0.0125", "0.0031", "0.2", "0.05")  # credits per usage, in turn
+_BUSY_MODELS = (("gpt-4o", "chat"), ("gpt-4o-mini", "chat"), ("text-embedding-3-small", "embedding"))
+
+
+def tenants_workload(tenants: int, events: int, *, prefix: str, users: int = 4, end: datetime | None = None):
+    """``tenants`` tenants (``<prefix>-<n>``) of one shape and ``events`` usage events in all, over
+    the 24 h of event time that end at ``end`` (default: now, so no ``ts_in_future``), commands first.
+
+    Each tenant buys credits, opens an org, a team and ``users`` users, and allocates down
+    the tree; a user's own allocation covers about 60 % of its usage, after which its usage
+    draws from the team (the cascade). Usage goes round-robin over tenants, then users, in
+    event-time order, so one tenant (``tenants=1``) and many small ones do the same work
+    per event.
+    """
+    from decimal import Decimal
+
+    from .producers.workload import Workload
+
+    end = end or datetime.now(timezone.utc).replace(microsecond=0)
+    start = end - timedelta(days=1)
+    encode = msgspec.json.encode
+    names = [f"{prefix}-{t}" for t in range(tenants)]
+    per_user = events / max(tenants * users, 1)
+    mean_cost = sum(Decimal(c) for c in _BUSY_COSTS) / len(_BUSY_COSTS)
+    user_credits = int(per_user * mean_cost * Decimal("0.6")) + 1
+    spend = int(per_user * users * mean_cost) + 1
+    purchase = 2 * spend + 100 + users * user_credits
+    lines: list[bytes] = []
+    for tenant in names:
+        t = start - timedelta(minutes=5)
+
+        def cmd(type_: str, ident: str, **fields) -> None:
+            nonlocal t
+            t += timedelta(milliseconds=10)
+            lines.append(encode({"type": type_, "id": f"{tenant}:{ident}", "tenant_id": tenant,
+                                 "ts": t.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **fields}))
+
+        cmd("purchase", "buy", credits=purchase)
+        cmd("open_account", "open-org", account_id="org", kind="org", parent_id=tenant)
+        cmd("allocate", "alloc-org", from_account=tenant, to_account="org", credits=purchase - 50)
+        cmd("open_account", "open-team", account_id="team", kind="team", parent_id="org")
+        cmd("allocate", "alloc-team", from_account="org", to_account="team", credits=purchase - 100)
+        for u in range(users):
+            cmd("open_account", f"open-user{u}", account_id=f"user{u}", kind="user", parent_id="team")
+            cmd("allocate", f"alloc-user{u}", from_account="team", to_account=f"user{u}", credits=user_credits)
+    command_count = len(lines)
+    step_us = 86_400_000_000 // max(events, 1)
+    start_us = int(start.timestamp()) * 1_000_000
+    for n in range(events):
+        tenant = names[n % tenants]
+        user = (n // tenants) % users
+        model, operation = _BUSY_MODELS[n % len(_BUSY_MODELS)]
+        ts = datetime.fromtimestamp((start_us + (n + 1) * step_us) / 1_000_000, timezone.utc)
+        lines.append(encode({
+            "type": "usage", "id": f"{prefix}-u{n}", "tenant_id": tenant, "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "account_id": f"user{user}", "api_key_id": f"key-{user}", "model_name": model,
+            "operation_type": operation, "units_consumed": 100 + n % 900,
+            "credits_consumed": _BUSY_COSTS[n % len(_BUSY_COSTS)],
+            "usage_labels": {"team": "search", "env": "prod"}}))
+    return Workload(lines=lines, tenants=names, usage_count=events, command_count=command_count)
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, in kB ({} once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f)
+                    if k in ("VmRSS", "VmHWM")}
+    except (OSError, ValueError):
+        return {}
+
+
+class LedgerRun:
+    """One ``finops run ledger --no-supervise --metrics-every 1`` child process.
+
+    Reads its stderr as it comes (each metrics line parsed: ``metrics`` is the last
+    ``ledger`` object, ``aborted`` the most any line said) and samples its RSS from /proc
+    every 0.25 s (``max_rss_kb``; ``peak_rss_kb`` is the kernel's VmHWM, which misses no
+    peak between samples). ``data_dir`` holds its state stores (FINOPS_DATA_DIR).
+    """
+
+    def __init__(self, settings, instance: str, data_dir: Path, *, batch_max: int | None = None) -> None:
+        import collections
+        import subprocess
+        import sys
+        import threading
+
+        self.settings, self.instance, self.data_dir, self.batch_max = settings, instance, data_dir, batch_max
+        env = {**os.environ, "FINOPS_KAFKA_BOOTSTRAP": settings.bootstrap,
+               "FINOPS_GROUP_PREFIX": settings.group_prefix, "FINOPS_DATA_DIR": str(data_dir)}
+        args = [sys.executable, "-m", "finops.cli", "run", "ledger", "--no-supervise", "--instance", instance,
+                "--metrics-every", "1"]
+        if batch_max is not None:
+            args += ["--batch-max", str(batch_max)]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.metrics: dict = {}
+        self.metrics_at = 0.0  # monotonic time the last metrics line arrived
+        self.aborted = 0
+        self.max_rss_kb = 0
+        self.peak_rss_kb = 0
+        self.said: collections.deque[str] = collections.deque(maxlen=40)  # its other stderr lines
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._read, daemon=True),
+                         threading.Thread(target=self._sample, daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def again(self) -> LedgerRun:
+        """The same instance started anew (same instance id and state directory)."""
+        return LedgerRun(self.settings, self.instance, self.data_dir, batch_max=self.batch_max)
+
+    def _read(self) -> None:
+        import json
+
+        for line in self.proc.stderr:
+            if line.startswith("{"):
+                try:
+                    ledger = json.loads(line).get("ledger")
+                except ValueError:
+                    ledger = None
+                if ledger is not None:
+                    with self._lock:
+                        self.metrics, self.metrics_at = ledger, time.monotonic()
+                        self.aborted = max(self.aborted, ledger.get("aborted", 0))
+                    continue
+            self.said.append(line.rstrip())
+
+    def _sample(self) -> None:
+        pid = self.proc.pid
+        while self.proc.poll() is None:
+            kb = _status_kb(pid)
+            self.max_rss_kb = max(self.max_rss_kb, kb.get("VmRSS", 0))
+            self.peak_rss_kb = max(self.peak_rss_kb, kb.get("VmHWM", 0))
+            time.sleep(0.25)  # a sampling period, not a wait for a condition
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def metrics_after(self, moment: float, timeout: float = 30.0) -> dict:
+        """The first metrics line that arrives after monotonic time ``moment``."""
+        deadline = time.monotonic() + timeout
+        while self.metrics_at <= moment:
+            if not self.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"no metrics line from the ledger after {timeout:g} s: {self.tail()}")
+            time.sleep(0.05)
+        with self._lock:
+            return dict(self.metrics)
+
+    def kill(self) -> None:
+        """kill -9: its open transaction is left for the broker (and its successor) to abort."""
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self._join()
+
+    def stop(self, timeout: float = 60.0) -> int:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+        self._join()
+        return self.proc.returncode
+
+    def _join(self) -> None:
+        for thread in self._threads:
+            thread.join(10)
+
+    def tail(self) -> str:
+        return "\n".join(self.said)
+
+
+class CommittedProbe:
+    """Input messages committed by the ledger's consumer group so far (sum over every input partition)."""
+
+    def __init__(self, settings) -> None:
+        from confluent_kafka import TopicPartition
+
+        from . import clients
+        from .schemas import topics
+
+        self.consumer = clients.consumer(settings, f"{settings.group_prefix}-ledger")
+        self.partitions = [TopicPartition(t, p) for t, p in clients.partitions(settings, topics.INPUTS)]
+
+    def __call__(self) -> int:
+        from . import clients
+
+        return sum(max(tp.offset, 0) for tp in clients.committed_offsets(self.consumer, self.partitions, timeout=60))
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str, ledger: LedgerRun | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if ledger is not None and not ledger.alive():
+            raise RuntimeError(f"the ledger exited ({ledger.proc.returncode}) while waiting for {what}: "
+                               f"{ledger.tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def feed_running_ledger(settings, workload, ledgers: list[LedgerRun], committed: CommittedProbe, *,
+                        kill_at: float | None = None, timeout: float = 1800.0,
+                        log: Callable[[str], None] = lambda _m: None) -> dict:
+    """Publish ``workload`` while the ledger ``ledgers[-1]`` runs; follow the ledger group's
+    committed offsets until every line is committed.
+
+    First waits until the ledger has committed what the input topics already hold. With
+    ``kill_at`` (a fraction): once that share of the workload is committed, kill -9 the
+    ledger and start it again at once (same instance id and state dir; appended to
+    ``ledgers``); ``restart_to_applying_s`` is the time from that start until the committed
+    offsets move again. ``events_per_s`` is the workload's messages over the time the
+    ledger was applying (from the first commit of the workload, less the restart gap).
+    """
+    import threading
+
+    from . import clients
+    from .producers.publish import publish_lines
+
+    ends = sum(clients.input_ends(settings).values())
+    _wait(lambda: committed() >= ends, timeout, "the ledger to commit what the input topics hold", ledgers[-1])
+    base = committed()
+    total = len(workload.lines)
+    target = base + total
+    published: dict = {}
+
+    def publish() -> None:
+        try:
+            published["report"] = publish_lines(settings, workload.lines, validate=False)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            published["error"] = exc
+        published["at"] = time.monotonic()
+
+    started = time.monotonic()
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    first = None  # monotonic time the workload's first commit was seen
+    restart: dict | None = None
+    killed_at = 0.0
+    gap = 0.0  # seconds from the kill until applying again
+    at_publish_end: tuple[float, int] | None = None
+    last_log = started
+    done = base
+    deadline = started + timeout
+    while done < target:
+        ledger = ledgers[-1]
+        if "error" in published:
+            raise RuntimeError(f"publishing failed: {published['error']}")
+        if not ledger.alive():
+            raise RuntimeError(f"the ledger exited ({ledger.proc.returncode}): {ledger.tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the ledger committed {done - base} of {total} messages in {timeout:g} s")
+        time.sleep(0.1)
+        done = committed()
+        now = time.monotonic()
+        if first is None and done > base:
+            first = now
+        if at_publish_end is None and "at" in published:
+            at_publish_end = (published["at"], done)
+        if now - last_log >= 5:
+            last_log = now
+            log(f"  {done - base:,} of {total:,} committed, {now - started:.0f} s, "
+                f"ledger RSS {ledger.max_rss_kb // 1024} MiB, published: {'yes' if 'at' in published else 'not yet'}")
+        if kill_at is not None and restart is None and done - base >= total * kill_at:
+            killed_at = time.monotonic()
+            ledger.kill()
+            after_kill = committed()  # the process is gone: this no longer moves by itself
+            log(f"  kill -9 of the ledger at {after_kill - base:,} of {total:,} committed; restarting it")
+            ledgers.append(ledger.again())
+            restarted = ledgers[-1].started
+            _wait(lambda: committed() > after_kill, 120, "the restarted ledger to commit", ledgers[-1])
+            moving = time.monotonic()
+            metrics = ledgers[-1].metrics_after(moving)
+            restart = {"committed_share_at_kill": round((after_kill - base) / total, 3),
+                       "restart_to_applying_s": round(moving - restarted, 2),
+                       "restore_s": metrics.get("restore_s"), "restored_records": metrics.get("restored_records")}
+            gap = moving - killed_at
+            log(f"  applying again {restart['restart_to_applying_s']} s after the restart "
+                f"(restore {restart['restore_s']} s, {restart['restored_records']} changelog records)")
+    finished = time.monotonic()
+    publisher.join(120)
+    report = published.get("report")
+    if report is None or report.failed or report.sent != total:
+        raise RuntimeError(f"publishing: {published.get('error') or report}")
+    applying = finished - (first or started) - gap
+    result = {
+        "messages": total,
+        "usage_events": workload.usage_count,
+        "publish_s": round(published["at"] - started, 2),
+        "wall_s": round(finished - started, 2),
+        "applying_s": round(applying, 2),
+        "events_per_s": round(total / applying),
+    }
+    if at_publish_end is not None and finished - at_publish_end[0] > 2:
+        # the ledger alone on the machine (no publisher): the backlog left when publishing ended
+        alone = finished - at_publish_end[0] - (gap if restart is not None and killed_at > at_publish_end[0] else 0)
+        result["events_per_s_after_publish"] = round((target - at_publish_end[1]) / alone)
+    if restart is not None:
+        result["restart"] = restart
+    return result

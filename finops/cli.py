@@ -470,7 +470,9 @@ class _Metrics:
             line["ledger"] = {"events_per_s": round((s.applied + s.rejected - self.applied) / elapsed),
                               "lag": s.lag, "last_batch": s.last_batch, "last_txn_ms": round(s.last_txn_ms, 1),
                               "applied": s.applied, "rejected": s.rejected, "transactions": s.transactions,
-                              "aborted": s.aborted}
+                              "aborted": s.aborted, "changelog_records": s.changelog_records,
+                              "changelog_bytes": s.changelog_bytes, "restored_records": s.restored_records,
+                              "restore_s": round(s.restore_s, 3)}
             self.applied = s.applied + s.rejected
         if sink is not None:
             rows = sum(sink.progress.rows.values())

@@ -37,8 +37,9 @@ def generate(*, tenants: int = 2, usage: int = 3000, seed: int = 7, suffix: str 
     over the day from ``start`` (default: the day that ends now, so the traffic lies in the
     past as real traffic does: the ledger refuses a ts more than 5 minutes ahead of the time
     Kafka stores it, ``ts_in_future``)."""
-    if start is None:
-        start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1)
+    if start is None:  # commands take a second each, then the usage spans a day: the last one is about now
+        setup = timedelta(seconds=tenants * (4 + 5 * len(TEAMS)) + 1)
+        start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1) - setup
     rng = random.Random(seed)
     encode = msgspec.json.encode
     commands: list[dict] = []
