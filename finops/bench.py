@@ -886,7 +886,7 @@ def tenants_workload(tenants: int, events: int, *, prefix: str, users: int = 4, 
     start = end - timedelta(days=1)
     encode = msgspec.json.encode
     names = [f"{prefix}-{t}" for t in range(tenants)]
-    per_user = events / max(tenants * users, 1)
+    per_user = Decimal(events) / max(tenants * users, 1)
     mean_cost = sum(Decimal(c) for c in _BUSY_COSTS) / len(_BUSY_COSTS)
     user_credits = int(per_user * mean_cost * Decimal("0.6")) + 1
     spend = int(per_user * users * mean_cost) + 1
@@ -921,7 +921,7 @@ def tenants_workload(tenants: int, events: int, *, prefix: str, users: int = 4, 
             "type": "usage", "id": f"{prefix}-u{n}", "tenant_id": tenant, "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "account_id": f"user{user}", "api_key_id": f"key-{user}", "model_name": model,
             "operation_type": operation, "units_consumed": 100 + n % 900,
-            "credits_consumed": _BUSY_COSTS[n % len(_BUSY_COSTS)],
+            "credits_consumed": _BUSY_COSTS[n // (tenants * users) % len(_BUSY_COSTS)],
             "usage_labels": {"team": "search", "env": "prod"}}))
     return Workload(lines=lines, tenants=names, usage_count=events, command_count=command_count)
 
@@ -1087,15 +1087,23 @@ def feed_running_ledger(settings, workload, ledgers: list[LedgerRun], committed:
     ``ledgers``); ``restart_to_applying_s`` is the time from that start until the committed
     offsets move again. ``events_per_s`` is the workload's messages over the time the
     ledger was applying (from the first commit of the workload, less the restart gap).
+    ``changelog_bytes``: the keys and values of the changelog records committed for the
+    workload (read back from the topic), ``changelog_disk_bytes`` what its logs grew by.
     """
     import threading
 
     from . import clients
     from .producers.publish import publish_lines
+    from .schemas import topics
 
+    changelog = topics.changelog_name(f"{settings.group_prefix}-ledger")
+    _wait(lambda: changelog in clients.admin(settings).list_topics(timeout=10).topics, 60,
+          "the ledger to create its changelog topic", ledgers[-1])
     ends = sum(clients.input_ends(settings).values())
     _wait(lambda: committed() >= ends, timeout, "the ledger to commit what the input topics hold", ledgers[-1])
     base = committed()
+    changelog_start = {p: end for (_t, p), end in clients.end_offsets(settings, [changelog]).items()}
+    disk_before = changelog_disk_bytes(settings)
     total = len(workload.lines)
     target = base + total
     published: dict = {}
@@ -1140,16 +1148,23 @@ def feed_running_ledger(settings, workload, ledgers: list[LedgerRun], committed:
         if kill_at is not None and restart is None and done - base >= total * kill_at:
             killed_at = time.monotonic()
             ledger.kill()
-            after_kill = committed()  # the process is gone: this no longer moves by itself
-            log(f"  kill -9 of the ledger at {after_kill - base:,} of {total:,} committed; restarting it")
-            ledgers.append(ledger.again())
+            ledgers.append(ledger.again())  # at once: its init_transactions also aborts the killed one's
             restarted = ledgers[-1].started
+            # Read after the restart: offsets the killed transaction had sent stay pending (and
+            # this read waits) until that transaction is aborted. The new instance cannot commit
+            # before the group has dropped the killed member (session timeout, seconds away).
+            after_kill = committed()
+            changelog_end = sum(clients.end_offsets(settings, [changelog]).values())
+            log(f"  kill -9 of the ledger at {after_kill - base:,} of {total:,} committed; restarted it")
             _wait(lambda: committed() > after_kill, 120, "the restarted ledger to commit", ledgers[-1])
             moving = time.monotonic()
             metrics = ledgers[-1].metrics_after(moving)
             restart = {"committed_share_at_kill": round((after_kill - base) / total, 3),
                        "restart_to_applying_s": round(moving - restarted, 2),
-                       "restore_s": metrics.get("restore_s"), "restored_records": metrics.get("restored_records")}
+                       "restore_s": metrics.get("restore_s"), "restored_records": metrics.get("restored_records"),
+                       # the changelog's end offsets at the restart (all of the group's records, with
+                       # transaction markers): what a restore from offset 0 would read
+                       "changelog_end_offsets_at_restart": changelog_end}
             gap = moving - killed_at
             log(f"  applying again {restart['restart_to_applying_s']} s after the restart "
                 f"(restore {restart['restore_s']} s, {restart['restored_records']} changelog records)")
@@ -1159,6 +1174,9 @@ def feed_running_ledger(settings, workload, ledgers: list[LedgerRun], committed:
     if report is None or report.failed or report.sent != total:
         raise RuntimeError(f"publishing: {published.get('error') or report}")
     applying = finished - (first or started) - gap
+    written = changelog_since(settings, changelog_start)
+    disk_after = changelog_disk_bytes(settings)
+    usage = max(workload.usage_count, 1)
     result = {
         "messages": total,
         "usage_events": workload.usage_count,
@@ -1166,6 +1184,11 @@ def feed_running_ledger(settings, workload, ledgers: list[LedgerRun], committed:
         "wall_s": round(finished - started, 2),
         "applying_s": round(applying, 2),
         "events_per_s": round(total / applying),
+        "changelog_records": written["records"],
+        "changelog_bytes": written["bytes"],
+        "changelog_bytes_per_usage_event": round(written["bytes"] / usage, 1),
+        "changelog_disk_bytes_per_usage_event": (None if disk_after is None
+                                                 else round((disk_after - disk_before) / usage, 1)),
     }
     if at_publish_end is not None and finished - at_publish_end[0] > 2:
         # the ledger alone on the machine (no publisher): the backlog left when publishing ended
@@ -1174,3 +1197,190 @@ def feed_running_ledger(settings, workload, ledgers: list[LedgerRun], committed:
     if restart is not None:
         result["restart"] = restart
     return result
+
+
+class _Typed(msgspec.Struct):
+    type: str | None = None
+    id: str | None = None
+
+
+def check_against_fold(settings, workload, *, timeout: float = 900.0) -> dict:
+    """What the ledger published for ``workload``'s tenants against ``finops fold`` of the same lines.
+
+    Balances (finops.balances.v1, latest per account) against the folded accounts, and the
+    ledger topic (read_committed) against the fold's ledger entries as a multiset of (tenant,
+    entry_id, kind, account, amount, balance): ``exactly_once`` when they are equal, every
+    usage id of the input has its entries (``<id>#0`` ...) and none is there twice.
+    """
+    from collections import Counter
+
+    from . import clients
+    from .processors.fold import fold_lines
+    from .projections.balances import read_balances
+    from .schemas import outputs, topics
+
+    wanted = set(workload.tenants)
+    fold = fold_lines(workload.lines, keep_outputs=True)
+    expected = Counter((e.tenant_id, e.entry_id, e.kind, e.account_id, e.amount_micros, e.balance_micros)
+                       for e in fold.outputs if type(e) is outputs.LedgerEntry)
+    folded = {(t, a.id): (a.available, a.consumed, a.reserved, a.overage)
+              for t in workload.tenants for a in fold.book.tenants[t].accounts.values()}
+    fold_rejected = len(fold.rejected)
+    del fold
+    published = {key: (b.available_micros, b.consumed_micros, b.reserved_micros, b.overage_micros)
+                 for key, b in read_balances(settings, timeout=timeout).items() if key[0] in wanted}
+    differ = sorted(k for k in published.keys() | folded.keys() if published.get(k) != folded.get(k))
+
+    got: Counter = Counter()
+    by_entry: Counter = Counter()
+    decode = outputs.entry_decoder.decode
+    for m in clients.read_to_end(settings, topics.LEDGER, range(settings.topic_partitions), timeout=timeout):
+        e = decode(m.value())
+        if e.tenant_id in wanted:
+            got[(e.tenant_id, e.entry_id, e.kind, e.account_id, e.amount_micros, e.balance_micros)] += 1
+            by_entry[e.entry_id] += 1
+    typed = msgspec.json.Decoder(_Typed).decode
+    usage_ids = [m.id for m in map(typed, workload.lines) if m.type == "usage"]
+    missing_usage = sum(1 for ident in usage_ids if not by_entry.get(f"{ident}#0"))
+    rejected = 0
+    for m in clients.read_to_end(settings, topics.REJECTED, range(settings.topic_partitions), timeout=timeout):
+        record = msgspec.json.decode(m.value())
+        if record.get("tenant_id") in wanted:
+            rejected += 1
+    return {
+        "balances_equal_fold": not differ and bool(folded),
+        "accounts": len(folded),
+        "accounts_differing": len(differ),
+        "accounts_differing_first": [list(k) for k in differ[:5]],
+        "exactly_once": got == expected and missing_usage == 0 and bool(expected),
+        "ledger_entries": sum(got.values()),
+        "fold_ledger_entries": sum(expected.values()),
+        "entries_missing": sum((expected - got).values()),
+        "entries_unexpected_or_repeated": sum((got - expected).values()),
+        "entry_ids_repeated": sum(n - 1 for n in by_entry.values() if n > 1),
+        "usage_ids": len(usage_ids),
+        "usage_ids_without_entries": missing_usage,
+        "rejected_in_kafka": rejected,
+        "rejected_by_fold": fold_rejected,
+    }
+
+
+def changelog_since(settings, start: dict[int, int], timeout: float = 900.0) -> dict:
+    """Committed records of the ledger group's changelog from offsets ``start`` on: how many, and
+    their keys and values in bytes (uncompressed, as the ledger's changelog_bytes metric counts)."""
+    from . import clients
+    from .schemas import topics
+
+    name = topics.changelog_name(f"{settings.group_prefix}-ledger")
+    partitions = [p for t, p in clients.partitions(settings, [name])]
+    records = size = 0
+    for m in clients.read_to_end(settings, name, partitions, start=start, timeout=timeout):
+        records += 1
+        size += len(m.key() or b"") + len(m.value() or b"")
+    return {"records": records, "bytes": size}
+
+
+def changelog_disk_bytes(settings) -> int | None:
+    """Bytes of the changelog's partition logs in the local broker's storage (None: not a local broker)."""
+    from . import stack
+    from .schemas import topics
+
+    if settings.external_kafka:
+        return None
+    name = topics.changelog_name(f"{settings.group_prefix}-ledger")
+    storage = stack._BrokerFiles.of(settings).storage
+    return sum(f.stat().st_size for f in storage.glob(f"{name}-*/*.log"))
+
+
+def busy_tenant(events: int = 3_000_000, repeats: int = 1, small_tenants: int = 50,
+                small_events: int | None = None) -> dict:
+    """Issue 13's busy tenant, against a running ``finops run ledger`` child process, on a dedicated broker.
+
+    Phase A (the reference): ``small_tenants`` tenants, ``small_events`` usage events in all
+    (default min(events, 1,000,000)), published into the running ledger. Phase B: one
+    tenant of the same shape (:func:`tenants_workload`) with ``events`` usage events over
+    the 24 h of event time that end now, published into the same running ledger; once half
+    of it is committed the ledger is killed with -9 and started again at once (same
+    instance id and state dir). Both rates are the ledger's: committed input messages over
+    the time it was applying, with the publisher running beside it (it publishes faster
+    than the ledger applies, so the ledger is the bottleneck). The ledger's RSS is sampled
+    every 0.25 s throughout (and its kernel peak, VmHWM, read). Then the balances and the
+    ledger topic of both phases are checked against ``finops fold`` of the same lines.
+    ``repeats`` is ignored (one run takes minutes).
+    """
+    import sys
+    import tempfile
+    import uuid
+    from contextlib import ExitStack
+
+    def log(message: str) -> None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    small_events = min(events, 1_000_000) if small_events is None else small_events
+    load_at_start = os.getloadavg()
+    run = uuid.uuid4().hex[:6]
+    with ExitStack() as cleanup:
+        settings = _bench_broker(cleanup)
+        if settings.external_kafka:
+            state_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="finops-bench-")))
+        else:
+            state_dir = Path(settings.data_dir) / "ledger-run"
+        committed = CommittedProbe(settings)
+        cleanup.callback(committed.close)
+        ledgers = [LedgerRun(settings, "busy", state_dir)]
+        cleanup.callback(lambda: [ledger.stop() for ledger in ledgers if ledger.alive()])
+
+        log(f"phase A: {small_tenants} small tenants, {small_events:,} usage events in all, published into the "
+            f"running ledger")
+        small = tenants_workload(small_tenants, small_events, prefix=f"small-{run}")
+        phase_a = feed_running_ledger(settings, small, ledgers, committed, log=log)
+        log(f"  {phase_a['events_per_s']:,} events/s")
+        log(f"phase B: one tenant, {events:,} usage events over the 24 h ending now, published into the running "
+            f"ledger, kill -9 at half")
+        busy = tenants_workload(1, events, prefix=f"busy-{run}")
+        phase_b = feed_running_ledger(settings, busy, ledgers, committed, kill_at=0.5, log=log)
+        log(f"  {phase_b['events_per_s']:,} events/s")
+        rc = ledgers[-1].stop()
+        if rc != 0:
+            raise RuntimeError(f"the ledger exited {rc} when stopped: {ledgers[-1].tail()}")
+        log("checking balances and the ledger topic against finops fold of the same lines")
+        check_b = check_against_fold(settings, busy)
+        check_a = check_against_fold(settings, small)
+    restart = phase_b.get("restart", {})
+    max_rss_kb = max(max(r.max_rss_kb, r.peak_rss_kb) for r in ledgers)
+    return {
+        "benchmark": "busy-tenant",
+        "what": "issue 13: one busy tenant published into a running `finops run ledger` (a child process), kill -9 "
+                "at half and restart, vs 50 small tenants of the same shape published into it in the same run; RSS "
+                "of the ledger process sampled every 0.25 s; balances and ledger topic checked against finops fold",
+        "events": events,
+        "small_tenants": small_tenants,
+        "small_tenants_events": small_events,
+        "busy_tenant_events_per_s": phase_b["events_per_s"],
+        "small_tenants_events_per_s": phase_a["events_per_s"],
+        "ratio": round(phase_b["events_per_s"] / phase_a["events_per_s"], 3),
+        "target_ratio": 0.8,
+        "max_rss_mb": round(max_rss_kb / 1024),
+        "target_max_rss_mb": 1024,
+        "changelog_bytes_per_usage_event": phase_b["changelog_bytes_per_usage_event"],
+        "target_changelog_bytes_per_usage_event": 100,
+        "changelog_disk_bytes_per_usage_event": phase_b["changelog_disk_bytes_per_usage_event"],
+        "restart_to_applying_s": restart.get("restart_to_applying_s"),
+        "target_restart_to_applying_s": 30,
+        "restore_s": restart.get("restore_s"),
+        "restored_records": restart.get("restored_records"),
+        "killed_at_committed_share": restart.get("committed_share_at_kill"),
+        "aborted": sum(r.aborted for r in ledgers),  # per run, as its last metrics line said
+        "rejected": check_a["rejected_in_kafka"] + check_b["rejected_in_kafka"],  # on finops.rejected.v1
+        "balances_equal_fold": check_b["balances_equal_fold"] and check_a["balances_equal_fold"],
+        "exactly_once": check_b["exactly_once"] and check_a["exactly_once"],
+        "phases": {"small_tenants": phase_a, "busy_tenant": phase_b},
+        "checks": {"busy_tenant": check_b, "small_tenants": check_a},
+        "ledger_runs": [{"instance": r.instance, "exit": r.proc.returncode, "max_rss_mb": round(r.max_rss_kb / 1024),
+                         "peak_rss_mb": round(r.peak_rss_kb / 1024), "last_metrics": r.metrics} for r in ledgers],
+        "load_avg_at_start": [round(x, 2) for x in load_at_start],
+        "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "machine": _machine(),
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -833,11 +833,15 @@ def bench(
                                             "processor against raw confluent-kafka, on a dedicated broker), "
                                             "reports (every report on generated ClickHouse data), sink (the "
                                             "sink's ClickHouse write path, no Kafka), alerts (publish-to-alert "
-                                            "latency under steady load; --events is events per second) or sdk "
-                                            "(UsageProducer against raw confluent-kafka produce)."),
+                                            "latency under steady load; --events is events per second), sdk "
+                                            "(UsageProducer against raw confluent-kafka produce) or busy-tenant "
+                                            "(issue 13: one busy tenant published into a running `finops run "
+                                            "ledger`, kill -9 at half, vs 50 small tenants; checked against "
+                                            "finops fold)."),
     events: Optional[int] = typer.Option(None, help="Usage events per run; for reports and sink, rows; for "
                                                     "alerts, events per second (default: fold/ledger 200000, "
-                                                    "reports 10000000, sink 500000, alerts 10000, sdk 200000)."),
+                                                    "reports 10000000, sink 500000, alerts 10000, sdk 200000, "
+                                                    "busy-tenant 3000000)."),
     repeats: int = typer.Option(3, help="Runs; the median is reported."),
     output: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the JSON to this file."),
 ) -> None:
@@ -851,7 +855,8 @@ def bench(
 
     _setup_logging(False)
     runners = {"fold": bench_mod.fold, "ledger": bench_mod.ledger, "reports": bench_mod.reports,
-               "sink": bench_mod.sink, "alerts": bench_mod.alerts, "sdk": bench_mod.sdk}
+               "sink": bench_mod.sink, "alerts": bench_mod.alerts, "sdk": bench_mod.sdk,
+               "busy-tenant": bench_mod.busy_tenant}
     if name not in runners:
         _fail(f"unknown benchmark {name!r}; choose from {', '.join(runners)}", 2)
     if events is None:

@@ -11,7 +11,7 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -70,6 +70,17 @@ class Settings(BaseSettings):
         description="Usage for an account not opened (or a key not bound) yet is held this long in event time "
                     "before it is rejected unknown_account (seconds, or ISO 8601 like PT1H).")
     group_prefix: str = Field(default="finops", description="Prefix of consumer group and transactional ids.")
+
+    @field_validator("id_horizon", "max_future_skew", "unknown_account_grace", mode="before")
+    @classmethod
+    def _seconds(cls, value):
+        """A duration as plain seconds ("300", "1.5") as well as ISO 8601 ("PT5M") or "00:05:00"."""
+        if isinstance(value, str):
+            try:
+                return timedelta(seconds=float(value))
+            except (ValueError, OverflowError):
+                return value
+        return value
 
     @property
     def bootstrap(self) -> str:

@@ -155,6 +155,12 @@ def _renewal(state: Tenant, rec: Recurring, when: datetime, timer) -> TimerEvent
     draws, unpaid = state.accounts[rec.parent].plan_draw(rec.amount, when)
     if unpaid and returned:  # the returned remainder becomes a parent grant that can pay too
         draws.append((f"{cause}:return", min(unpaid, returned)))
+    if when.year == 9999 and when.month == 12:  # no month after this one: the recurrence ends here
+        if grant is None:
+            return GrantEnded(cause_id=f"expire:{child.id}:{rec.grant_id}", cause_type="expire", ts=when,
+                              timer=timer, account_id=child.id, grant_id=rec.grant_id, amount=0,
+                              returned_to=None, recurrence=rec.id)
+        return _grant_ended(child, grant, when, timer, recurrence=rec.id)
     ends_at = next_month(when)
     if rec.ends_at is not None and rec.ends_at < ends_at:
         ends_at = rec.ends_at
@@ -292,6 +298,9 @@ def _(message: wire.Allocate, state: Tenant, now: datetime, late: bool) -> list[
     recurring = message.recurrence is not None
     ends_at = final
     if recurring:
+        if start.year == 9999 and start.month == 12:
+            raise Rejected(reasons.INVALID_TIMESTAMP, "a monthly allocation starting in December 9999 would "
+                                                      "renew after the year 9999")
         boundary = next_month(start)
         ends_at = boundary if final is None or boundary < final else final
     return [Allocated(
@@ -954,16 +963,17 @@ class Book:
         Returns every output and, if the message was refused, why (its own events are
         then not applied; what time caused is).
         """
-        if stored_at is not None and (message.ts - stored_at).total_seconds() > self.rules.max_future_skew_s:
-            return [], Rejected(reasons.TS_IN_FUTURE,
-                                f"ts {message.ts.isoformat()} is more than {self.rules.max_future_skew_s:g} s "
-                                f"ahead of the time it was stored, {stored_at.isoformat()}")
+        future = self.in_future(message, stored_at)
+        if future is not None:
+            return [], future
         state = self.tenant(message.tenant_id)
         outputs = advance(state, message.ts)
         try:
             events = decide(state, message, raw)
         except Rejected as refused:
             return outputs, refused
+        except (ArithmeticError, ValueError, OverflowError) as exc:  # no input may stop the fold
+            return outputs, Rejected(reasons.INVALID, f"cannot be applied: {type(exc).__name__}: {exc}")
         for event in events:
             outputs.extend(apply(state, event))
             kind = type(event)
@@ -972,6 +982,15 @@ class Book:
             elif kind is KeyBound and state.held:
                 outputs.extend(_release_held(state, f"k:{event.api_key_id}", state.clock or event.ts))
         return outputs, None
+
+    def in_future(self, message: wire.Message, stored_at: datetime | None) -> Rejected | None:
+        """``ts_in_future`` when ``message`` is more than the allowed skew ahead of the time it was stored
+        (wire-v1.md, "Far-future time"); such a message touches no state, not even its tenant's clock."""
+        if stored_at is None or (message.ts - stored_at).total_seconds() <= self.rules.max_future_skew_s:
+            return None
+        return Rejected(reasons.TS_IN_FUTURE, f"ts {message.ts.isoformat()} is more than "
+                                              f"{self.rules.max_future_skew_s:g} s ahead of the time it was stored, "
+                                              f"{stored_at.isoformat()}")
 
     def finish(self) -> list[Output]:
         """The end of the input ends every grace (``finops fold``): held usage is rejected ``unknown_account``."""

@@ -71,7 +71,7 @@ def plan(book: Book, items: list[Item], home: dict[str, int],
             rejection = message
         else:
             tenant_id = message.tenant_id
-            if tenant_id not in tenants:
+            if tenant_id not in tenants and book.in_future(message, item.stored_at) is None:
                 home[tenant_id] = partition
                 if open_tenant is not None:
                     state = open_tenant(tenant_id, partition)

@@ -53,12 +53,12 @@ from .ledger import Book
 from .merge import Item, Merger
 from .plan import Plan, plan
 from .state import Rules
-from .store import PartitionStore
+from .store import TRUST_CHECKPOINT_S, PartitionStore
 
 log = logging.getLogger("finops.ledger")
 
 _REFRESH_S = 2.0  # after this long waiting on a partition, re-read its high watermark
-_MARKER_GAP = 8  # offsets at a partition's end that may be transaction markers, not messages
+_RESTORE_TIMEOUT_S = 6 * 3600.0  # reading one changelog partition to its end may take this long
 _FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
 
@@ -106,14 +106,36 @@ class LedgerStats:
 
 
 def ensure_changelog(settings: Settings, group: str) -> str:
-    """Create the changelog topic if it is missing (``finops stack up`` creates the default group's)."""
+    """The changelog topic of this ledger group: created when missing (``finops stack up`` creates the
+    default group's), checked to have a partition for every input partition.
+
+    Raises :class:`FinopsError` (one line) when it is missing while the group has committed
+    input offsets: the state those offsets belong to is gone, and going on would fold the
+    rest of the input into empty balances. The way out is a rebuild (docs/operations.md).
+    """
     name = topics.changelog_name(group)
     admin = clients.admin(settings)
-    if name in admin.list_topics(timeout=30).topics:
+    metadata = admin.list_topics(timeout=30)
+    inputs = max(len(metadata.topics[topic].partitions) for topic in topics.INPUTS if topic in metadata.topics)
+    if name in metadata.topics:
+        have = len(metadata.topics[name].partitions)
+        if have < inputs:
+            raise FinopsError(f"the changelog topic {name} has {have} partitions, the input topics {inputs}: "
+                              f"add partitions to it (kafka-topics.sh --alter --partitions {inputs})")
         return name
+    probe = clients.consumer(settings, group)
+    try:
+        offsets = clients.committed_offsets(probe, [TopicPartition(t, p) for t in topics.INPUTS
+                                                    for p in range(inputs)], timeout=30)
+    finally:
+        probe.close()
+    if any(tp.offset > 0 for tp in offsets):
+        raise FinopsError(f"the changelog topic {name} is missing but group {group} has committed input offsets: "
+                          f"its state is lost. Rebuild it from offset 0 under a new FINOPS_GROUP_PREFIX "
+                          f"(docs/operations.md, \"Replay and rebuild\")")
     spec = topics.changelog_spec(name)
-    partitions = max(len(admin.list_topics(topic, timeout=30).topics[topic].partitions) for topic in topics.INPUTS)
-    future = admin.create_topics([NewTopic(name, partitions, 1, config=topics.topic_config(spec))])[name]
+    replication = -1 if settings.external_kafka else 1
+    future = admin.create_topics([NewTopic(name, inputs, replication, config=topics.topic_config(spec))])[name]
     try:
         future.result(30)
     except KafkaException as exc:
@@ -126,7 +148,7 @@ class LedgerProcessor(Service):
     """One instance of the ledger processor; several instances share the input partitions."""
 
     def __init__(self, settings: Settings, *, instance: str = "0", batch_max: int = 20_000,
-                 batch_s: float = 0.1, idle_s: float = 0.5, group_id: str | None = None) -> None:
+                 batch_s: float = 0.1, group_id: str | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.batch_max = batch_max
@@ -138,12 +160,12 @@ class LedgerProcessor(Service):
         self.book = Book(self.rules)
         self.stats = LedgerStats()
         self.merger = Merger()
-        self.idle_s = idle_s
         self.home: dict[str, int] = {}  # tenant -> the partition whose store holds its state
         self.stores: dict[int, PartitionStore] = {}
         self._owned: set[int] = set()  # input partition numbers assigned to this instance now
         self._fetched: dict[tuple[str, int], int] = {}  # position: next offset after the last message consumed
         self._fresh_high: dict[tuple[str, int], tuple[int, float]] = {}  # (high watermark, monotonic asked at)
+        self._eof: dict[tuple[str, int], int] = {}  # end-of-partition offsets librdkafka reported (past markers)
         self._callback_error: Exception | None = None
         self._txn_since: float | None = None  # monotonic start of the open transaction
         self._lag_at = 0.0
@@ -160,7 +182,7 @@ class LedgerProcessor(Service):
             self.producer.init_transactions(60)
         except KafkaException as exc:
             raise FinopsError(f"cannot start transactions on {settings.bootstrap}: {exc.args[0].str()}") from None
-        self.consumer = clients.consumer(settings, group)
+        self.consumer = clients.consumer(settings, group, **{"enable.partition.eof": True})
         self.consumer.subscribe(list(topics.INPUTS), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
 
@@ -190,6 +212,7 @@ class LedgerProcessor(Service):
         for tp in clients.committed_offsets(consumer, partitions):
             self.stats.committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
             self._fetched[(tp.topic, tp.partition)] = max(tp.offset, 0)
+            self._eof.pop((tp.topic, tp.partition), None)
         self._restore(numbers)
         self.merger.assign(numbers, time.monotonic())
         self._owned |= numbers
@@ -207,6 +230,7 @@ class LedgerProcessor(Service):
                 store.close()
         for key in [k for k in self._fetched if k[1] in numbers]:
             del self._fetched[key]
+            self._eof.pop(key, None)
         log.info("revoked partitions %s", sorted(numbers))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -235,18 +259,31 @@ class LedgerProcessor(Service):
                 store = self.stores[number] = PartitionStore.open(self.store_dir, number)
             end = ends.get((self.changelog, number), 0)
             start = store.checkpoint
-            if start > end:  # the changelog was recreated (a rebuild): the store is of another history
-                log.warning("state store p%d is at changelog offset %d beyond its end %d: restoring from 0",
-                            number, start, end)
+            if start > end:  # the changelog was recreated: this store is of another history
+                if any(self.stats.committed.get((topic, number), 0) > 0 for topic in topics.INPUTS):
+                    raise FinopsError(
+                        f"the state store of partition {number} is at changelog offset {start}, beyond the end "
+                        f"{end} of {self.changelog}: the changelog was recreated and the state of the committed "
+                        f"offsets is lost. Rebuild under a new FINOPS_GROUP_PREFIX (docs/operations.md)")
+                start = -1
+            elif start and store.checkpoint_age() > TRUST_CHECKPOINT_S:
+                log.info("state store p%d was last written %.0f h ago: restoring it from the changelog's start",
+                         number, store.checkpoint_age() / 3600)
+                start = -1
+            if start < 0:
                 store.wipe()
                 start = 0
             if start < end:
                 last = start
-                records = []
-                for m in clients.read_to_end(self.settings, self.changelog, [number], start={number: start}):
-                    records.append((m.key(), m.value()))
-                    last = m.offset() + 1
-                self.stats.restored_records += store.apply_changelog(records, max(last, start))
+
+                def records():
+                    nonlocal last
+                    for m in clients.read_to_end(self.settings, self.changelog, [number], start={number: start},
+                                                 timeout=_RESTORE_TIMEOUT_S):
+                        last = m.offset() + 1
+                        yield m.key(), m.value()
+
+                self.stats.restored_records += store.apply_changelog(records(), lambda: max(last, start))
             for tenant_id, state in store.load(self.rules).items():
                 self.book.tenants[tenant_id] = state
                 self.home[tenant_id] = number
@@ -262,6 +299,7 @@ class LedgerProcessor(Service):
             for tenant_id, state in store.load(self.rules).items():
                 self.book.tenants[tenant_id] = state
                 self.home[tenant_id] = number
+        self._eof.clear()
         for tp in committed:
             self._fetched[(tp.topic, tp.partition)] = max(tp.offset, 0)
             self.consumer.seek(TopicPartition(tp.topic, tp.partition,
@@ -272,24 +310,24 @@ class LedgerProcessor(Service):
     def _idle(self, topic: str, partition: int, idle_for: float) -> bool:
         """May the other topic of this partition go on without waiting for this one?
 
-        Yes when this one holds nothing more in Kafka: its position has reached a high
-        watermark asked of the broker after the other topic's waiting messages arrived (so
-        whatever was stored before them has been fetched). A gap of a few offsets that stays
-        idle for ``idle_s`` is transaction markers (apps that publish with transactions),
-        which never arrive as messages.
+        Yes when this one holds nothing more in Kafka: what the consumer has fetched (its
+        position, or the end-of-partition offset librdkafka reported, which is past any
+        transaction markers) has reached a high watermark asked of the broker after the
+        other topic's waiting messages arrived, so whatever was stored before them has been
+        fetched. No guess from time: a command that is in Kafka is always applied before the
+        usage stored after it (wire-v1.md, "Publishing files").
         """
         key = (topic, partition)
         other = topics.USAGE if topic == topics.COMMANDS else topics.COMMANDS
         waiting_since = self.merger.last_arrival.get((other, partition), 0.0)
-        position = self._fetched.get(key, 0)
+        reached = max(self._fetched.get(key, 0), self._eof.get(key, 0))
         fresh = self._fresh_high.get(key)
-        if fresh is None or fresh[1] < waiting_since or (idle_for >= _REFRESH_S and fresh[0] > position):
+        if fresh is None or fresh[1] < waiting_since or (idle_for >= _REFRESH_S and fresh[0] > reached):
             asked = time.monotonic()
             _low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10,
                                                              cached=False)
             fresh = self._fresh_high[key] = (high, asked)
-        gap = fresh[0] - position
-        return gap <= 0 or (gap <= _MARKER_GAP and idle_for >= self.idle_s)
+        return fresh[0] <= reached
 
     def step(self) -> int:
         """Consume, then commit what may be applied (in merge order) with its outputs in one transaction."""
@@ -310,7 +348,10 @@ class LedgerProcessor(Service):
         for m in messages:
             err = m.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    if m.partition() in owned:
+                        self._eof[(m.topic(), m.partition())] = m.offset()
+                else:
                     log.warning("consume error: %s", err)
                 continue
             topic, partition, offset = m.topic(), m.partition(), m.offset()
@@ -381,7 +422,6 @@ class LedgerProcessor(Service):
         for partition, changes in batch.changelog.items():
             last = len(changes) - 1
             for i, (key, value) in enumerate(changes):
-                self.stats.changelog_bytes += len(key) + (len(value) if value is not None else 0)
                 try:
                     produce(changelog, value, key, partition=partition,
                             on_delivery=self._on_changelog_delivery if i == last else None)
@@ -389,7 +429,6 @@ class LedgerProcessor(Service):
                     self.producer.poll(0.05)
                     produce(changelog, value, key, partition=partition,
                             on_delivery=self._on_changelog_delivery if i == last else None)
-            self.stats.changelog_records += len(changes)
         return [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
 
     def _on_changelog_delivery(self, error, message) -> None:
@@ -402,6 +441,9 @@ class LedgerProcessor(Service):
         while len(self._delivered) < len(batch.changelog) and time.monotonic() < deadline:
             self.producer.poll(0.01)  # delivery reports of the committed changelog records
         for partition, changes in batch.changelog.items():
+            self.stats.changelog_records += len(changes)
+            self.stats.changelog_bytes += sum(len(key) + (len(value) if value is not None else 0)
+                                              for key, value in changes)
             store = self.stores.get(partition)
             if store is None:
                 continue

@@ -35,10 +35,11 @@ import logging
 import os
 import shutil
 import struct
+import time
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import msgspec
 from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
@@ -59,7 +60,11 @@ IDS = b"I"  # rest: BLAKE2b-128 of the message id
 CLOSED = b"X"  # rest: BLAKE2b-128 of the reservation id
 INDEX = b"x"  # local only, not in the changelog: (memory kind, event time µs, digest) for pruning
 KINDS = (HEADER, ACCOUNT, HOLD, RECURRING, KEY, RATES, TIMER, HELD, IDS, CLOSED)
-_CHECKPOINT = b"\x00checkpoint"  # local only: 8 bytes, the next changelog offset not yet in the store
+_CHECKPOINT = b"\x00checkpoint"  # local only: the next changelog offset not yet in the store, and when written
+# A store last written longer ago than this (wall time) is not trusted to catch up from its
+# checkpoint: compaction may have removed tombstones it never saw (the changelog keeps them
+# for delete.retention.ms, 7 days: CHANGELOG_TOMBSTONES_MS in schemas/topics.py).
+TRUST_CHECKPOINT_S = 3 * 86400.0
 _TIME_BIAS = 1 << 62  # µs since 1970 + bias: sortable big-endian for any year msgspec can read
 
 _enc = msgspec.msgpack.Encoder()
@@ -223,6 +228,10 @@ def store_options() -> Options:
     table = BlockBasedOptions()
     table.set_bloom_filter(10, False)  # most id lookups are misses (a new request id)
     options.set_block_based_table_factory(table)
+    # Memory per store: up to two 16 MB memtables (RocksDB's default is 64 MB each, which with a
+    # store per partition would dominate the ledger's memory).
+    options.set_write_buffer_size(16 * 1024 * 1024)
+    options.set_max_write_buffer_number(2)
     return options
 
 
@@ -232,7 +241,9 @@ class PartitionStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = Rdict(str(path), store_options())
+        # The options again for the existing column family: rocksdict would otherwise reopen it
+        # with defaults (no Bloom filter).
+        self.db = Rdict(str(path), store_options(), column_families={"default": store_options()})
         options = WriteOptions()
         # The changelog is the durable copy: a write lost with the process is restored from it
         # (a batch is atomic, so the checkpoint never runs ahead of the data).
@@ -273,8 +284,16 @@ class PartitionStore:
 
     @property
     def checkpoint(self) -> int:
+        """The changelog offset up to which this store holds every change (0: nothing)."""
         raw = self.db.get(_CHECKPOINT)
-        return 0 if raw is None else _u64.unpack(raw)[0]
+        return 0 if raw is None else _u64.unpack(raw[:8])[0]
+
+    def checkpoint_age(self) -> float:
+        """Wall seconds since the checkpoint was written (infinite when there is none)."""
+        raw = self.db.get(_CHECKPOINT)
+        if raw is None or len(raw) < 16:
+            return float("inf")
+        return max(time.time() - _u64.unpack(raw[8:16])[0] / 1000, 0.0)
 
     def write(self, changes: Iterable[tuple[bytes, bytes | None]], checkpoint: int | None) -> None:
         """Apply committed changes atomically, with the changelog position they reach."""
@@ -285,11 +304,14 @@ class PartitionStore:
             else:
                 batch.put(key, value)
         if checkpoint is not None:
-            batch.put(_CHECKPOINT, _u64.pack(checkpoint))
+            batch.put(_CHECKPOINT, _u64.pack(checkpoint) + _u64.pack(int(time.time() * 1000)))
         self.db.write(batch)
 
-    def apply_changelog(self, records: Iterable[tuple[bytes, bytes | None]], checkpoint: int) -> int:
-        """Restore: write changelog records (and the id memories' time index); returns how many."""
+    def apply_changelog(self, records: Iterable[tuple[bytes, bytes | None]],
+                        checkpoint: int | Callable[[], int]) -> int:
+        """Restore: write changelog records (and the id memories' time index) in batches as they
+        come, then the checkpoint (an offset, or a function giving it once ``records`` is
+        exhausted); returns how many records."""
         n = 0
         batch: list[tuple[bytes, bytes | None]] = []
         for key, value in records:
@@ -302,7 +324,7 @@ class PartitionStore:
             if len(batch) >= 50_000:
                 self.write(batch, None)
                 batch = []
-        self.write(batch, checkpoint)
+        self.write(batch, checkpoint() if callable(checkpoint) else checkpoint)
         return n
 
     # ------------------------------------------------------------------ loading tenants

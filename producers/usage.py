@@ -22,7 +22,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Callable, Iterator, Mapping
 
@@ -89,12 +89,23 @@ def complete(message: Mapping[str, Any], type_: str | None = None) -> dict[str, 
     return full
 
 
+# The ledger refuses a ts more than FINOPS_MAX_FUTURE_SKEW (default 5 minutes) ahead of the
+# time Kafka stores the message (ts_in_future); the SDK refuses one that far ahead of this
+# machine's clock at once, so a bad client clock fails in the app, not downstream.
+MAX_FUTURE_SKEW = timedelta(minutes=5)
+
+
 def checked(message: Mapping[str, Any] | bytes) -> tuple[bytes, wire.Message]:
-    """The message as wire bytes and decoded, or :class:`InvalidEvent`."""
+    """The message as wire bytes and decoded, or :class:`InvalidEvent` (a wire-v1 reason, or
+    ``ts_in_future`` for a ts more than :data:`MAX_FUTURE_SKEW` ahead of this machine's clock)."""
     raw = message if isinstance(message, bytes) else msgspec.json.encode(message)
     decoded = wire.decode(raw)
     if isinstance(decoded, wire.Rejection):
         raise InvalidEvent(decoded.reason, decoded.detail)
+    now = datetime.now(timezone.utc)
+    if decoded.ts - now > MAX_FUTURE_SKEW:
+        raise InvalidEvent("ts_in_future", f"ts {decoded.ts.isoformat()} is more than {MAX_FUTURE_SKEW} ahead of "
+                                           f"this machine's clock ({now.isoformat(timespec='seconds')})")
     return raw, decoded
 
 

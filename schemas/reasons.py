@@ -21,7 +21,8 @@ Ledger decisions (the message was read, but refused):
 
 ==========================  =====================================================
 ``duplicate_id_conflict``   the id was used before with different content
-``unknown_account``         an account that does not exist in this tenant
+``unknown_account``         an account that does not exist in this tenant (usage: not opened, or its
+                            key not bound, within the grace of 1 h of event time after its ts)
 ``account_exists``          ``open_account`` for an id already open
 ``unknown_parent``          ``open_account`` under a parent that does not exist
 ``not_parent``              allocate/reclaim between accounts that are not parent and child

@@ -30,11 +30,15 @@ class TopicSpec(NamedTuple):
     # The record timestamp is the broker's (message.timestamp.type=LogAppendTime): the input
     # topics, so that "ts_in_future" judges against a time that is part of the log.
     log_append_time: bool = False
+    tombstones_ms: int | None = None  # delete.retention.ms of a compacted topic
 
 
 # One changelog record holds one key of the ledger's state: an account with all its grants
 # is the largest; 16 MB leaves room for accounts with tens of thousands of grants.
 CHANGELOG_MAX_BYTES = 16 * 1024 * 1024
+# How long compaction keeps a changelog tombstone: a local store that stopped longer ago than
+# this may have missed one, so the ledger trusts a store's checkpoint for less (processors/store.py).
+CHANGELOG_TOMBSTONES_MS = 7 * 86400 * 1000
 
 
 ALL: tuple[TopicSpec, ...] = (
@@ -57,7 +61,8 @@ def changelog_name(ledger_group: str) -> str:
 
 
 def changelog_spec(name: str) -> TopicSpec:
-    return TopicSpec(name, compacted=True, max_message_bytes=CHANGELOG_MAX_BYTES)
+    return TopicSpec(name, compacted=True, max_message_bytes=CHANGELOG_MAX_BYTES,
+                     tombstones_ms=CHANGELOG_TOMBSTONES_MS)
 
 
 def topic_config(spec: TopicSpec) -> dict[str, str]:
@@ -69,6 +74,8 @@ def topic_config(spec: TopicSpec) -> dict[str, str]:
         config["retention.ms"] = "-1"
     if spec.log_append_time:
         config["message.timestamp.type"] = "LogAppendTime"
+    if spec.tombstones_ms is not None:
+        config["delete.retention.ms"] = str(spec.tombstones_ms)
     return config
 
 INPUTS = (USAGE, COMMANDS)

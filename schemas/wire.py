@@ -210,12 +210,18 @@ def decode(raw: bytes | str) -> Message | Rejection:
         message = _decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return reject_unreadable(raw, exc)
-    if type(message) is Usage and message.ts.tzinfo is _UTC:
+    if type(message) is Usage and message.ts.tzinfo is _UTC and 1970 <= message.ts.year <= 9999:
         return message  # the common case, checked first
     try:
-        return _in_utc(message)
+        message = _in_utc(message)
     except (OverflowError, ValueError) as exc:  # an offset that moves the time out of years 1..9999
         return reject_unreadable(raw, msgspec.ValidationError(f"datetime out of range in UTC ({exc}) - at `$.ts`"))
+    for name in _TIME_FIELDS[type(message)]:
+        value = getattr(message, name)
+        if value is not None and not 1970 <= value.year <= 9999:
+            return reject_unreadable(raw, msgspec.ValidationError(
+                f"datetime {value.isoformat()} is outside the years 1970..9999 - at `$.{name}`"))
+    return message
 
 
 def encode(message: Message) -> bytes:

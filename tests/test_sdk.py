@@ -93,6 +93,7 @@ class TestCheckedInTheApp:
         ({"credits_consumed": "0.0000001"}, "invalid_amount"),
         ({"model_name": None}, "wrong_type"),
         ({"ts": "yesterday"}, "invalid_timestamp"),
+        ({"ts": "2099-01-01T00:00:00Z"}, "ts_in_future"),  # a bad client clock: the ledger would refuse it too
     ])
     def test_invalid_usage_raises(self, producer, change, reason):
         event = {"tenant_id": "acme", "api_key_id": "k", "model_name": "m", "operation_type": "chat",

@@ -100,7 +100,15 @@ def test_up_starts_broker_with_v1_topics(local: Settings, running: stack.StackSt
     resources = [ConfigResource(ResourceType.TOPIC, spec.name) for spec in topics.ALL]
     for resource, future in admin.describe_configs(resources).items():
         expected = "compact" if resource.name in compacted else "delete"
-        assert future.result(timeout=10)["cleanup.policy"].value == expected, resource.name
+        config = future.result(timeout=10)
+        assert config["cleanup.policy"].value == expected, resource.name
+        # inputs: the broker stamps records (ts_in_future judges against a time that is in the log)
+        stamp = "LogAppendTime" if resource.name in topics.INPUTS else "CreateTime"
+        assert config["message.timestamp.type"].value == stamp, resource.name
+    changelog = topics.changelog_name(f"{local.group_prefix}-ledger")  # the default ledger group's state
+    assert len(metadata.topics[changelog].partitions) == local.topic_partitions
+    config = admin.describe_configs([ConfigResource(ResourceType.TOPIC, changelog)])
+    assert next(iter(config.values())).result(timeout=10)["cleanup.policy"].value == "compact"
 
 
 @pytest.mark.integration
