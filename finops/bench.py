@@ -1292,6 +1292,24 @@ def changelog_disk_bytes(settings) -> int | None:
     return sum(f.stat().st_size for f in storage.glob(f"{name}-*/*.log"))
 
 
+def _code_version() -> dict | None:
+    """The git commit of the code measured, and a digest of the uncommitted changes to the
+    ledger's code (None when not a git work tree): a benchmark's child processes import the
+    code as it is on disk when they start."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "processors", "schemas", "finops/clients.py",
+                               "finops/settings.py"], cwd=root, capture_output=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head, "uncommitted_ledger_changes": hashlib.sha1(diff).hexdigest()[:12] if diff else None}
+
+
 def busy_tenant(events: int = 3_000_000, repeats: int = 1, small_tenants: int = 50,
                 small_events: int | None = None) -> dict:
     """Issue 13's busy tenant, against a running ``finops run ledger`` child process, on a dedicated broker.
@@ -1319,6 +1337,7 @@ def busy_tenant(events: int = 3_000_000, repeats: int = 1, small_tenants: int = 
 
     small_events = min(events, 1_000_000) if small_events is None else small_events
     load_at_start = os.getloadavg()
+    code_at_start = _code_version()
     run = uuid.uuid4().hex[:6]
     with ExitStack() as cleanup:
         settings = _bench_broker(cleanup)
@@ -1378,7 +1397,10 @@ def busy_tenant(events: int = 3_000_000, repeats: int = 1, small_tenants: int = 
         "phases": {"small_tenants": phase_a, "busy_tenant": phase_b},
         "checks": {"busy_tenant": check_b, "small_tenants": check_a},
         "ledger_runs": [{"instance": r.instance, "exit": r.proc.returncode, "max_rss_mb": round(r.max_rss_kb / 1024),
-                         "peak_rss_mb": round(r.peak_rss_kb / 1024), "last_metrics": r.metrics} for r in ledgers],
+                         "peak_rss_mb": round(r.peak_rss_kb / 1024), "last_metrics": r.metrics,
+                         "stderr_tail": list(r.said)[-8:]} for r in ledgers],
+        "code": code_at_start,
+        "code_changed_during_run": _code_version() != code_at_start,
         "load_avg_at_start": [round(x, 2) for x in load_at_start],
         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
         "machine": _machine(),

@@ -95,7 +95,7 @@ class Allocated(Event, frozen=True, kw_only=True):
     starts_at: datetime | None
     ends_at: datetime | None  # of this grant (for a recurrence: of its first period)
     on_expiry: str
-    cap: str
+    cap: str | None  # None: the account keeps its cap
     thresholds: tuple[int, ...]
     rollover_pct: int | None = None  # set: a monthly recurring allocation
     recurrence_ends_at: datetime | None = None
@@ -151,6 +151,13 @@ class Settled(Event, frozen=True, kw_only=True):
     released: tuple[Draw, ...]
     extra: tuple[Draw, ...]  # drawn beyond the hold
     overage: int
+
+
+class HoldClosed(Event, frozen=True, kw_only=True):
+    """A reservation released at its expiry was settled after all (its credits are charged
+    like usage): a second settle of it is ``reservation_closed``."""
+
+    hold_id: str
 
 
 class MembersSet(Event, frozen=True, kw_only=True):

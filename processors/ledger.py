@@ -43,7 +43,7 @@ from ..schemas import reasons, wire
 from ..schemas.money import MICROS_PER_CREDIT, Micros, credits_str
 from .events import (
     AccountOpened, Allocated, CapOverridden, Draw, Event, GrantEnded, HoldReleased, IdRecorded,
-    HeldExpired, HeldTaken, IdForgotten, KeyBound, MembersSet, OverrideEnded, PeriodRenewed, Purchased, RatesSet,
+    HeldExpired, HeldTaken, HoldClosed, IdForgotten, KeyBound, MembersSet, OverrideEnded, PeriodRenewed, Purchased, RatesSet,
     Reclaimed, Reserved, Settled, TimerDropped, TimerEvent, UsageCharged, UsageHeld,
 )
 from .state import (
@@ -85,6 +85,10 @@ def advance(state: Tenant, t: datetime) -> list[Output]:
         prune_memory(state, epoch)
     return outputs
 
+
+# How a closed reservation is remembered: "settled", or RELEASED + the charged account (released
+# at its expiry: a settle after that still charges the account, wire-v1.md).
+RELEASED = "released:"
 
 # The id memories are pruned once per this much event time. Pruning only frees space: a
 # lookup ignores an entry older than the horizon whether or not it was pruned yet, so live
@@ -177,13 +181,14 @@ _fingerprint_encoder = msgspec.json.Encoder(enc_hook=wire.enc_hook)
 def fingerprint(message: wire.Message, raw: bytes | None = None) -> int:
     """A stable 64-bit digest of a message's content (BLAKE2b; not Python's per-process ``hash``).
 
-    The content is the message as sent (``raw``), so a retry of the same bytes is a
-    no-op; without raw bytes, the message's canonical encoding. Two different contents
-    share a fingerprint with probability 2^-64: such a resend would pass as a no-op
-    instead of ``duplicate_id_conflict``.
+    The content is the message after reading (wire-v1.md, "Same content"): its canonical
+    encoding, with defaults left out, times in UTC, amounts as exact decimals and unknown
+    extra fields gone, so key order, whitespace, the spelling of an amount or a time, and
+    an explicit default do not make a resend a conflict. ``raw`` is not used (kept for
+    callers that have it). Two different contents share a fingerprint with probability
+    2^-64: such a resend would pass as a no-op instead of ``duplicate_id_conflict``.
     """
-    content = raw if raw is not None else _fingerprint_encoder.encode(message)
-    return int.from_bytes(hashlib.blake2b(content, digest_size=8).digest(), "big")
+    return int.from_bytes(hashlib.blake2b(_fingerprint_encoder.encode(message), digest_size=8).digest(), "big")
 
 
 def decide(state: Tenant, message: wire.Message, raw: bytes | None = None) -> list[Event]:
@@ -485,9 +490,18 @@ def _(message: wire.Settle, state: Tenant, now: datetime, late: bool) -> list[Ev
     hold = state.holds.get(message.reservation_id)
     if hold is None:
         closed = state.closed_holds.get(message.reservation_id)
-        if closed is not None and closed[1] >= now.timestamp() - state.rules.id_horizon_s:
-            raise Rejected(reasons.RESERVATION_CLOSED, f"reservation {message.reservation_id!r} was {closed[0]}")
-        raise Rejected(reasons.UNKNOWN_RESERVATION, f"no reservation {message.reservation_id!r}")
+        if closed is None or closed[1] < now.timestamp() - state.rules.id_horizon_s:
+            raise Rejected(reasons.UNKNOWN_RESERVATION, f"no reservation {message.reservation_id!r}")
+        if not closed[0].startswith(RELEASED):
+            raise Rejected(reasons.RESERVATION_CLOSED, f"reservation {message.reservation_id!r} was settled")
+        # wire-v1.md, "A settle after its hold ended": the consumption happened; charge it now
+        charged = state.accounts[closed[0][len(RELEASED):]]
+        amount = int(message.credits)
+        draws, unpaid = _cascade(state, charged, amount, now)
+        common = _common(message, late)
+        return [UsageCharged(account_id=charged.id, amount=amount, draws=tuple(draws), overage=unpaid,
+                             dims={}, **common),
+                HoldClosed(hold_id=message.reservation_id, **common)]
     amount = int(message.credits)
     left = min(amount, hold.amount)
     from_hold: list[Draw] = []
@@ -734,7 +748,7 @@ def _(event: HoldReleased, state: Tenant) -> list[Output]:
     _pop_timer(state, event)
     hold = state.holds.pop(event.hold_id)
     state.dirty.add(("hold", hold.id))
-    state.closed_holds[hold.id] = ("released at expiry", event.ts.timestamp())
+    state.closed_holds[hold.id] = (f"{RELEASED}{hold.account}", event.ts.timestamp())
     charged = state.accounts[hold.account]
     charged.reserved -= hold.amount
     state.touched.add(charged.id)
@@ -789,7 +803,8 @@ def _(event: Allocated, state: Tenant) -> list[Output]:
     recurrence = event.cause_id if event.rollover_pct is not None else None
     _new_grant(state, child, event.cause_id, event.amount, starts_at=event.starts_at, ends_at=event.ends_at,
                on_expiry=event.on_expiry, source=parent.id, recurrence=recurrence)
-    child.cap = event.cap
+    if event.cap is not None:
+        child.cap = event.cap
     child.thresholds = event.thresholds
     state.touched.add(child.id)
     if recurrence is not None:
@@ -895,6 +910,12 @@ def _(event: Settled, state: Tenant) -> list[Output]:
     outputs.extend(_draw_entries(state, event, event.extra, charged, out.CONSUME, n))
     outputs.extend(_charge(state, event, charged, event.amount, event.overage, n + len(event.extra)))
     return outputs
+
+
+@_applies(HoldClosed)
+def _(event: HoldClosed, state: Tenant) -> list[Output]:
+    state.closed_holds[event.hold_id] = ("settled", event.ts.timestamp())
+    return []
 
 
 @_applies(MembersSet)

@@ -345,6 +345,7 @@ class LedgerProcessor(Service):
         owned = self._owned
         skew = self._skew
         utc = timezone.utc
+        consumed = 0
         for m in messages:
             err = m.error()
             if err is not None:
@@ -369,7 +370,8 @@ class LedgerProcessor(Service):
                     ts = stored_at  # it will be refused ts_in_future: nothing to wait for
             add(Item(topic, partition, offset, ts, message, raw, stored_at), now)
             fetched[(topic, partition)] = offset + 1
-        self.stats.consumed += len(messages)
+            consumed += 1
+        self.stats.consumed += consumed
         items = self.merger.take(self._idle, now, self.batch_max)
         t2 = time.perf_counter()
         self.stats.decode_s += t2 - t1

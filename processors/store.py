@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import msgspec
-from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 from .state import Account, Held, Hold, Recurring, Rules, Tenant, Totals
 
@@ -222,11 +222,25 @@ def drain_changes(state: Tenant) -> tuple[list[tuple[bytes, bytes | None]], list
     return changes, local
 
 
+# One block cache for every store of the process, holding data blocks and the index and
+# Bloom-filter blocks too, so that memory stays bounded however many ids the stores keep
+# (RocksDB would otherwise keep every file's filter in memory: about 3 bytes per id).
+BLOCK_CACHE_BYTES = 128 * 1024 * 1024
+_block_cache: Cache | None = None
+
+
 def store_options() -> Options:
+    """RocksDB options of every partition store (raw bytes, Bloom filters, bounded memory)."""
+    global _block_cache
+    if _block_cache is None:
+        _block_cache = Cache(BLOCK_CACHE_BYTES)
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     table = BlockBasedOptions()
     table.set_bloom_filter(10, False)  # most id lookups are misses (a new request id)
+    table.set_block_cache(_block_cache)
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     options.set_block_based_table_factory(table)
     # Memory per store: up to two 16 MB memtables (RocksDB's default is 64 MB each, which with a
     # store per partition would dominate the ledger's memory).

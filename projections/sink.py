@@ -169,7 +169,7 @@ def allocation_row(value: bytes, partition: int, offset: int) -> AllocationRow |
         rec = m.recurrence
         return AllocationRow(m.id, m.tenant_id, "allocate", m.ts, m.from_account, m.to_account, int(m.credits), False,
                              m.starts_at, m.ends_at, m.expires_at, rec.every if rec else "",
-                             rec.rollover_pct if rec else 0, m.cap, [int(t) for t in m.thresholds], partition, offset)
+                             rec.rollover_pct if rec else 0, m.cap or "", [int(t) for t in m.thresholds], partition, offset)
     if kind is wire.Reclaim:
         return AllocationRow(m.id, m.tenant_id, "reclaim", m.ts, m.from_account, m.to_account,
                              None if m.credits is None else int(m.credits), m.all, None, None, None, "", 0, "", [],

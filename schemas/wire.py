@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
@@ -64,7 +64,9 @@ class Allocate(_Message, tag="allocate", frozen=True, kw_only=True):
     recurrence: Recurrence | None = None
     expires_at: Timestamp | None = None
     on_expiry: Literal["expire", "return"] = "expire"
-    cap: Literal["soft", "hard"] = "soft"
+    # Caps belong to the account (wire-v1.md): given, it sets the account's cap; absent, the
+    # account keeps its cap (a new account starts soft).
+    cap: Literal["soft", "hard"] | None = None
     thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS
 
 
@@ -135,7 +137,10 @@ class Usage(_Message, tag="usage", frozen=True, kw_only=True):
     units_consumed: Annotated[float, msgspec.Meta(ge=0)]
     account_id: NonEmpty | None = None
     credits_consumed: Micros | None = None
-    usage_labels: dict[str, str] = {}
+    # Labels never refuse usage (wire-v1.md, "Labels never refuse usage"): any JSON value is
+    # read, and ``decode`` keeps a non-string one as its JSON text, drops a null one, and
+    # reads missing or null ``usage_labels`` as no labels.
+    usage_labels: dict[str, Any] | None = {}
     response_latency_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
     error_code: str | None = None
 
@@ -210,7 +215,8 @@ def decode(raw: bytes | str) -> Message | Rejection:
         message = _decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return reject_unreadable(raw, exc)
-    if type(message) is Usage and message.ts.tzinfo is _UTC and 1970 <= message.ts.year <= 9999:
+    if type(message) is Usage and message.ts.tzinfo is _UTC and 1970 <= message.ts.year <= 9999 and \
+            _plain(message.usage_labels):
         return message  # the common case, checked first
     try:
         message = _in_utc(message)
@@ -221,7 +227,27 @@ def decode(raw: bytes | str) -> Message | Rejection:
         if value is not None and not 1970 <= value.year <= 9999:
             return reject_unreadable(raw, msgspec.ValidationError(
                 f"datetime {value.isoformat()} is outside the years 1970..9999 - at `$.{name}`"))
+    if type(message) is Usage and not _plain(message.usage_labels):
+        message = msgspec.structs.replace(message, usage_labels=_label_texts(message.usage_labels))
     return message
+
+
+def _plain(labels: dict | None) -> bool:
+    """Are these labels already strings only (nothing to normalise)?"""
+    if labels is None:
+        return False
+    for value in labels.values():
+        if type(value) is not str:
+            return False
+    return True
+
+
+def _label_texts(labels: dict | None) -> dict[str, str]:
+    """Labels as strings: a non-string value as its JSON text, a null one dropped."""
+    if not labels:
+        return {}
+    return {key: value if type(value) is str else _encoder.encode(value).decode()
+            for key, value in labels.items() if value is not None}
 
 
 def encode(message: Message) -> bytes:

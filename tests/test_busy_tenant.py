@@ -7,7 +7,6 @@ applying again; the restore time and the changelog bytes per event are printed."
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -25,7 +24,6 @@ def test_busy_tenant_published_into_a_running_ledger_survives_kill_9(settings, t
     ledgers = [LedgerRun(settings, "busy", tmp_path / "ledger")]
     try:
         run = feed_running_ledger(settings, workload, ledgers, committed, kill_at=0.5, timeout=200, log=print)
-        final = ledgers[-1].metrics_after(time.monotonic())
         rc = ledgers[-1].stop()
     finally:
         for ledger in ledgers:
@@ -43,7 +41,7 @@ def test_busy_tenant_published_into_a_running_ledger_survives_kill_9(settings, t
     assert [r.proc.returncode for r in ledgers] == [-9, 0], "the ledger was not killed once half-way"
 
     check = check_against_fold(settings, workload)
-    assert check["rejected_by_fold"] == 0 and check["rejected_in_kafka"] == 0 and final["rejected"] == 0, check
+    assert check["rejected_by_fold"] == 0 and check["rejected_in_kafka"] == 0, check
     assert check["usage_ids"] == EVENTS and check["usage_ids_without_entries"] == 0, check
     assert check["balances_equal_fold"], check
     assert check["exactly_once"], check

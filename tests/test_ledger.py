@@ -402,3 +402,54 @@ class TestIdMemory:
             s.use("acme", "0.001", ts=at(hours=n))  # 3000 ids over 125 days
         r = s.fold()
         assert len(r.book.tenants["acme"].ids) <= 35 * 24 + 2 + 1
+
+
+class TestRulesMadePrecise:
+    """wire-v1.md, "v1 rules made precise": one example of each kind, with its right value."""
+
+    def test_labels_never_refuse_usage(self):
+        s = Script()
+        s.purchase(100)
+        for n, labels in enumerate([{"project": 42}, {"cached": True}, {"team": None}, {"x": {"y": [1]}}, None]):
+            s.use("acme", 1, id=f"r{n}", usage_labels=labels)
+        r = s.fold()
+        assert r.rejected == []
+        assert balances(r)["acme"][1] == c(5)
+        labels = [e.usage_labels for e in r.outputs if getattr(e, "kind", "") == "consume"]
+        assert labels == [{"project": "42"}, {"cached": "true"}, None, {"x": '{"y":[1]}'}, None]
+
+    def test_an_allocate_without_cap_keeps_the_hard_cap(self):
+        s = Script()
+        s.purchase(1000)
+        s.open("dev", "acme", fallback=False)
+        s.allocate("acme", "dev", 10, cap="hard")
+        s.use("dev", 10)
+        s.allocate("acme", "dev", 5)  # no cap: dev stays hard-capped
+        s.use("dev", 50)
+        r = s.fold()
+        assert r.book.tenants["acme"].accounts["dev"].cap == "hard"
+        states = [e.state for e in r.outputs if type(e).__name__ == "Enforcement"]
+        assert states == ["blocked", "open", "blocked"]
+
+    def test_the_same_content_in_another_spelling_is_a_no_op(self):
+        s = Script()
+        first = s.msg("purchase", id="topup-7", credits=100, ts="2026-11-01T10:00:00Z")
+        s.lines.append(b'{"ts":"2026-11-01T10:00:00.000Z","credits":"100","id":"topup-7","tenant_id":"acme",'
+                       b'"type":"purchase","schema_version":1}')
+        s.lines.append(b'{"type":"purchase","id":"topup-7","tenant_id":"acme","ts":"2026-11-01T10:00:00+00:00",'
+                       b'"credits":100.0, "note": "an unknown field"}')
+        r = s.fold()
+        assert first and r.rejected == []
+        assert r.book.tenants["acme"].totals.purchased == c(100)
+
+    def test_a_settle_after_its_hold_ended_is_charged_and_a_second_one_is_closed(self):
+        s = Script()
+        s.purchase(100)
+        s.msg("reserve", id="h1", account_id="acme", credits=10, expires_at="2026-11-01T10:05:00Z",
+              ts="2026-11-01T10:00:00Z")
+        s.msg("settle", id="s1", reservation_id="h1", credits=8, ts="2026-11-01T10:07:00Z")
+        s.msg("settle", id="s2", reservation_id="h1", credits=8, ts="2026-11-01T10:08:00Z")
+        r = s.fold()
+        assert reasons(r) == ["reservation_closed"]
+        assert balances(r)["acme"] == (c(92), c(8), 0)
+        assert conservation_holds(r)

@@ -82,7 +82,7 @@ def monthly_rollover() -> tuple[Script, dict]:
 
 
 def reserve_and_settle() -> tuple[Script, dict]:
-    """Reserve, settle for less, and an unsettled hold released by a later tick."""
+    """Reserve, settle for less, and an unsettled hold released by a later tick, then settled late."""
     s = Script()
     s.purchase(100)
     s.open("user", "acme", kind="user", fallback=False)
@@ -91,8 +91,9 @@ def reserve_and_settle() -> tuple[Script, dict]:
     s.msg("settle", reservation_id="res-1", credits=12)  # 18 come back
     s.msg("reserve", id="res-2", account_id="user", credits=10, expires_at=at(hours=1))
     s.tick(ts=at(hours=2))  # res-2 released
-    s.msg("settle", reservation_id="res-2", credits=5, ts=at(hours=3))  # too late
-    return s, {"acme": (50, 0, 0), "user": (38, 12, 0)}
+    # after its hold ended: still charged, through the cascade (wire-v1.md, "A settle after its hold ended")
+    s.msg("settle", reservation_id="res-2", credits=5, ts=at(hours=3))
+    return s, {"acme": (50, 0, 0), "user": (33, 17, 0)}
 
 
 def hard_cap_override() -> tuple[Script, dict]:
@@ -146,11 +147,13 @@ def test_seed_through_finops_fold(seed, tmp_path):
 
 
 class TestSeedDetails:
-    def test_reserve_and_settle_rejects_the_late_settle_and_holds_nothing(self):
+    def test_reserve_and_settle_charges_the_late_settle_and_holds_nothing(self):
         script, _ = reserve_and_settle()
         r = script.fold()
-        assert [x.reason for x in r.rejected] == ["reservation_closed"]
+        assert r.rejected == []
         assert r.book.tenants["acme"].accounts["user"].reserved == 0
+        script.msg("settle", reservation_id="res-2", credits=5, id="again")  # a second settle of it
+        assert [x.reason for x in script.fold().rejected] == ["reservation_closed"]
 
     def test_hard_cap_blocks_opens_and_blocks_again(self):
         script, _ = hard_cap_override()
