@@ -618,6 +618,12 @@ def _record_usage(state: Tenant, charged: Account, amount: int, event: Event) ->
     return outputs
 
 
+def _spendable_part(acct: Account, event: Allocated) -> int:
+    """The part of an allocation's own grant that ``spendable`` counted at its time (0 before its window)."""
+    grant = acct.grant(event.cause_id)
+    return grant.remaining if grant is not None and grant.spendable_at(event.ts) else 0
+
+
 def _start_period(acct: Account, period: str, granted: int) -> None:
     acct.period = period
     acct.period_granted = granted
@@ -737,7 +743,13 @@ def _(event: PeriodRenewed, state: Tenant) -> list[Output]:
     rec.grant_id = event.new_grant
     state.dirty.add(("recurring", rec.id))
     _push_timer(state, event.ends_at, RENEW, rec.id)
-    _start_period(child, event.period, event.carry + drawn)
+    if child.period != event.period:
+        # The period budget (wire-v1.md): what the account can spend at the period's start
+        # (this renewal's grant, one-time remainders), plus everything granted during it;
+        # another allocation renewing at the same boundary adds its new grant.
+        _start_period(child, event.period, child.spendable(event.ts))
+    else:
+        child.period_granted += event.carry + drawn
     state.touched.add(child.id)
     outputs.extend(_check_budget(state, child, event))
     return outputs
@@ -814,8 +826,10 @@ def _(event: Allocated, state: Tenant) -> list[Output]:
             on_expiry=event.on_expiry)
         state.dirty.add(("recurring", recurrence))
         _push_timer(state, event.ends_at, RENEW, recurrence)
-    if event.period and event.period != child.period:  # a monthly allocation starts monthly periods
-        _start_period(child, event.period, 0)
+    if event.period and event.period != child.period:
+        # A monthly allocation starts monthly periods: the budget is what the account could
+        # spend when it started (one-time remainders count), plus what is granted during it.
+        _start_period(child, event.period, child.spendable(event.ts) - _spendable_part(child, event))
     child.period_granted += event.amount
     outputs: list[Output] = [
         _entry(state, event, 0, out.ALLOCATION_OUT, parent, event.amount),

@@ -453,3 +453,45 @@ class TestRulesMadePrecise:
         assert reasons(r) == ["reservation_closed"]
         assert balances(r)["acme"] == (c(92), c(8), 0)
         assert conservation_holds(r)
+
+    @staticmethod
+    def _threshold_alerts(result, account: str, tenant: str = "acme") -> list[tuple[int, str]]:
+        return [(a.threshold, a.status) for a in result.outputs
+                if type(a).__name__ == "Alert" and a.account_id == account and a.tenant_id == tenant]
+
+    def test_an_offset_does_not_change_the_month(self):
+        """Kind 1: the same instant written with +05:30 is still November (UTC)."""
+        results = []
+        for stamp in ("2026-11-30T20:30:00Z", "2026-12-01T02:00:00+05:30"):
+            s = Script()
+            s.purchase(1000, ts="2026-11-01T00:00:00Z")
+            s.open("team", "acme", fallback=False, ts="2026-11-01T00:00:00Z")
+            monthly = {"every": "month", "rollover_pct": 0}
+            s.allocate("acme", "team", 100, recurrence=monthly, ts="2026-11-01T00:00:00Z")
+            s.use("team", 60, ts="2026-11-10T00:00:00Z")
+            s.allocate("acme", "team", 100, recurrence=monthly, ts=stamp, id="second")
+            s.use("team", 45, ts="2026-11-30T21:00:00Z")
+            results.append(s.fold())
+        for r in results:
+            team = r.book.tenants["acme"].accounts["team"]
+            assert (team.period, team.period_granted, team.period_used) == ("2026-11", c(200), c(105))
+            assert self._threshold_alerts(r, "team") == [(50, "firing"), (50, "resolved"), (50, "firing")]
+
+    def test_two_monthly_allocations_add_up_in_the_period_budget(self):
+        """Kind 2: December's budget is 200 (both renewals), 110 is 55 %: one 50 % alert, no block."""
+        s = Script()
+        s.purchase(1000, ts="2026-11-01T00:00:00Z")
+        s.open("team", "acme", fallback=False, ts="2026-11-01T00:00:00Z")
+        monthly = {"every": "month", "rollover_pct": 0}
+        s.allocate("acme", "team", 100, recurrence=monthly, cap="hard", ts="2026-11-01T00:00:00Z")
+        s.allocate("acme", "team", 100, recurrence=monthly, cap="hard", ts="2026-11-15T00:00:00Z", id="second")
+        s.use("team", 110, ts="2026-11-20T00:00:00Z")
+        s.tick(ts="2026-12-01T00:00:00Z")
+        s.use("team", 110, ts="2026-12-05T00:00:00Z")
+        r = s.fold()
+        team = r.book.tenants["acme"].accounts["team"]
+        assert (team.period, team.period_granted, team.period_used) == ("2026-12", c(200), c(110))
+        december = [a for a in r.outputs if type(a).__name__ == "Alert" and a.period == "2026-12"
+                    and a.status == "firing"]
+        assert [a.threshold for a in december] == [50]
+        assert not team.blocked and team.available == c(90)
