@@ -40,7 +40,7 @@ import msgspec
 
 from ..schemas import outputs as out
 from ..schemas import reasons, wire
-from ..schemas.money import MICROS_PER_CREDIT, Micros, credits_str
+from ..schemas.money import MAX_MICROS, MICROS_PER_CREDIT, Micros, credits_str
 from .events import (
     AccountOpened, Allocated, CapOverridden, Draw, Event, GrantEnded, HoldReleased, IdRecorded,
     HeldExpired, HeldTaken, HoldClosed, IdForgotten, KeyBound, MembersSet, OverrideEnded, PeriodRenewed, Purchased, RatesSet,
@@ -268,7 +268,9 @@ def _(message: wire.Tick, state: Tenant, now: datetime, late: bool) -> list[Even
 def _(message: wire.Purchase, state: Tenant, now: datetime, late: bool) -> list[Event]:
     if message.expires_at is not None and message.expires_at <= now:
         raise Rejected(reasons.INVALID_WINDOW, "expires_at is not after the purchase time")
-    return [Purchased(amount=int(message.credits), expires_at=message.expires_at, **_common(message, late))]
+    amount = int(message.credits)
+    _fits(state.totals.purchased + amount, state.accounts[state.tenant_id].available + amount)
+    return [Purchased(amount=amount, expires_at=message.expires_at, **_common(message, late))]
 
 
 @_decides(wire.OpenAccount)
@@ -297,6 +299,7 @@ def _(message: wire.Allocate, state: Tenant, now: datetime, late: bool) -> list[
     if final is not None and final <= start:
         raise Rejected(reasons.INVALID_WINDOW, "the grant would end before it can be spent")
     amount = int(message.credits)
+    _fits(_child.available + amount)
     draws, unpaid = parent.plan_draw(amount, now)
     if unpaid:
         raise _insufficient(parent, amount, unpaid)
@@ -326,6 +329,7 @@ def _(message: wire.Reclaim, state: Tenant, now: datetime, late: bool) -> list[E
         raise Rejected(reasons.MISSING_FIELD, "reclaim needs credits or all: true")
     else:
         amount = int(message.credits)
+    _fits(parent.available + amount)
     draws, unpaid = child.plan_draw(amount, now)
     if unpaid:
         raise _insufficient(child, amount, unpaid, "return")
@@ -385,16 +389,41 @@ def _cascade(state: Tenant, charged: Account, amount: int, now: datetime) -> tup
         chain.append(acct.id)
 
 
-def usage_credits(state: Tenant, message: wire.Usage) -> int:
-    """``credits_consumed``, or units x the tenant's rate for the model and operation."""
+def usage_credits(state: Tenant, message: wire.Usage, charged: Account | None = None
+                  ) -> tuple[int, tuple[str, Decimal] | None]:
+    """(micro-credits, the charged account's new rate remainder or None) of a usage.
+
+    ``credits_consumed`` when given; else units x the tenant's rate for the model and
+    operation. Rate-card prices lose nothing to rounding (wire-v1.md): per account and
+    rate, the exact sub-micro remainder is carried from one usage to the next, so the sum
+    charged equals the exact total rounded once (half-even).
+    """
     if message.credits_consumed is not None:
-        return int(message.credits_consumed)
-    rate = state.rates.get(rate_key(message.model_name, message.operation_type))
+        return int(message.credits_consumed), None
+    key = rate_key(message.model_name, message.operation_type)
+    rate = state.rates.get(key)
     if rate is None:
         raise Rejected(reasons.NO_RATE, f"no credits_consumed and no rate for {message.model_name!r} / "
                                         f"{message.operation_type!r} (send set_rates)")
-    credits = (Decimal(repr(message.units_consumed)) * rate).quantize(Decimal("0.000001"), ROUND_HALF_EVEN)
-    return int(credits * MICROS_PER_CREDIT)
+    exact = Decimal(repr(message.units_consumed)) * rate * MICROS_PER_CREDIT
+    if charged is not None:
+        exact += charged.remainders.get(key, _ZERO)
+    micros = int(exact.to_integral_value(ROUND_HALF_EVEN))
+    if micros > MAX_MICROS:
+        raise Rejected(reasons.INVALID_AMOUNT, f"the price of {message.units_consumed!r} units is above the largest "
+                                               f"balance")
+    return micros, (key, exact - micros)
+
+
+_ZERO = Decimal(0)
+
+
+def _fits(*totals: int) -> None:
+    """No balance or total may pass 2^63-1 micro-credits (wire-v1.md, "Amounts are exact")."""
+    for total in totals:
+        if total > MAX_MICROS:
+            raise Rejected(reasons.INVALID_AMOUNT, f"this would take a balance or total past {MAX_MICROS} "
+                                                   f"micro-credits")
 
 
 def _decide_usage(message: wire.Usage, state: Tenant, now: datetime, late: bool, raw: bytes | None) -> list[Event]:
@@ -419,10 +448,12 @@ def _decide_usage(message: wire.Usage, state: Tenant, now: datetime, late: bool,
 
 
 def _charge_usage(message: wire.Usage, state: Tenant, charged: Account, now: datetime, late: bool) -> list[Event]:
-    amount = usage_credits(state, message)
+    amount, remainder = usage_credits(state, message, charged)
+    _fits(state.totals.consumed + amount, charged.consumed + amount)
     draws, unpaid = _cascade(state, charged, amount, now)
     return [UsageCharged(cause_id=message.id, cause_type="usage", ts=message.ts, late=late, account_id=charged.id,
-                         amount=amount, draws=tuple(draws), overage=unpaid, dims=_usage_dims(message))]
+                         amount=amount, draws=tuple(draws), overage=unpaid, dims=_usage_dims(message),
+                         remainder=remainder)]
 
 
 def _find_held(state: Tenant, ref: str, seq: int) -> Held | None:
@@ -891,6 +922,8 @@ def _charge(state: Tenant, event: Event, charged: Account, amount: int, overage:
 @_applies(UsageCharged)
 def _(event: UsageCharged, state: Tenant) -> list[Output]:
     charged = state.accounts[event.account_id]
+    if event.remainder is not None:
+        charged.remainders[event.remainder[0]] = event.remainder[1]
     outputs = _draw_entries(state, event, event.draws, charged, out.CONSUME, 0, dims=event.dims)
     outputs.extend(_charge(state, event, charged, event.amount, event.overage, len(event.draws), event.dims))
     return outputs

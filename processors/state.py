@@ -81,6 +81,8 @@ class Account:
     alerted: list[int] = field(default_factory=list)  # thresholds fired in this period
     override_until: datetime | None = None
     blocked: bool = False
+    # rate key -> the exact sub-micro-credit part of rate-card charges not yet charged (|r| <= 0.5)
+    remainders: dict[str, Decimal] = field(default_factory=dict)
 
     def add_grant(self, grant: Grant) -> None:
         self.grants.append(grant)

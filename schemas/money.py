@@ -11,8 +11,9 @@ from decimal import Decimal, InvalidOperation
 
 MICROS_PER_CREDIT = 1_000_000
 _SCALE = Decimal(MICROS_PER_CREDIT)
-# An amount above this cannot be a real credit balance and would overflow ClickHouse Int64.
-MAX_MICROS = 9_000_000_000_000_000_000 // 1000
+# No amount, balance or total may pass this (wire-v1.md, "Amounts are exact"): ClickHouse's
+# Int64 and every consumer's 64-bit integers hold it.
+MAX_MICROS = 2**63 - 1
 
 
 class AmountError(ValueError):
@@ -26,15 +27,27 @@ class Micros(int):
 
 
 def to_micros(value: object) -> Micros:
-    """Parse a wire amount (int, float from JSON, or decimal string) into micro-credits.
+    """Parse a wire amount into micro-credits, exactly.
 
-    Floats come from JSON numbers: ``round(f * 1e6) / 1e6 == f`` holds exactly when the
-    number as written has at most six decimals (both sides are the float nearest to
-    the same decimal), so the fast path needs no ``Decimal``.
+    Accepts an ``int``, a ``Decimal`` (a JSON number, read from its text by the wire
+    decoder: ``1e2`` is 100), a decimal string of the contract's grammar
+    ``[0-9]+(\\.[0-9]{1,6})?`` (ASCII digits; no sign, exponent, separator or space), or a
+    Python ``float`` (from code, not the wire: exact when it is the float nearest to a
+    number with at most six decimals). Raises :class:`AmountError`.
     """
     kind = type(value)
     if kind is int:
         micros = value * MICROS_PER_CREDIT  # type: ignore[operator]
+    elif kind is str:
+        micros = _parse_decimal_string(value)  # type: ignore[arg-type]
+    elif kind is Decimal:
+        d: Decimal = value  # type: ignore[assignment]
+        if not d.is_finite():
+            raise AmountError("amount must be a finite number")
+        scaled = d * _SCALE
+        if scaled != scaled.to_integral_value():
+            raise AmountError(f"amount {d} has more than 6 decimal places")
+        micros = int(scaled)
     elif kind is float:
         f: float = value  # type: ignore[assignment]
         if f != f or f in (float("inf"), float("-inf")):
@@ -42,31 +55,23 @@ def to_micros(value: object) -> Micros:
         micros = round(f * MICROS_PER_CREDIT)
         if micros / MICROS_PER_CREDIT != f:
             raise AmountError(f"amount {f!r} has more than 6 decimal places")
-    elif kind is str:
-        micros = _parse_decimal_string(value)  # type: ignore[arg-type]
     else:
         raise AmountError(f"amount must be a number or a decimal string, not {kind.__name__}")
     if micros < 0:
         raise AmountError("amount must not be negative")
     if micros > MAX_MICROS:
-        raise AmountError("amount is too large")
+        raise AmountError(f"amount is above the largest balance, {credits_str(MAX_MICROS)} credits")
     return Micros(micros)
 
 
 def _parse_decimal_string(text: str) -> int:
     whole, dot, frac = text.partition(".")
-    if whole.isdigit() and whole.isascii() and len(frac) <= 6 and (frac.isdigit() and frac.isascii() or not dot):
-        return int(whole) * MICROS_PER_CREDIT + (int(frac.ljust(6, "0")) if frac else 0)  # plain "12.345"
-    try:
-        d = Decimal(text.strip())
-    except InvalidOperation:
-        raise AmountError(f"amount {text!r} is not a decimal number") from None
-    if not d.is_finite():
-        raise AmountError("amount must be a finite number")
-    scaled = d * _SCALE
-    if scaled != scaled.to_integral_value():
+    if whole.isdigit() and whole.isascii() and (
+            not dot or 1 <= len(frac) <= 6 and frac.isdigit() and frac.isascii()):
+        return int(whole) * MICROS_PER_CREDIT + (int(frac.ljust(6, "0")) if frac else 0)
+    if dot and whole.isdigit() and frac.isdigit() and len(frac) > 6:
         raise AmountError(f"amount {text!r} has more than 6 decimal places")
-    return int(scaled)
+    raise AmountError(f"amount {text!r} is not a decimal string like 12.5 (digits, at most 6 decimals)")
 
 
 def credits_str(micros: int) -> str:

@@ -186,7 +186,10 @@ def enc_hook(obj: object) -> object:
     raise NotImplementedError(type(obj))
 
 
-_decoder = msgspec.json.Decoder(Message, dec_hook=dec_hook)
+# JSON numbers for amounts are read from their text (float_hook reaches the Micros hook as a
+# Decimal): 8600000000.000001 stays exact. Typed float fields (units, latency) stay floats.
+_decoder = msgspec.json.Decoder(Message, dec_hook=dec_hook, float_hook=Decimal)
+_label_encoder = msgspec.json.Encoder(decimal_format="number")
 _encoder = msgspec.json.Encoder(enc_hook=enc_hook)
 _loose = msgspec.json.Decoder()
 
@@ -256,7 +259,7 @@ def _label_texts(labels: dict | None) -> dict[str, str]:
     """Labels as strings: a non-string value as its JSON text, a null one dropped."""
     if not labels:
         return {}
-    return {key: value if type(value) is str else _encoder.encode(value).decode()
+    return {key: value if type(value) is str else _label_encoder.encode(value).decode()
             for key, value in labels.items() if value is not None}
 
 

@@ -495,3 +495,28 @@ class TestRulesMadePrecise:
                     and a.status == "firing"]
         assert [a.threshold for a in december] == [50]
         assert not team.blocked and team.available == c(90)
+
+    def test_amounts_are_read_from_their_text(self):
+        """Kind 3: 8600000000.000001 as a JSON number stays exact; nothing passes 2^63-1 micro-credits."""
+        s = Script()
+        s.lines.append(b'{"type":"purchase","id":"p1","tenant_id":"acme","ts":"2026-11-01T00:00:00Z",'
+                       b'"credits":8600000000.000001}')
+        s.lines.append(b'{"type":"purchase","id":"p2","tenant_id":"acme","ts":"2026-11-01T00:00:00Z",'
+                       b'"credits":"9220000000000"}')  # would take the pool past 2^63-1 micro-credits
+        s.lines.append(b'{"type":"purchase","id":"p3","tenant_id":"acme","ts":"2026-11-01T00:00:00Z",'
+                       b'"credits":"1e2"}')  # an amount string has no exponent
+        r = s.fold()
+        assert r.book.tenants["acme"].totals.purchased == 8_600_000_000_000_001
+        assert reasons(r) == ["invalid_amount", "invalid_amount"]
+
+    def test_rate_card_prices_lose_nothing_to_rounding(self):
+        """Kind 10: 1,000 usages of one unit at 0.0000004 credits a unit charge 0.0004 in all."""
+        s = Script()
+        s.purchase(10)
+        s.msg("set_rates", rates=[{"model_name": "m", "operation_type": "chat", "credits_per_unit": "0.0000004"}])
+        for n in range(1000):
+            s.use("acme", None, units_consumed=1, model_name="m", id=f"r{n}")
+        r = s.fold()
+        assert r.rejected == []
+        assert balances(r)["acme"][1] == c("0.0004")
+        assert conservation_holds(r)
