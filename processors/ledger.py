@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import unicodedata
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Callable
@@ -357,12 +358,19 @@ def _(message: wire.SetRates, state: Tenant, now: datetime, late: bool) -> list[
     return [RatesSet(rates=rates, **_common(message, late))]
 
 
+def approver_key(approver: str) -> str:
+    """Approvers are compared after Unicode NFC, case folding and trimming spaces (wire-v1.md):
+    "CFO", " cfo " and "cfo" are one approver."""
+    return unicodedata.normalize("NFC", approver).casefold().strip()
+
+
 @_decides(wire.OverrideCap)
 def _(message: wire.OverrideCap, state: Tenant, now: datetime, late: bool) -> list[Event]:
     state.account(message.account_id)
-    if len(set(message.approvals)) < 2:
+    approvers = {approver_key(a) for a in message.approvals} - {""}
+    if len(approvers) < 2:
         raise Rejected(reasons.APPROVALS_REQUIRED,
-                       f"an override needs 2 distinct approvers, got {len(set(message.approvals))}")
+                       f"an override needs 2 distinct approvers, got {len(approvers)}: {sorted(approvers)}")
     if message.until <= now:
         raise Rejected(reasons.INVALID_WINDOW, "until is not after the override time")
     return [CapOverridden(account_id=message.account_id, until=message.until, **_common(message, late))]

@@ -520,3 +520,13 @@ class TestRulesMadePrecise:
         assert r.rejected == []
         assert balances(r)["acme"][1] == c("0.0004")
         assert conservation_holds(r)
+
+    def test_approvers_are_compared_after_normalising(self):
+        s = Script()
+        s.purchase(100)
+        s.open("team", "acme")
+        s.allocate("acme", "team", 10, cap="hard")
+        s.msg("override_cap", account_id="team", until="2026-12-01T00:00:00Z", approvals=["CFO", " cfo "])
+        s.msg("override_cap", account_id="team", until="2026-12-01T00:00:00Z", approvals=["Zoë", "zoe\u0308"])
+        s.msg("override_cap", account_id="team", until="2026-12-01T00:00:00Z", approvals=["cfo", "cto"])
+        assert reasons(s.fold()) == ["approvals_required", "approvals_required"]
