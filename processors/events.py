@@ -43,6 +43,7 @@ class GrantEnded(TimerEvent, frozen=True, kw_only=True):
     amount: int
     returned_to: str | None  # None: the credits leave as expired
     recurrence: str | None = None  # a recurring allocation that ends with this grant
+    carried_expiry: datetime | None = None  # the expiry the returned credits keep
 
 
 class PeriodRenewed(TimerEvent, frozen=True, kw_only=True):
@@ -52,6 +53,8 @@ class PeriodRenewed(TimerEvent, frozen=True, kw_only=True):
     carry: int
     returned: int
     draws: tuple[tuple[str, int], ...]  # parent grants paying the new period
+    inherited: datetime | None = None  # the earliest expiry of what pays the new period (carry included)
+    returned_expiry: datetime | None = None  # the expiry the returned remainder keeps
     new_grant: str
     ends_at: datetime
 
@@ -99,6 +102,8 @@ class Allocated(Event, frozen=True, kw_only=True):
     thresholds: tuple[int, ...]
     rollover_pct: int | None = None  # set: a monthly recurring allocation
     recurrence_ends_at: datetime | None = None
+    expiry: datetime | None = None  # the allocation's own expires_at
+    inherited: datetime | None = None  # the earliest expiry of the parent grants drawn
     period: str = ""
 
 
@@ -107,6 +112,7 @@ class Reclaimed(Event, frozen=True, kw_only=True):
     to_account: str
     amount: int
     draws: tuple[tuple[str, int], ...]
+    inherited: datetime | None = None  # the earliest expiry of the child grants drawn
 
 
 class IdForgotten(Event, frozen=True, kw_only=True):

@@ -30,6 +30,7 @@ Rules (wire-v1.md, plus the choices written here):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import heapq
 import unicodedata
@@ -138,9 +139,11 @@ def _decide_timer(state: Tenant, timer) -> TimerEvent:
 
 
 def _grant_ended(acct: Account, grant: Grant, when: datetime, timer, recurrence: str | None = None) -> GrantEnded:
+    returns = grant.on_expiry == "return" and grant.source is not None and not _source_expired(grant, when)
     return GrantEnded(cause_id=f"expire:{acct.id}:{grant.id}", cause_type="expire", ts=when, timer=timer,
                       account_id=acct.id, grant_id=grant.id, amount=grant.remaining,
-                      returned_to=grant.source if grant.on_expiry == "return" else None, recurrence=recurrence)
+                      returned_to=grant.source if returns else None, recurrence=recurrence,
+                      carried_expiry=_carried(grant, when) if returns else None)
 
 
 def _renewal(state: Tenant, rec: Recurring, when: datetime, timer) -> TimerEvent:
@@ -155,11 +158,20 @@ def _renewal(state: Tenant, rec: Recurring, when: datetime, timer) -> TimerEvent
     remaining = grant.remaining if grant is not None else 0
     carry = min(remaining, rec.amount * rec.rollover_pct // 100)
     returned = remaining - carry
+    # Credits carried into the next period keep what they inherited (the allocation's own
+    # expires_at ends the recurrence itself); the remainder returned to the parent keeps the
+    # grant's effective expiry, as every credit that moves does.
+    returned_expiry = _carried(grant, when) if grant is not None else None
     period = month_of(when)
     cause = f"renew:{rec.id}:{period}"
-    draws, unpaid = state.accounts[rec.parent].plan_draw(rec.amount, when)
+    parent = state.accounts[rec.parent]
+    draws, unpaid = parent.plan_draw(rec.amount, when)
+    inherited = _drawn_expiry(parent, [g for g, _ in draws])
+    if carry and grant is not None:
+        inherited = _earliest(inherited, grant.inherited)
     if unpaid and returned:  # the returned remainder becomes a parent grant that can pay too
         draws.append((f"{cause}:return", min(unpaid, returned)))
+        inherited = _earliest(inherited, returned_expiry)
     if when.year == 9999 and when.month == 12:  # no month after this one: the recurrence ends here
         if grant is None:
             return GrantEnded(cause_id=f"expire:{child.id}:{rec.grant_id}", cause_type="expire", ts=when,
@@ -171,7 +183,8 @@ def _renewal(state: Tenant, rec: Recurring, when: datetime, timer) -> TimerEvent
         ends_at = rec.ends_at
     return PeriodRenewed(cause_id=cause, cause_type="renew", ts=when, timer=timer, recurrence=rec.id,
                          period=period, old_grant=rec.grant_id, carry=carry,
-                         returned=returned, draws=tuple(draws), new_grant=f"{rec.id}@{period}", ends_at=ends_at)
+                         returned=returned, draws=tuple(draws), new_grant=f"{rec.id}@{period}", ends_at=ends_at,
+                         inherited=inherited, returned_expiry=returned_expiry)
 
 
 # ----------------------------------------------------------------------------- decide
@@ -318,6 +331,7 @@ def _(message: wire.Allocate, state: Tenant, now: datetime, late: bool) -> list[
         thresholds=tuple(sorted(set(message.thresholds))),
         rollover_pct=message.recurrence.rollover_pct if recurring else None,
         recurrence_ends_at=final if recurring else None, period=month_of(start) if recurring else "",
+        expiry=message.expires_at, inherited=_drawn_expiry(parent, [g for g, _ in draws]),
         **_common(message, late))]
 
 
@@ -335,7 +349,7 @@ def _(message: wire.Reclaim, state: Tenant, now: datetime, late: bool) -> list[E
     if unpaid:
         raise _insufficient(child, amount, unpaid, "return")
     return [Reclaimed(from_account=child.id, to_account=parent.id, amount=amount, draws=tuple(draws),
-                      **_common(message, late))]
+                      inherited=_drawn_expiry(child, [g for g, _ in draws]), **_common(message, late))]
 
 
 @_decides(wire.SetMembers)
@@ -591,15 +605,44 @@ def _pop_timer(state: Tenant, event: TimerEvent) -> None:
 
 
 def _new_grant(state: Tenant, acct: Account, grant_id: str, amount: int, *, starts_at=None, ends_at=None,
-               on_expiry: str = "expire", source: str | None = None, recurrence: str | None = None) -> None:
+               on_expiry: str = "expire", source: str | None = None, recurrence: str | None = None,
+               expiry: datetime | None = None, inherited: datetime | None = None) -> None:
+    """A new grant; ``ends_at`` is the end of its window (or period), ``expiry`` its own expires_at,
+    ``inherited`` the earliest expiry of the credits it is made of: it ends at the earliest of the three."""
     if amount == 0:
         return  # an empty grant could never be drawn from; the ledger entry still records the cause
-    grant = Grant(id=grant_id, remaining=amount, seq=state.next_seq(), starts_at=starts_at, ends_at=ends_at,
+    effective = _earliest(expiry, inherited)
+    end = _earliest(ends_at, effective)
+    grant = Grant(id=grant_id, remaining=amount, seq=state.next_seq(), starts_at=starts_at, ends_at=end,
                   on_expiry=on_expiry, source=source, recurrence=recurrence,
-                  order_key=ends_at.timestamp() if ends_at is not None else NO_END)
+                  order_key=end.timestamp() if end is not None else NO_END, expiry=effective, inherited=inherited)
     acct.add_grant(grant)
-    if ends_at is not None and recurrence is None:
-        _push_timer(state, ends_at, GRANT_END, acct.id, grant_id)
+    # a period grant ends with its renewal, unless its credits expire first (or at that instant:
+    # pushed before the renewal's timer, this one fires first)
+    if end is not None and (recurrence is None or (effective is not None and effective <= ends_at)):
+        _push_timer(state, end, GRANT_END, acct.id, grant_id)
+
+
+def _earliest(*times: datetime | None) -> datetime | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
+
+
+def _drawn_expiry(acct: Account, grant_ids) -> datetime | None:
+    """The earliest effective expiry of these grants of ``acct`` (None: none expires)."""
+    wanted = set(grant_ids)
+    return _earliest(*(g.expiry for g in acct.grants if g.id in wanted))
+
+
+def _carried(grant: Grant, when: datetime) -> datetime | None:
+    """The expiry credits keep when they leave ``grant`` at ``when``: its effective expiry, or,
+    once its own expires_at has passed, what it inherited (spend windows do not travel)."""
+    return _earliest(*(t for t in (grant.expiry, grant.inherited) if t is not None and t > when))
+
+
+def _source_expired(grant: Grant, when: datetime) -> bool:
+    """Have the credits this grant was drawn from expired by ``when``? Then they cannot return."""
+    return grant.inherited is not None and grant.inherited <= when
 
 
 # --- budget periods: threshold alerts and hard-cap enforcement
@@ -747,7 +790,7 @@ def _(event: GrantEnded, state: Tenant) -> list[Output]:
         state.totals.expired += event.amount
     else:
         target = state.accounts[event.returned_to]
-        _new_grant(state, target, event.cause_id, event.amount, source=acct.id)
+        _new_grant(state, target, event.cause_id, event.amount, source=acct.id, inherited=event.carried_expiry)
         outputs.append(_entry(state, event, 1, out.CREDIT, target, event.amount, grant_id=event.cause_id))
     return outputs
 
@@ -763,7 +806,7 @@ def _(event: PeriodRenewed, state: Tenant) -> list[Output]:
         child.take(event.old_grant, event.returned)
         return_id = f"{event.cause_id}:return"
         outputs.append(_entry(state, event, n, out.RECLAIM, child, event.returned, grant_id=event.old_grant))
-        _new_grant(state, parent, return_id, event.returned, source=child.id)
+        _new_grant(state, parent, return_id, event.returned, source=child.id, inherited=event.returned_expiry)
         outputs.append(_entry(state, event, n + 1, out.CREDIT, parent, event.returned, grant_id=return_id))
         n += 2
     if event.carry:  # moves from the old period's grant into the new one: no balance movement
@@ -776,7 +819,7 @@ def _(event: PeriodRenewed, state: Tenant) -> list[Output]:
         outputs.append(_entry(state, event, n, out.ALLOCATION_OUT, parent, drawn))
         n += 1
     _new_grant(state, child, event.new_grant, event.carry + drawn, starts_at=event.ts, ends_at=event.ends_at,
-               on_expiry=rec.on_expiry, source=parent.id, recurrence=rec.id)
+               on_expiry=rec.on_expiry, source=parent.id, recurrence=rec.id, inherited=event.inherited)
     if drawn:
         outputs.append(_entry(state, event, n, out.ALLOCATION_IN, child, drawn, grant_id=event.new_grant))
     rec.grant_id = event.new_grant
@@ -803,18 +846,55 @@ def _(event: HoldReleased, state: Tenant) -> list[Output]:
     charged = state.accounts[hold.account]
     charged.reserved -= hold.amount
     state.touched.add(charged.id)
-    return _release(state, event, hold.draws, hold.account, hold.id, first=0)
+    return _give_back(state, event, hold.draws, hold, first=0)
 
 
-def _release(state: Tenant, event: Event, draws, charged: str, hold_id: str, first: int) -> list[Output]:
-    """Held credits go back to the accounts that paid them, as grants with no window."""
+def _give_back(state: Tenant, event: Event, draws, hold: Hold, first: int) -> list[Output]:
+    """Released credits of a hold go back to the grants they were taken from (wire-v1.md,
+    "Credits never outlive their source"), under those grants' windows and expiry: into the
+    grant if it still holds credits, into the grant made again with its terms if it was
+    spent to zero but has not ended, and if it has ended they expire at once (or return to
+    its source, when it says ``on_expiry: return``)."""
     outputs: list[Output] = []
-    for n, (account_id, _grant_id, amount) in enumerate(draws, start=first):
+    n = first
+    terms = {g.id: g for g in hold.terms}
+    now = event.ts
+    for account_id, grant_id, amount in draws:
         acct = state.accounts[account_id]
-        grant_id = f"{event.cause_id}:release:{n}"
-        _new_grant(state, acct, grant_id, amount, source=account_id)
-        outputs.append(_entry(state, event, n, out.RELEASE, acct, amount, charged_to=charged, grant_id=grant_id,
-                              hold_id=hold_id))
+        grant = acct.grant(grant_id)
+        term = terms.get(grant_id)
+        ended = grant is None and term is not None and term.ends_at is not None and term.ends_at <= now
+        if grant is not None:
+            grant.remaining += amount
+            acct.available += amount
+        elif ended:
+            acct.available += amount  # for the release entry's balance; out again with the expiry below
+        else:  # spent to zero meanwhile, not ended: the grant again, with its terms
+            again = copy.copy(term) if term is not None else Grant(id=grant_id, remaining=0, seq=state.next_seq())
+            again.remaining = amount
+            acct.add_grant(again)
+        outputs.append(_entry(state, event, n, out.RELEASE, acct, amount, charged_to=hold.account,
+                              grant_id=grant_id, hold_id=hold.id))
+        n += 1
+        if ended:
+            acct.available -= amount
+            more = _ended_release(state, event, acct, term, amount, n)
+            outputs.extend(more)
+            n += len(more)
+    return outputs
+
+
+def _ended_release(state: Tenant, event: Event, acct: Account, term: Grant, amount: int, n: int) -> list[Output]:
+    """Credits given back to a grant that has ended: they expire at once, or return to its source."""
+    outputs: list[Output] = [_entry(state, event, n, out.EXPIRE, acct, amount, grant_id=term.id)]
+    returns = term.on_expiry == "return" and term.source is not None and not _source_expired(term, event.ts)
+    if not returns:
+        state.totals.expired += amount
+        return outputs
+    target = state.accounts[term.source]
+    grant_id = f"{event.cause_id}:return:{n + 1}"
+    _new_grant(state, target, grant_id, amount, source=acct.id, inherited=_carried(term, event.ts))
+    outputs.append(_entry(state, event, n + 1, out.CREDIT, target, amount, grant_id=grant_id))
     return outputs
 
 
@@ -833,7 +913,7 @@ def _(event: OverrideEnded, state: Tenant) -> list[Output]:
 @_applies(Purchased)
 def _(event: Purchased, state: Tenant) -> list[Output]:
     root = state.accounts[state.tenant_id]
-    _new_grant(state, root, event.cause_id, event.amount, ends_at=event.expires_at)
+    _new_grant(state, root, event.cause_id, event.amount, expiry=event.expires_at)
     state.totals.purchased += event.amount
     return [_entry(state, event, 0, out.CREDIT, root, event.amount, grant_id=event.cause_id)]
 
@@ -853,7 +933,8 @@ def _(event: Allocated, state: Tenant) -> list[Output]:
         parent.take(grant_id, amount)
     recurrence = event.cause_id if event.rollover_pct is not None else None
     _new_grant(state, child, event.cause_id, event.amount, starts_at=event.starts_at, ends_at=event.ends_at,
-               on_expiry=event.on_expiry, source=parent.id, recurrence=recurrence)
+               on_expiry=event.on_expiry, source=parent.id, recurrence=recurrence, expiry=event.expiry,
+               inherited=event.inherited)
     if event.cap is not None:
         child.cap = event.cap
     child.thresholds = event.thresholds
@@ -882,7 +963,7 @@ def _(event: Reclaimed, state: Tenant) -> list[Output]:
     child, parent = state.accounts[event.from_account], state.accounts[event.to_account]
     for grant_id, amount in event.draws:
         child.take(grant_id, amount)
-    _new_grant(state, parent, event.cause_id, event.amount, source=child.id)
+    _new_grant(state, parent, event.cause_id, event.amount, source=child.id, inherited=event.inherited)
     return [_entry(state, event, 0, out.RECLAIM, child, event.amount),
             _entry(state, event, 1, out.CREDIT, parent, event.amount, grant_id=event.cause_id)]
 
@@ -940,11 +1021,18 @@ def _(event: UsageCharged, state: Tenant) -> list[Output]:
 @_applies(Reserved)
 def _(event: Reserved, state: Tenant) -> list[Output]:
     charged = state.accounts[event.account_id]
+    terms = []
+    for account_id, grant_id, _amount in event.draws:
+        grant = state.accounts[account_id].grant(grant_id)
+        if grant is not None and all(t.id != grant_id for t in terms):
+            term = copy.copy(grant)
+            term.remaining = 0
+            terms.append(term)
     outputs = _draw_entries(state, event, event.draws, charged, out.RESERVE, 0, hold_id=event.cause_id)
     charged.reserved += event.amount
     state.touched.add(charged.id)
     state.holds[event.cause_id] = Hold(id=event.cause_id, account=charged.id, amount=event.amount,
-                                       draws=list(event.draws), expires_at=event.expires_at)
+                                       draws=list(event.draws), expires_at=event.expires_at, terms=terms)
     state.dirty.add(("hold", event.cause_id))
     _push_timer(state, event.expires_at, HOLD_END, event.cause_id)
     return outputs
@@ -960,7 +1048,7 @@ def _(event: Settled, state: Tenant) -> list[Output]:
     # from the hold: already taken from the grants at reserve time
     outputs = _draw_entries(state, event, event.from_hold, charged, out.CONSUME, 0, hold_id=hold.id, take=False)
     n = len(outputs)
-    outputs.extend(_release(state, event, event.released, charged.id, hold.id, first=n))
+    outputs.extend(_give_back(state, event, event.released, hold, first=n))
     n = len(outputs)
     outputs.extend(_draw_entries(state, event, event.extra, charged, out.CONSUME, n))
     outputs.extend(_charge(state, event, charged, event.amount, event.overage, n + len(event.extra)))

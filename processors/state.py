@@ -50,6 +50,11 @@ class Grant:
     source: str | None = None  # the account it came from
     recurrence: str | None = None  # the recurring allocation this period grant belongs to
     order_key: float = NO_END  # ends_at as a timestamp: draw order is (order_key, seq)
+    # Credits never outlive their source (wire-v1.md): ``expiry`` is the grant's effective
+    # expiry, the earliest of its own expires_at and ``inherited``, the earliest effective
+    # expiry of the grants its credits were drawn from. Spend windows do not travel.
+    expiry: datetime | None = None
+    inherited: datetime | None = None
 
     def spendable_at(self, t: datetime) -> bool:
         if self.starts_at is not None and t < self.starts_at:
@@ -151,6 +156,9 @@ class Hold:
     amount: int
     draws: list[tuple[str, str, int]]  # (funding account, grant id, micros)
     expires_at: datetime
+    # the terms (window, expiry, ...) of each grant drawn, as at the reserve: released credits go
+    # back under them, even when the grant itself was spent to zero meanwhile
+    terms: list[Grant] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -530,3 +530,33 @@ class TestRulesMadePrecise:
         s.msg("override_cap", account_id="team", until="2026-12-01T00:00:00Z", approvals=["Zoë", "zoe\u0308"])
         s.msg("override_cap", account_id="team", until="2026-12-01T00:00:00Z", approvals=["cfo", "cto"])
         assert reasons(s.fold()) == ["approvals_required", "approvals_required"]
+
+    def test_released_credits_go_back_under_the_grant_that_ended(self):
+        """Kind 7: a hold released after its grant ended expires; nothing pays the Dec 10 usage."""
+        s = Script()
+        s.purchase(1000, ts="2026-11-01T00:00:00Z")
+        s.open("team", "acme", fallback=False, ts="2026-11-01T00:00:00Z")
+        s.allocate("acme", "team", 100, ends_at="2026-12-01T00:00:00Z", ts="2026-11-01T00:00:00Z")
+        s.msg("reserve", id="h1", account_id="team", credits=80, expires_at="2026-12-03T00:00:00Z",
+              ts="2026-11-30T23:00:00Z")
+        s.tick(ts="2026-12-02T00:00:00Z")
+        s.tick(ts="2026-12-04T00:00:00Z")
+        s.use("team", 50, ts="2026-12-10T00:00:00Z")
+        r = s.fold()
+        assert balances(r)["team"] == (0, c(50), c(50))
+        assert r.book.tenants["acme"].totals.expired == c(100)
+        assert conservation_holds(r)
+
+    def test_purchased_credits_keep_their_expiry_when_allocated_and_reclaimed(self):
+        s = Script()
+        s.purchase(100, expires_at="2026-12-01T00:00:00Z", ts="2026-11-01T00:00:00Z")
+        s.open("team", "acme", ts="2026-11-01T00:00:00Z")
+        s.open("user", "team", ts="2026-11-01T00:00:00Z")
+        s.allocate("acme", "team", 60, ts="2026-11-02T00:00:00Z")  # no expires_at of its own
+        s.allocate("team", "user", 40, on_expiry="return", ts="2026-11-03T00:00:00Z")
+        s.reclaim("user", "team", 10, ts="2026-11-04T00:00:00Z")
+        s.tick(ts="2026-12-02T00:00:00Z")
+        r = s.fold()
+        assert {a: v[0] for a, v in balances(r).items()} == {"acme": 0, "team": 0, "user": 0}
+        assert r.book.tenants["acme"].totals.expired == c(100)
+        assert conservation_holds(r)
