@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import rule_examples
 from ledger_helpers import Script, at, balances, c, conservation_holds, reasons
 
 
@@ -443,13 +444,7 @@ class TestRulesMadePrecise:
         assert r.book.tenants["acme"].totals.purchased == c(100)
 
     def test_a_settle_after_its_hold_ended_is_charged_and_a_second_one_is_closed(self):
-        s = Script()
-        s.purchase(100)
-        s.msg("reserve", id="h1", account_id="acme", credits=10, expires_at="2026-11-01T10:05:00Z",
-              ts="2026-11-01T10:00:00Z")
-        s.msg("settle", id="s1", reservation_id="h1", credits=8, ts="2026-11-01T10:07:00Z")
-        s.msg("settle", id="s2", reservation_id="h1", credits=8, ts="2026-11-01T10:08:00Z")
-        r = s.fold()
+        r = rule_examples.late_settle("acme", 2026).fold()
         assert reasons(r) == ["reservation_closed"]
         assert balances(r)["acme"] == (c(92), c(8), 0)
         assert conservation_holds(r)
@@ -461,34 +456,15 @@ class TestRulesMadePrecise:
 
     def test_an_offset_does_not_change_the_month(self):
         """Kind 1: the same instant written with +05:30 is still November (UTC)."""
-        results = []
         for stamp in ("2026-11-30T20:30:00Z", "2026-12-01T02:00:00+05:30"):
-            s = Script()
-            s.purchase(1000, ts="2026-11-01T00:00:00Z")
-            s.open("team", "acme", fallback=False, ts="2026-11-01T00:00:00Z")
-            monthly = {"every": "month", "rollover_pct": 0}
-            s.allocate("acme", "team", 100, recurrence=monthly, ts="2026-11-01T00:00:00Z")
-            s.use("team", 60, ts="2026-11-10T00:00:00Z")
-            s.allocate("acme", "team", 100, recurrence=monthly, ts=stamp, id="second")
-            s.use("team", 45, ts="2026-11-30T21:00:00Z")
-            results.append(s.fold())
-        for r in results:
+            r = rule_examples.offset_month("acme", 2026, stamp).fold()
             team = r.book.tenants["acme"].accounts["team"]
             assert (team.period, team.period_granted, team.period_used) == ("2026-11", c(200), c(105))
             assert self._threshold_alerts(r, "team") == [(50, "firing"), (50, "resolved"), (50, "firing")]
 
     def test_two_monthly_allocations_add_up_in_the_period_budget(self):
         """Kind 2: December's budget is 200 (both renewals), 110 is 55 %: one 50 % alert, no block."""
-        s = Script()
-        s.purchase(1000, ts="2026-11-01T00:00:00Z")
-        s.open("team", "acme", fallback=False, ts="2026-11-01T00:00:00Z")
-        monthly = {"every": "month", "rollover_pct": 0}
-        s.allocate("acme", "team", 100, recurrence=monthly, cap="hard", ts="2026-11-01T00:00:00Z")
-        s.allocate("acme", "team", 100, recurrence=monthly, cap="hard", ts="2026-11-15T00:00:00Z", id="second")
-        s.use("team", 110, ts="2026-11-20T00:00:00Z")
-        s.tick(ts="2026-12-01T00:00:00Z")
-        s.use("team", 110, ts="2026-12-05T00:00:00Z")
-        r = s.fold()
+        r = rule_examples.two_monthly("acme", 2026).fold()
         team = r.book.tenants["acme"].accounts["team"]
         assert (team.period, team.period_granted, team.period_used) == ("2026-12", c(200), c(110))
         december = [a for a in r.outputs if type(a).__name__ == "Alert" and a.period == "2026-12"
@@ -533,16 +509,7 @@ class TestRulesMadePrecise:
 
     def test_released_credits_go_back_under_the_grant_that_ended(self):
         """Kind 7: a hold released after its grant ended expires; nothing pays the Dec 10 usage."""
-        s = Script()
-        s.purchase(1000, ts="2026-11-01T00:00:00Z")
-        s.open("team", "acme", fallback=False, ts="2026-11-01T00:00:00Z")
-        s.allocate("acme", "team", 100, ends_at="2026-12-01T00:00:00Z", ts="2026-11-01T00:00:00Z")
-        s.msg("reserve", id="h1", account_id="team", credits=80, expires_at="2026-12-03T00:00:00Z",
-              ts="2026-11-30T23:00:00Z")
-        s.tick(ts="2026-12-02T00:00:00Z")
-        s.tick(ts="2026-12-04T00:00:00Z")
-        s.use("team", 50, ts="2026-12-10T00:00:00Z")
-        r = s.fold()
+        r = rule_examples.released_after_the_grant_ended("acme", 2026).fold()
         assert balances(r)["team"] == (0, c(50), c(50))
         assert r.book.tenants["acme"].totals.expired == c(100)
         assert conservation_holds(r)
