@@ -149,7 +149,8 @@ def _grant_ended(acct: Account, grant: Grant, when: datetime, timer, recurrence:
 def _renewal(state: Tenant, rec: Recurring, when: datetime, timer) -> TimerEvent:
     child = state.accounts[rec.child]
     grant = child.grant(rec.grant_id)
-    if rec.ends_at is not None and when >= rec.ends_at:
+    last_month = when.year == 9999 and when.month == 12  # no month after this one: it ends here
+    if rec.ends_at is not None and when >= rec.ends_at or last_month:
         if grant is None:  # spent to the last credit: only the recurrence ends
             return GrantEnded(cause_id=f"expire:{child.id}:{rec.grant_id}", cause_type="expire", ts=when,
                               timer=timer, account_id=child.id, grant_id=rec.grant_id, amount=0,
@@ -172,12 +173,6 @@ def _renewal(state: Tenant, rec: Recurring, when: datetime, timer) -> TimerEvent
     if unpaid and returned:  # the returned remainder becomes a parent grant that can pay too
         draws.append((f"{cause}:return", min(unpaid, returned)))
         inherited = _earliest(inherited, returned_expiry)
-    if when.year == 9999 and when.month == 12:  # no month after this one: the recurrence ends here
-        if grant is None:
-            return GrantEnded(cause_id=f"expire:{child.id}:{rec.grant_id}", cause_type="expire", ts=when,
-                              timer=timer, account_id=child.id, grant_id=rec.grant_id, amount=0,
-                              returned_to=None, recurrence=rec.id)
-        return _grant_ended(child, grant, when, timer, recurrence=rec.id)
     ends_at = next_month(when)
     if rec.ends_at is not None and rec.ends_at < ends_at:
         ends_at = rec.ends_at

@@ -527,3 +527,21 @@ class TestRulesMadePrecise:
         assert {a: v[0] for a, v in balances(r).items()} == {"acme": 0, "team": 0, "user": 0}
         assert r.book.tenants["acme"].totals.expired == c(100)
         assert conservation_holds(r)
+
+    def test_a_monthly_allocation_past_the_year_9999_is_refused_and_the_rest_goes_on(self):
+        """Kind 4's example: the month after December 9999 does not exist; nothing stops."""
+        a, b = Script("acme"), Script("globex")
+        a.purchase(1000)
+        a.open("team", "acme")
+        a.allocate("acme", "team", 10, starts_at="9999-12-15T00:00:00Z", recurrence={"every": "month"})
+        a.allocate("acme", "team", 10, starts_at="9999-10-15T00:00:00Z", recurrence={"every": "month"})
+        a.tick(ts="9999-12-31T00:00:00Z")  # renewals run into December 9999, where the recurrence ends
+        b.purchase(5)
+        r = Script("acme").fold()
+        for line in a.lines + b.lines:
+            r.feed(line)
+        r.finish()
+        assert reasons(r) == ["invalid_timestamp"]
+        assert r.book.tenants["globex"].totals.purchased == c(5)
+        assert not r.book.tenants["acme"].recurring
+        assert conservation_holds(r)
