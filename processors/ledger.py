@@ -363,7 +363,7 @@ def _(message: wire.BindKey, state: Tenant, now: datetime, late: bool) -> list[E
 
 @_decides(wire.SetRates)
 def _(message: wire.SetRates, state: Tenant, now: datetime, late: bool) -> list[Event]:
-    rates = tuple((rate_key(r.model_name, r.operation_type), r.credits_per_unit) for r in message.rates)
+    rates = tuple((rate_key(r.model_name, r.operation_type), Decimal(r.credits_per_unit)) for r in message.rates)
     return [RatesSet(rates=rates, **_common(message, late))]
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import msgspec
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 from .state import Account, Held, Hold, Recurring, Rules, Tenant, Totals
 
@@ -241,6 +241,12 @@ def store_options() -> Options:
     table.set_block_cache(_block_cache)
     table.set_cache_index_and_filter_blocks(True)
     table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    # Partitioned index and filters: a big file's one filter block (megabytes) would not fit a
+    # shard of the cache and be read again on every lookup (measured: 40x slower lookups past
+    # about 1.7 million ids in one store); partitions of it do, with the top level pinned.
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_pin_top_level_index_and_filter(True)
     options.set_block_based_table_factory(table)
     # Memory per store: up to two 16 MB memtables (RocksDB's default is 64 MB each, which with a
     # store per partition would dominate the ledger's memory).

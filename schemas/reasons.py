@@ -77,9 +77,13 @@ _PATH = re.compile(r"at `\$\.?([^`\[]*)")
 _TIME_FIELDS = {"ts", "expires_at", "starts_at", "ends_at", "until"}
 
 
+NOT_READ = object()  # classify_decode_error's ``loose`` when the bytes are not JSON at all
+_CONSTRAINT = re.compile(r"^Expected `[a-z]+` (of length )?[<>]=? ")
+
+
 def classify_decode_error(exc: Exception, loose: object) -> str:
-    """Map a msgspec error (and the loosely decoded value, if any) to a reason."""
-    if loose is None:
+    """Map a msgspec error (and the loosely decoded value, or NOT_READ) to a reason."""
+    if loose is NOT_READ:
         return NOT_JSON
     if not isinstance(loose, dict):
         return NOT_OBJECT
@@ -98,6 +102,8 @@ def classify_decode_error(exc: Exception, loose: object) -> str:
         return INVALID_AMOUNT
     if field in _TIME_FIELDS and ("datetime" in text or "timezone" in text):
         return INVALID_TIMESTAMP
+    if _CONSTRAINT.match(text):  # the right JSON type, out of its bounds (empty, too long, over 100)
+        return INVALID
     if text.startswith("Expected `"):
         return WRONG_TYPE
     return INVALID

@@ -51,7 +51,7 @@ class OpenAccount(_Message, tag="open_account", frozen=True, kw_only=True):
     name: str | None = None
 
 
-class Recurrence(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Recurrence(msgspec.Struct, frozen=True):
     every: Literal["month"]
     rollover_pct: Percent = 0
 
@@ -109,17 +109,17 @@ class Tick(_Message, tag="tick", frozen=True, kw_only=True):
     pass
 
 
-class Rate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Price(Decimal):
+    """A rate-card price: decoded by ``dec_hook`` into an exact ``Decimal`` of credits per
+    unit, from a JSON number (its text) or a string ``[0-9]+(\\.[0-9]{1,12})?`` (wire-v1.md)."""
+
+
+class Rate(msgspec.Struct, frozen=True):
     """Credits per unit for one model and operation (up to 12 decimals: token prices are tiny)."""
 
     model_name: NonEmpty
     operation_type: NonEmpty
-    credits_per_unit: Decimal
-
-    def __post_init__(self) -> None:
-        rate = self.credits_per_unit
-        if not rate.is_finite() or rate < 0 or rate.as_tuple().exponent < -12:  # type: ignore[operator]
-            raise AmountError(f"rate amount {rate} must be finite, non-negative, at most 12 decimals")
+    credits_per_unit: Price
 
 
 class SetRates(_Message, tag="set_rates", frozen=True, kw_only=True):
@@ -140,8 +140,8 @@ class Usage(_Message, tag="usage", frozen=True, kw_only=True):
     credits_consumed: Micros | None = None
     # Labels never refuse usage (wire-v1.md, "Labels never refuse usage"): any JSON value is
     # read, and ``decode`` keeps a non-string one as its JSON text, drops a null one, and
-    # reads missing or null ``usage_labels`` as no labels.
-    usage_labels: dict[str, Any] | None = {}
+    # reads missing, null (or non-object) ``usage_labels`` as no labels.
+    usage_labels: Any = {}
     response_latency_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
     error_code: str | None = None
 
@@ -170,19 +170,41 @@ class Rejection(msgspec.Struct, frozen=True):
 # ----------------------------------------------------------------------------- decode / encode
 
 
+_PRICE = re.compile(r"[0-9]+(\.[0-9]{1,12})?")
+
+
 def dec_hook(kind: type, obj: object) -> object:
     if kind is Micros:
-        if type(obj) is str:
-            return to_micros(obj)
         if type(obj) is bool:
             raise AmountError("amount must be a number or a decimal string, not bool")
         return to_micros(obj)
+    if kind is Price:
+        return to_price(obj)
     raise NotImplementedError(kind)
+
+
+def to_price(obj: object) -> Price:
+    """A rate-card price in credits per unit, exactly (at most 12 decimals). Raises AmountError."""
+    if type(obj) is str:
+        if not (obj.isascii() and _PRICE.fullmatch(obj)):
+            raise AmountError(f"rate amount {obj!r} is not a decimal string like 0.000002 (at most 12 decimals)")
+        return Price(obj)
+    if type(obj) is int:
+        price = Decimal(obj)
+    elif type(obj) is Decimal:
+        price = obj
+    else:
+        raise AmountError(f"rate amount must be a number or a decimal string, not {type(obj).__name__}")
+    if not price.is_finite() or price < 0 or price != price.quantize(Decimal(1).scaleb(-12)):
+        raise AmountError(f"rate amount {price} must be finite, non-negative, at most 12 decimals")
+    return Price(price)
 
 
 def enc_hook(obj: object) -> object:
     if isinstance(obj, Micros):
         return credits_str(obj)
+    if isinstance(obj, Price):
+        return str(obj)
     raise NotImplementedError(type(obj))
 
 
@@ -191,7 +213,7 @@ def enc_hook(obj: object) -> object:
 _decoder = msgspec.json.Decoder(Message, dec_hook=dec_hook, float_hook=Decimal)
 _label_encoder = msgspec.json.Encoder(decimal_format="number")
 _encoder = msgspec.json.Encoder(enc_hook=enc_hook)
-_loose = msgspec.json.Decoder()
+_loose = msgspec.json.Decoder(float_hook=Decimal)
 
 
 _UTC = timezone.utc
@@ -215,6 +237,10 @@ def _in_utc(message: Message) -> Message:
 # UTC"; msgspec would round 23:59:59.9999999 into the next day, and the next month).
 _SUBMICRO = re.compile(rb'("\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6})\d+')
 _SUBMICRO_STR = re.compile(_SUBMICRO.pattern.decode())
+# One search finds both rare shapes: group 1, digits past the microsecond; group 2, an offset
+# like +0100 that RFC 3339 does not allow (it needs +01:00).
+_ODD_TIME = re.compile(rb'"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:(\.\d{7,})|(?:\.\d{1,6})?([+-]\d{4})")')
+_ODD_TIME_STR = re.compile(_ODD_TIME.pattern.decode())
 
 
 def decode(raw: bytes | str) -> Message | Rejection:
@@ -222,7 +248,17 @@ def decode(raw: bytes | str) -> Message | Rejection:
 
     Every time of the result is in UTC, whatever offset it was written with."""
     text = raw
-    if (_SUBMICRO if type(raw) is bytes else _SUBMICRO_STR).search(raw):  # rare: cut, never round
+    if type(raw) is bytes and not raw.isascii():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:  # anywhere, unknown fields too: not JSON (RFC 8259 is UTF-8)
+            return Rejection(id=None, tenant_id=None, reason=reasons.NOT_JSON, detail=f"not UTF-8: {exc}",
+                             **raw_fields(raw))
+    odd = (_ODD_TIME if type(raw) is bytes else _ODD_TIME_STR).search(raw)
+    if odd is not None:  # rare: digits past the microsecond (cut, never rounded), or an offset without colon
+        if odd.group(2):
+            return reject_unreadable(raw, msgspec.ValidationError(
+                f"Invalid RFC3339 encoded datetime: offset {odd.group(2)!r} has no colon - at `$.ts`"))
         text = (_SUBMICRO if type(raw) is bytes else _SUBMICRO_STR).sub(r"\1" if type(raw) is str else rb"\1", raw)
     try:
         message = _decoder.decode(text)
@@ -245,9 +281,9 @@ def decode(raw: bytes | str) -> Message | Rejection:
     return message
 
 
-def _plain(labels: dict | None) -> bool:
+def _plain(labels) -> bool:
     """Are these labels already strings only (nothing to normalise)?"""
-    if labels is None:
+    if type(labels) is not dict:
         return False
     for value in labels.values():
         if type(value) is not str:
@@ -255,9 +291,9 @@ def _plain(labels: dict | None) -> bool:
     return True
 
 
-def _label_texts(labels: dict | None) -> dict[str, str]:
-    """Labels as strings: a non-string value as its JSON text, a null one dropped."""
-    if not labels:
+def _label_texts(labels) -> dict[str, str]:
+    """Labels as strings: a non-string value as its JSON text, a null one dropped; no object, no labels."""
+    if not labels or type(labels) is not dict:
         return {}
     return {key: value if type(value) is str else _label_encoder.encode(value).decode()
             for key, value in labels.items() if value is not None}
@@ -285,7 +321,7 @@ def reject_unreadable(raw: bytes | str, exc: Exception) -> Rejection:
     try:
         loose = _loose.decode(raw)
     except msgspec.DecodeError:
-        loose = None
+        loose = reasons.NOT_READ
     if isinstance(loose, dict):
         ident = loose.get("id") if isinstance(loose.get("id"), str) else None
         tenant = loose.get("tenant_id") if isinstance(loose.get("tenant_id"), str) else None
