@@ -265,9 +265,11 @@ class PartitionStore:
         # with defaults (no Bloom filter).
         self.db = Rdict(str(path), store_options(), column_families={"default": store_options()})
         options = WriteOptions()
-        # The changelog is the durable copy: a write lost with the process is restored from it
-        # (a batch is atomic, so the checkpoint never runs ahead of the data).
-        options.disable_wal = True
+        # Write-ahead log on, not synced: a killed process loses nothing (the OS holds the log),
+        # so a warm restart replays only what the changelog got after the last write. A machine
+        # crash may lose the unsynced tail: the changelog is the durable copy, and a batch is
+        # atomic, so the checkpoint never runs ahead of the data.
+        options.sync = False
         self.db.set_write_options(options)
 
     @classmethod
