@@ -140,7 +140,7 @@ class UsageCharged(Event, frozen=True, kw_only=True):
     draws: tuple[Draw, ...]
     overage: int
     dims: dict  # model_name, operation_type, api_key_id, usage_labels: copied onto its entries
-    remainder: tuple[str, Decimal] | None = None  # (rate key, the charged account's new sub-micro remainder)
+    remainder: tuple[str, tuple[Decimal, int]] | None = None  # (rate key, the charged account's new remainder)
 
 
 class Reserved(Event, frozen=True, kw_only=True):

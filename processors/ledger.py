@@ -184,7 +184,8 @@ def _renewal(state: Tenant, rec: Recurring, when: datetime, timer) -> TimerEvent
 
 # ----------------------------------------------------------------------------- decide
 
-_fingerprint_encoder = msgspec.json.Encoder(enc_hook=wire.enc_hook)
+# "deterministic": a dict's keys in sorted order (usage_labels in any order are the same content)
+_fingerprint_encoder = msgspec.json.Encoder(enc_hook=wire.enc_hook, order="deterministic")
 
 
 def fingerprint(message: wire.Message, raw: bytes | None = None) -> int:
@@ -407,7 +408,7 @@ def _cascade(state: Tenant, charged: Account, amount: int, now: datetime) -> tup
 
 
 def usage_credits(state: Tenant, message: wire.Usage, charged: Account | None = None
-                  ) -> tuple[int, tuple[str, Decimal] | None]:
+                  ) -> tuple[int, tuple[str, tuple[Decimal, int]] | None]:
     """(micro-credits, the charged account's new rate remainder or None) of a usage.
 
     ``credits_consumed`` when given; else units x the tenant's rate for the model and
@@ -423,16 +424,19 @@ def usage_credits(state: Tenant, message: wire.Usage, charged: Account | None = 
         raise Rejected(reasons.NO_RATE, f"no credits_consumed and no rate for {message.model_name!r} / "
                                         f"{message.operation_type!r} (send set_rates)")
     exact = Decimal(repr(message.units_consumed)) * rate * MICROS_PER_CREDIT
-    if charged is not None:
-        exact += charged.remainders.get(key, _ZERO)
-    micros = int(exact.to_integral_value(ROUND_HALF_EVEN))
+    total, charged_so_far = (charged.remainders.get(key, _NOTHING) if charged is not None else _NOTHING)
+    total += exact  # the exact total of this account and rate so far, charged once rounded
+    micros = int(total.to_integral_value(ROUND_HALF_EVEN)) - charged_so_far
     if micros > MAX_MICROS:
         raise Rejected(reasons.INVALID_AMOUNT, f"the price of {message.units_consumed!r} units is above the largest "
                                                f"balance")
-    return micros, (key, exact - micros)
+    # keep only what rounding still needs: the total's fraction and its integer part's parity
+    whole = int(total) - int(total) % 2
+    return micros, (key, (total - whole, charged_so_far + micros - whole))
 
 
 _ZERO = Decimal(0)
+_NOTHING = (_ZERO, 0)
 
 
 def _fits(*totals: int) -> None:
@@ -453,7 +457,10 @@ def _decide_usage(message: wire.Usage, state: Tenant, now: datetime, late: bool,
     account_id = message.account_id or state.keys.get(message.api_key_id)
     if account_id is None or account_id not in state.accounts:
         ref = f"a:{message.account_id}" if message.account_id else f"k:{message.api_key_id}"
-        grace_end = message.ts + timedelta(seconds=state.rules.unknown_account_grace_s)
+        try:
+            grace_end = message.ts + timedelta(seconds=state.rules.unknown_account_grace_s)
+        except OverflowError:  # a usage in the last hour of the year 9999: its grace ends with time itself
+            grace_end = datetime.max.replace(tzinfo=timezone.utc)
         if raw is None or grace_end <= now:
             if account_id is None:
                 raise Rejected(reasons.UNKNOWN_ACCOUNT,
@@ -545,12 +552,14 @@ def _(message: wire.Settle, state: Tenant, now: datetime, late: bool) -> list[Ev
         # wire-v1.md, "A settle after its hold ended": the consumption happened; charge it now
         charged = state.accounts[closed[0][len(RELEASED):]]
         amount = int(message.credits)
+        _fits(state.totals.consumed + amount, charged.consumed + amount)
         draws, unpaid = _cascade(state, charged, amount, now)
         common = _common(message, late)
         return [UsageCharged(account_id=charged.id, amount=amount, draws=tuple(draws), overage=unpaid,
                              dims={}, **common),
                 HoldClosed(hold_id=message.reservation_id, **common)]
     amount = int(message.credits)
+    _fits(state.totals.consumed + amount, state.accounts[hold.account].consumed + amount)
     left = min(amount, hold.amount)
     from_hold: list[Draw] = []
     released: list[Draw] = []

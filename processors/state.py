@@ -86,8 +86,9 @@ class Account:
     alerted: list[int] = field(default_factory=list)  # thresholds fired in this period
     override_until: datetime | None = None
     blocked: bool = False
-    # rate key -> the exact sub-micro-credit part of rate-card charges not yet charged (|r| <= 0.5)
-    remainders: dict[str, Decimal] = field(default_factory=dict)
+    # rate key -> (exact total of rate-card charges, micro-credits charged), both less the same even
+    # number: what rounding the running total once needs (its fraction, its parity)
+    remainders: dict[str, tuple[Decimal, int]] = field(default_factory=dict)
 
     def add_grant(self, grant: Grant) -> None:
         self.grants.append(grant)

@@ -44,6 +44,10 @@ def to_micros(value: object) -> Micros:
         d: Decimal = value  # type: ignore[assignment]
         if not d.is_finite():
             raise AmountError("amount must be a finite number")
+        if d and d.adjusted() > 19:  # checked before any arithmetic: 1e999999 must not overflow the context
+            raise AmountError(f"amount is above the largest balance, {credits_str(MAX_MICROS)} credits")
+        if d and d.adjusted() < -6:  # a non-zero amount below a micro-credit (1e-9999999 too)
+            raise AmountError(f"amount {d} has more than 6 decimal places")
         scaled = d * _SCALE
         if scaled != scaled.to_integral_value():
             raise AmountError(f"amount {d} has more than 6 decimal places")

@@ -29,7 +29,7 @@ Ledger decisions (the message was read, but refused):
 ``insufficient_funds``      more than the account can spend now
 ``invalid_window``          ``ends_at``/``expires_at`` not after ``starts_at`` / ``ts``
 ``unknown_reservation``     ``settle`` of a reservation id that was never reserved
-``reservation_closed``      ``settle`` of a reservation already settled or released at expiry
+``reservation_closed``      a second ``settle`` of a reservation (a settle after its release at expiry is charged)
 ``approvals_required``      ``override_cap`` without two distinct approvers
 ``no_rate``                 usage without ``credits_consumed`` and no rate for its model/operation
 ``not_supported``           a v1 command this version of the ledger cannot apply yet

@@ -195,7 +195,8 @@ def to_price(obj: object) -> Price:
         price = obj
     else:
         raise AmountError(f"rate amount must be a number or a decimal string, not {type(obj).__name__}")
-    if not price.is_finite() or price < 0 or price != price.quantize(Decimal(1).scaleb(-12)):
+    if not price.is_finite() or price < 0 or price and not -12 <= price.adjusted() <= 18 or \
+            price != price.quantize(Decimal(1).scaleb(-12)):
         raise AmountError(f"rate amount {price} must be finite, non-negative, at most 12 decimals")
     return Price(price)
 
@@ -204,7 +205,7 @@ def enc_hook(obj: object) -> object:
     if isinstance(obj, Micros):
         return credits_str(obj)
     if isinstance(obj, Price):
-        return str(obj)
+        return format(obj.normalize(), "f")  # "0.50" and 0.5 are one price: one spelling
     raise NotImplementedError(type(obj))
 
 
@@ -235,7 +236,7 @@ def _in_utc(message: Message) -> Message:
 
 # A time with digits past the microsecond: they are cut, never rounded (wire-v1.md, "Time is
 # UTC"; msgspec would round 23:59:59.9999999 into the next day, and the next month).
-_SUBMICRO = re.compile(rb'("\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6})\d+')
+_SUBMICRO = re.compile(rb'("\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d\.\d{6})\d+')
 _SUBMICRO_STR = re.compile(_SUBMICRO.pattern.decode())
 # One search finds both rare shapes: group 1, digits past the microsecond; group 2, an offset
 # like +0100 that RFC 3339 does not allow (it needs +01:00).

@@ -545,3 +545,27 @@ class TestRulesMadePrecise:
         assert r.book.tenants["globex"].totals.purchased == c(5)
         assert not r.book.tenants["acme"].recurring
         assert conservation_holds(r)
+
+    def test_gaps_the_docs_review_found(self):
+        """Huge exponents are refused, not a crash; settles cannot pass 2^63-1; exact halves of
+        rate-card prices round once over the total; labels in another key order and a price
+        spelt with trailing zeros are the same content; a lower-case t cuts digits too."""
+        s = Script()
+        s.lines.append(b'{"type":"purchase","id":"p1","tenant_id":"acme","ts":"2026-11-01T00:00:00Z",'
+                       b'"credits":1e999999}')
+        s.lines.append(b'{"type":"purchase","id":"p2","tenant_id":"acme","ts":"2026-11-01T00:00:00Z",'
+                       b'"credits":1e-9999999}')
+        s.purchase(10, id="p3", ts="2026-11-01T00:00:01Z")
+        s.msg("set_rates", id="rates", ts="2026-11-01T00:00:02Z",
+              rates=[{"model_name": "m", "operation_type": "chat", "credits_per_unit": "0.0000005"}])
+        s.lines.append(s.lines[-1].replace(b'"0.0000005"', b'"0.00000050"'))  # the same content
+        for n in range(3):
+            s.use("acme", None, units_consumed=1, model_name="m", id=f"half-{n}", ts="2026-11-01T00:00:03Z",
+                  usage_labels={"a": "1", "b": "2"})
+        s.use("acme", None, units_consumed=1, model_name="m", id="half-0", ts="2026-11-01T00:00:03Z",
+              usage_labels={"b": "2", "a": "1"})  # the same content, labels in another order
+        s.lines.append(b'{"type":"tick","id":"t","tenant_id":"acme","ts":"2026-11-30t23:59:59.9999999Z"}')
+        r = s.fold()
+        assert reasons(r) == ["invalid_amount", "invalid_amount"]
+        assert balances(r)["acme"][1] == 2  # 1.5 micro-credits in all, rounded once (half-even)
+        assert r.book.tenants["acme"].clock.month == 11
