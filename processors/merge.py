@@ -1,21 +1,25 @@
 """Merging the two input topics into one deterministic order per partition number.
 
 A tenant's usage and commands travel on two topics (same key, same partition number), so
-the ledger must interleave ``finops.usage.v1[p]`` and ``finops.commands.v1[p]``. The rule,
-the one Kafka Streams uses for its tasks:
+the ledger must interleave ``finops.usage.v1[p]`` and ``finops.commands.v1[p]``. The rule:
 
-* while both topic-partitions have buffered messages, the one with the earlier event time
-  goes first (commands before usage on equal time, then offset order);
+* while both topic-partitions have buffered messages, the one Kafka stored first goes
+  first: the record timestamp, which the input topics take from the broker
+  (LogAppendTime), so each topic-partition is in that order already; on the same
+  millisecond, the earlier event time, then commands before usage, then offset order;
 * when one of them is empty, the other goes on only if the empty one is *quiet*: the
-  caller decides, from its position, high watermark and how long nothing has arrived
-  (``Merger.take(quiet=...)``); otherwise the partition waits for the next fetch.
+  caller decides, from its position and a high watermark asked after the waiting messages
+  arrived (``Merger.take(quiet=...)``); otherwise the partition waits for the next fetch.
 
-So whenever both topics hold backlog (a restart, a new instance, a replay) the order is
-event-time order and does not depend on how fetches or batches happened to fall; a
-message can only be applied after a later one from the other topic when it was not yet
-in Kafka at that moment (it is then *late*, see docs/ledger.md). Messages that cannot be
-read have no time: they go as soon as they reach the head of their queue (they only
-produce a rejection).
+So the ledger applies a tenant's messages in the order they reached Kafka, live and in any
+replay alike (the record timestamp is part of the log), whatever event times other
+tenants on the partition carry: ordering by event time across a partition let one
+tenant's old-dated usage overtake its own commands queued behind another tenant's newer
+ones. A publisher of a file keeps the file's order by putting each tenant's messages in
+Kafka in it (wire-v1.md, "Publishing files"); a message whose ``ts`` is before the tenant
+clock is *late* (docs/ledger.md). Items without a record timestamp (tests) are ordered by
+event time. Messages that cannot be read have no time: they go as soon as they reach the
+head of their queue (they only produce a rejection).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class Item:
     stored_at: datetime | None = None  # when Kafka stored it (the record timestamp), for ts_in_future
 
     def order(self) -> tuple:
-        return (self.ts, RANK[self.topic], self.offset)
+        return (self.stored_at or self.ts, self.ts, RANK[self.topic], self.offset)
 
 
 class Merger:

@@ -6,7 +6,8 @@ Lines are checked before they are sent (bad events fail here, not downstream) un
 rejection path: an unreadable line then goes to the usage topic).
 
 A tenant's commands are in Kafka before the usage lines that follow them (wire v1,
-"Publishing files"). Commands and usage go to two topics, so Kafka alone does not keep
+"Publishing files"), and its usage before the commands that follow it: the ledger applies
+the two topics in the order Kafka stored them, so the file's order is the ledger's. Commands and usage go to two topics, so Kafka alone does not keep
 that order: before a usage line of a tenant with commands not yet acknowledged, the
 publisher waits for their delivery reports. That is one wait per switch from a tenant's
 commands to its usage (a file of commands, then usage, waits once), not one per line. A
@@ -95,6 +96,7 @@ class Publisher:
         self._in_flight: dict[bytes | None, int] = {}  # commands queued, not yet reported, per tenant key
         self._lost: dict[bytes, str] = {}  # tenant key -> where its first failed command was ("line N")
         self._given = 0  # lines given to send, to name a line without a number
+        self._usage_sent: set[bytes | None] = set()  # tenants with usage queued since their last command
 
     def _delivered(self, err, msg) -> None:
         if err is None:
@@ -126,6 +128,9 @@ class Publisher:
         self._given += 1
         topic, key = route(line)
         if topic == topics.COMMANDS:
+            if key in self._usage_sent:  # usage of this tenant before it: in Kafka first
+                self._usage_sent.clear()
+                self._await_all()
             where = f"line {number}" if number is not None else f"message {self._given}"
             self._in_flight[key] = self._in_flight.get(key, 0) + 1  # before: produce may serve the report
             try:
@@ -142,7 +147,15 @@ class Publisher:
                              f"{self._lost[key]} before it was not delivered")
             return False
         clients.produce(self._producer, topic, line, key, self._delivered)
+        self._usage_sent.add(key)
         return True
+
+    def _await_all(self) -> None:
+        """Wait until everything queued is acknowledged (usage before a command that follows it)."""
+        self.report.command_waits += 1
+        if self._producer.flush(self.command_wait):
+            raise PublishError(f"Kafka at {self.settings.bootstrap} did not acknowledge the usage before a "
+                               f"command within {self.command_wait:g} s")
 
     def _await_commands(self, key: bytes) -> None:
         """Serve delivery reports until none of this tenant's commands is in flight."""

@@ -252,10 +252,11 @@ class TestAFailedCommand:
                                  "line 7: not sent: the command of tenant a on line 1 before it was not delivered",
                                  "line 9: not sent: the command of tenant a on line 1 before it was not delivered"]
 
-    def test_waits_only_when_a_tenant_switches_from_commands_to_usage(self, fake):
+    def test_waits_only_when_a_tenant_switches_between_commands_and_usage(self, fake):
         fake.fail = b"no such command"
         lines = File().commands("a").usage("a", each=50).commands("b").usage("a", "b", each=50).allocate("a") \
             .usage("a", each=50).lines
         report = publish_lines(Settings(), lines)
         assert (report.sent, report.failed) == (len(lines), 0)
-        assert report.command_waits == 3 and fake.flushes == 3 + 1  # the three switches, then close
+        # a: commands -> usage; b: commands -> usage; a: usage -> allocate -> usage; then close
+        assert report.command_waits == 4 and fake.flushes == 4 + 1
