@@ -23,8 +23,8 @@ offsets (this waits for any transaction still pending on them, KIP-447), then br
 store of *p* up to the end of changelog partition *p* (read_committed) and loads its
 tenants' small state into memory; id memories are read from disk per lookup.
 
-Order: the two input topics are merged per partition number by event time
-(:mod:`.merge`), so a tenant's commands and usage are applied in one deterministic order.
+Order: the two input topics are merged per partition number in the order Kafka stored
+them (:mod:`.merge`), so a tenant's commands and usage are applied in one deterministic order.
 A topic is *idle* (the other may go on without it) only when a high watermark asked of the
 broker after the waiting messages arrived shows nothing more in it: a cached watermark may
 predate a command that was already stored, and applying usage before it would differ from
