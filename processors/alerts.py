@@ -33,6 +33,7 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import msgspec
 
@@ -231,6 +232,8 @@ def build_app(settings: Settings, rules: Rules | None = None):
     ProducerBuffer.max_messages = 20_000
     judge = Judge(rules or Rules.from_settings(settings))
     encoder = msgspec.json.Encoder()
+    # faust makes its folder but not the data dir above it (a new machine has none yet)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.group_prefix}-alerts", broker=f"kafka://{settings.bootstrap}", store="memory://",
         web_enabled=False, topic_partitions=settings.topic_partitions, consumer_auto_offset_reset="earliest",
