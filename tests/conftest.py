@@ -71,3 +71,9 @@ def clickhouse_settings(request, chdb_dsn: str) -> Settings:
 def pytest_terminal_summary(terminalreporter):
     if _BROKER:
         terminalreporter.write_line(f"integration tests ran against: {_BROKER['kafka']}")
+
+
+def pytest_collection_modifyitems(items):
+    """The busy-tenant test goes last: its 300,000 events (and their ledger entries) would make
+    every later test that reads a whole topic of the shared broker slower."""
+    items.sort(key=lambda item: item.module.__name__ == "test_busy_tenant")
