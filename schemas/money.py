@@ -80,11 +80,11 @@ def _parse_decimal_string(text: str) -> int:
 
 def credits_str(micros: int) -> str:
     """Micro-credits as an exact decimal credit string: 1500000 -> '1.5', 2000000 -> '2'."""
-    sign = "-" if micros < 0 else ""
-    whole, frac = divmod(abs(micros), MICROS_PER_CREDIT)
-    if not frac:
-        return f"{sign}{whole}"
-    return f"{sign}{whole}.{frac:06d}".rstrip("0")
+    if micros >= 0:
+        whole, frac = divmod(micros, MICROS_PER_CREDIT)
+        return f"{whole}.{frac:06d}".rstrip("0") if frac else str(whole)
+    whole, frac = divmod(-micros, MICROS_PER_CREDIT)
+    return f"-{whole}.{frac:06d}".rstrip("0") if frac else f"-{whole}"
 
 
 def credits(value: str | int | float) -> int:

@@ -202,7 +202,7 @@ def to_price(obj: object) -> Price:
 
 
 def enc_hook(obj: object) -> object:
-    if isinstance(obj, Micros):
+    if type(obj) is Micros or isinstance(obj, Micros):
         return credits_str(obj)
     if isinstance(obj, Price):
         return format(obj.normalize(), "f")  # "0.50" and 0.5 are one price: one spelling
@@ -234,40 +234,98 @@ def _in_utc(message: Message) -> Message:
     return msgspec.structs.replace(message, **changes) if changes else message
 
 
-# A time with digits past the microsecond: they are cut, never rounded (wire-v1.md, "Time is
-# UTC"; msgspec would round 23:59:59.9999999 into the next day, and the next month).
-_SUBMICRO = re.compile(rb'("\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d\.\d{6})\d+')
-_SUBMICRO_STR = re.compile(_SUBMICRO.pattern.decode())
-# One search finds both rare shapes: group 1, digits past the microsecond; group 2, an offset
-# like +0100 that RFC 3339 does not allow (it needs +01:00).
-_ODD_TIME = re.compile(rb'"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:(\.\d{7,})|(?:\.\d{1,6})?([+-]\d{4})")')
-_ODD_TIME_STR = re.compile(_ODD_TIME.pattern.decode())
+# Time fields: digits past the microsecond are cut, never rounded (wire-v1.md, "Time is
+# UTC"; msgspec would round 23:59:59.9999999 into the next day, and the next month), and an
+# offset like +0100, which RFC 3339 does not allow (it needs +01:00), is refused. Only the
+# time fields are looked at: a label or an id that looks like a time is left as it is.
+_TIME_NAMES = ("ts", "expires_at", "starts_at", "ends_at", "until")
+_ODD_TIME = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:(\.\d{7,})|(?:\.\d{1,6})?([+-]\d{4})\Z)")
+_TS_KEY = b'"ts"'
+_TS_AT = b'"ts":"'
+_TIME_LOOSE = msgspec.json.Decoder(float_hook=Decimal)
+_LOOSE_ENCODER = msgspec.json.Encoder(decimal_format="number")
+
+
+def _odd(text: str) -> tuple[str | None, str | None]:
+    """(the time cut at the microsecond, or None; an offset without colon, or None) of a time's text."""
+    odd = _ODD_TIME.match(text)
+    if odd is None:
+        return None, None
+    if odd.group(2):
+        return None, odd.group(2)
+    return text[:odd.start(1) + 7] + text[odd.end(1):], None
+
+
+def _plain_ts(data: bytes) -> bool:
+    """Is ``ts`` written the usual way (``"ts":"2026-11-30T10:00:00Z"``, or with six decimals), once,
+    and no escape anywhere that could spell another key ``ts``? Then a usage needs no other look."""
+    at = data.find(_TS_AT)
+    if at < 0:
+        return False
+    end = data.find(b'"', at + 6)
+    size = end - at - 6
+    return data[end - 1] == 90 and (size == 20 or size == 27 and data[at + 25] == 46) and \
+        b"\\" not in data and data.count(_TS_KEY) == 1  # 90: "Z", 46: "."
+
+
+def _time_texts(raw: bytes | str) -> bytes | str | Rejection:
+    """``raw`` with every time field's digits past the microsecond cut (re-encoded from a plain
+    JSON read when one is), or a Rejection for an offset without colon."""
+    try:
+        loose = _TIME_LOOSE.decode(raw)
+    except msgspec.DecodeError:
+        return raw  # the typed decode says what is wrong with it
+    if type(loose) is not dict:
+        return raw
+    changed = False
+    for name in _TIME_NAMES:
+        value = loose.get(name)
+        if type(value) is str:
+            cut, offset = _odd(value)
+            if offset is not None:
+                return _no_colon(raw, offset, name)
+            if cut is not None:
+                loose[name] = cut
+                changed = True
+    return _LOOSE_ENCODER.encode(loose) if changed else raw
+
+
+def _no_colon(raw: bytes | str, offset: str, name: str) -> Rejection:
+    return reject_unreadable(raw, msgspec.ValidationError(
+        f"Invalid RFC3339 encoded datetime: offset {offset!r} has no colon - at `$.{name}`"))
 
 
 def decode(raw: bytes | str) -> Message | Rejection:
     """Decode one v1 message; bad input becomes a :class:`Rejection`, never an exception.
 
     Every time of the result is in UTC, whatever offset it was written with."""
-    text = raw
     if type(raw) is bytes and not raw.isascii():
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:  # anywhere, unknown fields too: not JSON (RFC 8259 is UTF-8)
             return Rejection(id=None, tenant_id=None, reason=reasons.NOT_JSON, detail=f"not UTF-8: {exc}",
                              **raw_fields(raw))
-    odd = (_ODD_TIME if type(raw) is bytes else _ODD_TIME_STR).search(raw)
-    if odd is not None:  # rare: digits past the microsecond (cut, never rounded), or an offset without colon
-        if odd.group(2):
-            return reject_unreadable(raw, msgspec.ValidationError(
-                f"Invalid RFC3339 encoded datetime: offset {odd.group(2)!r} has no colon - at `$.ts`"))
-        text = (_SUBMICRO if type(raw) is bytes else _SUBMICRO_STR).sub(r"\1" if type(raw) is str else rb"\1", raw)
+    text = raw
+    if not _plain_ts(raw if type(raw) is bytes else raw.encode()):
+        text = _time_texts(raw)
+        if type(text) is Rejection:
+            return text
     try:
         message = _decoder.decode(text)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return reject_unreadable(raw, exc)
-    if type(message) is Usage and message.ts.tzinfo is _UTC and 1970 <= message.ts.year <= 9999 and \
-            _plain(message.usage_labels):
-        return message  # the common case, checked first
+    if type(message) is Usage:
+        if message.ts.tzinfo is _UTC and 1970 <= message.ts.year <= 9999 and _plain(message.usage_labels):
+            return message  # the common case, checked first
+    elif text is raw:  # a command's other time fields (expires_at, until, ...) are looked at too
+        text = _time_texts(raw)
+        if type(text) is Rejection:
+            return text
+        if text is not raw:
+            try:
+                message = _decoder.decode(text)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                return reject_unreadable(raw, exc)
     try:
         message = _in_utc(message)
     except (OverflowError, ValueError) as exc:  # an offset that moves the time out of years 1..9999

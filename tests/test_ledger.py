@@ -546,6 +546,25 @@ class TestRulesMadePrecise:
         assert not r.book.tenants["acme"].recurring
         assert conservation_holds(r)
 
+    def test_only_time_fields_are_read_as_times(self):
+        """Digits past the microsecond are cut and an offset without colon is refused in the time
+        fields only (ts, expires_at, ...): an id or a label that looks like a time is kept as
+        sent and refuses nothing; a time written with spaces or a second key is still cut."""
+        s = Script()
+        s.purchase(10, ts="2026-11-01T00:00:00Z")
+        s.use("acme", 1, id="2026-11-01T00:00:01.1234567Z", ts="2026-11-01T00:00:01Z",
+              usage_labels={"seen": "2026-11-01T00:00:01+0100", "at": "2026-11-01T00:00:01.9999999Z"})
+        s.lines.append(b'{"type": "usage", "id": "spaced", "tenant_id": "acme", "ts": "2026-11-30T23:59:59.9999999Z",'
+                       b' "account_id": "acme", "api_key_id": "k", "model_name": "m", "operation_type": "o",'
+                       b' "units_consumed": 1, "credits_consumed": 1}')
+        s.lines.append(b'{"type":"purchase","id":"exp","tenant_id":"acme","ts":"2026-11-01T00:00:02Z",'
+                       b'"credits":1,"expires_at":"2026-12-01T00:00:00+0100"}')
+        r = s.fold()
+        assert reasons(r) == ["invalid_timestamp"]
+        entry = next(o for o in r.outputs if getattr(o, "cause_id", "") == "2026-11-01T00:00:01.1234567Z")
+        assert entry.usage_labels == {"seen": "2026-11-01T00:00:01+0100", "at": "2026-11-01T00:00:01.9999999Z"}
+        assert r.book.tenants["acme"].clock.month == 11  # the spaced ts was cut, not rounded into December
+
     def test_gaps_the_docs_review_found(self):
         """Huge exponents are refused, not a crash; settles cannot pass 2^63-1; exact halves of
         rate-card prices round once over the total; labels in another key order and a price
