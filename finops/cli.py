@@ -826,47 +826,73 @@ def _rules(settings):
 # ----------------------------------------------------------------------------- bench
 
 
+BENCH_HELP = (
+    "Benchmark to run: fold (pure ledger), ledger (the Kafka processor against raw confluent-kafka, on a "
+    "dedicated broker), reports (every report on generated ClickHouse data), sink (the sink's ClickHouse write "
+    "path, no Kafka), alerts (publish-to-alert latency under steady load; --events is events per second), "
+    "balance-latency (publish-to-balance latency under steady load; --events is events per second), sdk "
+    "(UsageProducer against raw confluent-kafka produce), e2e (publish to ClickHouse rows through `finops run "
+    "ledger` and `finops run sink` child processes), ledger-memory (peak RSS of `finops run ledger` folding "
+    "100,000 accounts), busy-tenant (one busy tenant published into a running `finops run ledger`, kill -9 at "
+    "half, vs 50 small tenants; checked against finops fold) or all (every one, the Kafka ones on one shared "
+    "broker: one JSON with the headline figures, each benchmark's own JSON under details).")
+
+
+def _bench_package(root: Path | None = None):
+    """The checkout's ``bench`` package, next to the ``finops`` package's source (the install is
+    editable); exit 1 with one line when there is none (an installed wheel)."""
+    import importlib
+
+    if root is None:
+        import finops
+
+        root = Path(finops.__file__).resolve().parents[1]
+    if not ((root / "pyproject.toml").is_file() and (root / "bench" / "__init__.py").is_file()):
+        _fail("benchmarks run from a source checkout (its bench/ package); this finops is installed without one")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    module = importlib.import_module("bench")
+    if Path(module.__file__).resolve().parent != root / "bench":
+        _fail(f"another module named bench ({module.__file__}) hides the checkout's {root / 'bench'}")
+    return module
+
+
 @app.command()
 @command
 def bench(
-    name: str = typer.Argument("fold", help="Benchmark to run: fold (pure ledger), ledger (the Kafka "
-                                            "processor against raw confluent-kafka, on a dedicated broker), "
-                                            "reports (every report on generated ClickHouse data), sink (the "
-                                            "sink's ClickHouse write path, no Kafka), alerts (publish-to-alert "
-                                            "latency under steady load; --events is events per second), sdk "
-                                            "(UsageProducer against raw confluent-kafka produce) or busy-tenant "
-                                            "(issue 13: one busy tenant published into a running `finops run "
-                                            "ledger`, kill -9 at half, vs 50 small tenants; checked against "
-                                            "finops fold)."),
+    name: str = typer.Argument("fold", help=BENCH_HELP),
     events: Optional[int] = typer.Option(None, help="Usage events per run; for reports and sink, rows; for "
-                                                    "alerts, events per second (default: fold/ledger 200000, "
-                                                    "reports 10000000, sink 500000, alerts 10000, sdk 200000, "
-                                                    "busy-tenant 3000000)."),
-    repeats: int = typer.Option(3, help="Runs; the median is reported."),
-    output: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the JSON to this file."),
+                                                    "alerts and balance-latency, events per second (default: "
+                                                    "fold/ledger/sdk 200000, reports 10000000, sink 500000, "
+                                                    "alerts/balance-latency 10000, e2e/ledger-memory 1000000, "
+                                                    "busy-tenant 3000000; smaller with --quick)."),
+    repeats: Optional[int] = typer.Option(None, help="Runs; the median is reported (default: 3 where a run is "
+                                                     "short, else 1)."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller sizes and fewer repeats (all: under 8 minutes on "
+                                                      "2 cores)."),
+    output: Optional[Path] = typer.Option(None, "--out", "--json", "-o", help="Also write the JSON to this file."),
 ) -> None:
-    """Measure throughput and print one JSON document (speed is measured here, not in tests).
+    """Measure throughput and latency and print one JSON document (speed is measured here, not in tests).
 
-    Example: finops bench ledger --events 200000 --out bench/results/ledger.json
+    Runs from a source checkout: the benchmarks are its bench/ package (also `python -m bench NAME` from the
+    checkout's root). `all` exits 1 when any benchmark failed (each failure is under details, its figures null).
+    Example: finops bench all --quick --json bench/results/all-quick.json
     """
-    import inspect
-
-    from . import bench as bench_mod
-
+    bench_mod = _bench_package()
+    if name not in bench_mod.NAMES:
+        _fail(f"unknown benchmark {name!r}; choose from {', '.join(bench_mod.NAMES)}", 2)
+    if name == "all" and (events is not None or repeats is not None):
+        _fail("bench all takes --quick, not --events or --repeats", 2)
     _setup_logging(False)
-    runners = {"fold": bench_mod.fold, "ledger": bench_mod.ledger, "reports": bench_mod.reports,
-               "sink": bench_mod.sink, "alerts": bench_mod.alerts, "sdk": bench_mod.sdk,
-               "busy-tenant": bench_mod.busy_tenant}
-    if name not in runners:
-        _fail(f"unknown benchmark {name!r}; choose from {', '.join(runners)}", 2)
-    if events is None:
-        events = inspect.signature(runners[name]).parameters["events"].default
-    err.print(f"running {name} benchmark ({events} events x {repeats})...")
-    text = json.dumps(runners[name](events=events, repeats=repeats), indent=2)
+    result = bench_mod.run(name, events=events, repeats=repeats, quick=quick,
+                           log=lambda m: err.print(m, soft_wrap=True, markup=False))
+    text = json.dumps(result, indent=2)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text + "\n")
     sys.stdout.write(text + "\n")
+    if result.get("failed"):
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------- demo

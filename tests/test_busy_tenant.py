@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from finops.bench import CommittedProbe, LedgerRun, check_against_fold, feed_running_ledger, tenants_workload
+from bench.kafka import CommittedProbe, LedgerRun, check_against_fold, feed_running_ledger, tenants_workload
 
 pytestmark = pytest.mark.integration
 
