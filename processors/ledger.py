@@ -391,20 +391,28 @@ def _cascade(state: Tenant, charged: Account, amount: int, now: datetime) -> tup
     draws: list[Draw] = []
     unpaid = amount
     acct = charged
-    chain = [acct.id]
     accounts = state.accounts
     while True:
         if acct.grants:
             grant_draws, unpaid = acct.plan_draw(unpaid, now)
             for grant_id, take in grant_draws:
                 draws.append((acct.id, grant_id, take))
-        if not unpaid or not acct.fallback or acct.parent_id is None or acct.hard_capped(now):
+        if not unpaid or not acct.fallback or acct.parent_id is None or acct.cap == "hard" and acct.hard_capped(now):
             return draws, unpaid
         parent = accounts[acct.parent_id]
-        if parent.members is not None and parent.members.isdisjoint(chain):
+        if parent.members is not None and parent.members.isdisjoint(_chain(state, charged, acct)):
             return draws, unpaid
         acct = parent
+
+
+def _chain(state: Tenant, charged: Account, top: Account) -> list[str]:
+    """The ids from ``charged`` up to ``top``: who a pool's members must include for a draw."""
+    chain = []
+    for acct in state.ancestors(charged):
         chain.append(acct.id)
+        if acct is top:
+            return chain
+    return chain
 
 
 def usage_credits(state: Tenant, message: wire.Usage, charged: Account | None = None
@@ -530,12 +538,36 @@ def charge_common_usage(state: Tenant, message: wire.Usage) -> list[Output] | No
         return None
     state.clock = ts
     draws, unpaid = _cascade(state, charged, amount, ts)
-    cause = _Cause(message.id, ts)
-    dims = _usage_dims(message)
-    outputs = _draw_entries(state, cause, draws, charged, out.CONSUME, 0, dims=dims)
-    outputs.extend(_charge(state, cause, charged, amount, unpaid, len(draws), dims))
-    ids[message.id] = (fingerprint(message), epoch)
+    # _draw_entries + _entry, for a usage's consume entries
+    accounts = state.accounts
+    touched = state.touched
+    tenant_id = state.tenant_id
+    cause_id = message.id
+    charged_id = charged.id
+    model_name, operation_type, api_key_id = message.model_name, message.operation_type, message.api_key_id
+    labels = message.usage_labels or None
+    outputs: list[Output] = []
+    n = 0
+    for account_id, grant_id, take in draws:
+        acct = accounts[account_id]
+        acct.take(grant_id, take)
+        acct.updated = ts
+        touched.add(account_id)
+        available = acct.available
+        outputs.append(_LedgerEntry(
+            entry_id=f"{cause_id}#{n}", kind=_CONSUME, tenant_id=tenant_id, account_id=account_id,
+            cause_id=cause_id, cause_type="usage", ts=ts, amount_micros=take, balance_micros=available,
+            amount=Micros(take), balance=Micros(available), charged_to=charged_id, grant_id=grant_id,
+            model_name=model_name, operation_type=operation_type, api_key_id=api_key_id, usage_labels=labels))
+        n += 1
+    outputs.extend(_charge(state, _Cause(cause_id, ts), charged, amount, unpaid, n,
+                           _usage_dims(message) if unpaid else None))  # dims: for an overage entry
+    ids[cause_id] = (fingerprint(message), epoch)
     return outputs
+
+
+_LedgerEntry = out.LedgerEntry
+_CONSUME = out.CONSUME
 
 
 def _find_held(state: Tenant, ref: str, seq: int) -> Held | None:
@@ -716,9 +748,12 @@ def _severity(threshold: int) -> str:
 
 def _check_budget(state: Tenant, acct: Account, event: Event) -> list[Output]:
     """Fire or resolve threshold alerts and block or open a hard cap, after ``acct``'s period changed."""
-    outputs: list[Output] = []
     used, granted = acct.period_used, acct.period_granted
     state.touched.add(acct.id)
+    if not acct.alerted and not acct.blocked and (granted <= 0 or used < granted and
+                                                  used * 100 < min(acct.thresholds, default=1001) * granted):
+        return []  # below every threshold, nothing fired, not blocked: nothing changes (the usual case)
+    outputs: list[Output] = []
     for threshold in acct.thresholds:
         crossed = granted > 0 and used * 100 >= threshold * granted
         if crossed == (threshold in acct.alerted):

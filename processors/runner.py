@@ -33,6 +33,7 @@ a replay (wire-v1.md, "Publishing files").
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -144,6 +145,40 @@ def ensure_changelog(settings: Settings, group: str) -> str:
     return name
 
 
+class _Collector:
+    """Keeps Python's cyclic garbage collector off the hot path.
+
+    Measured with ``finops bench ledger``: automatic collections took about a fifth of the
+    processor's time, scanning each batch's survivors (and the growing state) again and
+    again. Automatic collection is off during a step; after it, the young objects are
+    collected (a batch's cyclic garbage, if any) and what survives is frozen: the ledger's
+    state is never scanned again. Every ``full_every_s`` of wall time a full collection
+    frees cycles among frozen objects. Nothing else changes: memory is freed by reference
+    counting as before.
+    """
+
+    def __init__(self, full_every_s: float = 600.0) -> None:
+        self.full_every_s = full_every_s
+        self._full_at = time.monotonic()
+        self._was_enabled = True
+
+    def pause(self) -> None:
+        self._was_enabled = gc.isenabled()
+        gc.disable()
+
+    def resume(self) -> None:
+        now = time.monotonic()
+        if now - self._full_at >= self.full_every_s:
+            self._full_at = now
+            gc.unfreeze()
+            gc.collect()
+        else:
+            gc.collect(0)
+        gc.freeze()
+        if self._was_enabled:
+            gc.enable()
+
+
 class LedgerProcessor(Service):
     """One instance of the ledger processor; several instances share the input partitions."""
 
@@ -170,6 +205,7 @@ class LedgerProcessor(Service):
         self._txn_since: float | None = None  # monotonic start of the open transaction
         self._lag_at = 0.0
         self._delivered: dict[int, int] = {}  # changelog partition -> offset of its last delivered record
+        self._collector = _Collector()
         group = group_id or f"{settings.group_prefix}-ledger"
         self.group = group
         self.changelog = ensure_changelog(settings, group)
@@ -330,7 +366,16 @@ class LedgerProcessor(Service):
         return fresh[0] <= reached
 
     def step(self) -> int:
-        """Consume, then commit what may be applied (in merge order) with its outputs in one transaction."""
+        """Consume, then commit what may be applied (in merge order) with its outputs in one transaction.
+
+        The cyclic garbage collector stays off during a step (:class:`_Collector`)."""
+        self._collector.pause()
+        try:
+            return self._step()
+        finally:
+            self._collector.resume()
+
+    def _step(self) -> int:
         t0 = time.perf_counter()
         messages = self.consumer.consume(self.batch_max, self.batch_s)
         if self._callback_error is not None:
