@@ -15,6 +15,7 @@ from finops.processors.ledger import Book
 from finops.schemas import wire
 
 from .common import machine, now_iso, rate
+from .steps import fast_path_steps
 
 
 def cascade_workload(events: int) -> list[bytes]:
@@ -68,7 +69,9 @@ def fold(events: int = 200_000, repeats: int = 3) -> dict:
         "fold": rate(full, len(lines), repeats),
         "ledger_only": rate(ledger_only, len(lines), repeats),
         "decode_only": rate(decode_only, len(lines), repeats),
+        "steps": fast_path_steps(lines),
         "target_events_per_s": 300_000,
+        "target_fold_vs_decode_ratio": 0.45,
         "machine": machine(),
         "at": now_iso(),
     }

@@ -228,7 +228,7 @@ def ledger(events: int = 200_000, repeats: int = 1, tenants: int = 50) -> dict:
             "seconds_by_phase": {"consume_wait": round(stats.consume_s, 2), "decode_merge": round(stats.decode_s, 2),
                                  "apply_produce": round(stats.apply_s, 2), "commit": round(stats.commit_s, 2)},
             "target_events_per_s": 100_000,
-            "target_ratio": 0.25,
+            "target_ratio": 0.5,
             "machine": machine(),
             "at": now_iso(),
         }

@@ -472,7 +472,12 @@ class _Metrics:
                               "applied": s.applied, "rejected": s.rejected, "transactions": s.transactions,
                               "aborted": s.aborted, "changelog_records": s.changelog_records,
                               "changelog_bytes": s.changelog_bytes, "restored_records": s.restored_records,
-                              "restore_s": round(s.restore_s, 3)}
+                              "restore_s": round(s.restore_s, 3),
+                              "seconds_by_phase": {"consume_wait": round(s.consume_s, 2),
+                                                   "decode_merge": round(s.decode_s, 2),
+                                                   "of_which_watermarks": round(s.watermark_s, 2),
+                                                   "apply_produce": round(s.apply_s, 2),
+                                                   "commit": round(s.commit_s, 2)}}
             self.applied = s.applied + s.rejected
         if sink is not None:
             rows = sum(sink.progress.rows.values())
