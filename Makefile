@@ -23,5 +23,9 @@ test: install
 	@$(BIN)/pytest -v; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# every benchmark at its --quick size, into one JSON (about 5 min on 2 cores): bench/README.md
+bench: install
+	$(BIN)/finops bench all --quick --json bench/results/all-quick.json
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

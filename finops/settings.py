@@ -69,9 +69,14 @@ class Settings(BaseSettings):
         default=timedelta(hours=1), ge=timedelta(0),
         description="Usage for an account not opened (or a key not bound) yet is held this long in event time "
                     "before it is rejected unknown_account (seconds, or ISO 8601 like PT1H).")
+    spend_every: timedelta = Field(
+        default=timedelta(seconds=0.5), ge=timedelta(0),
+        description="The ledger publishes its usage spend summary (finops.spend.v1) at most this often, in wall "
+                    "time (seconds, or ISO 8601 like PT0.5S; 0: in every transaction). Pending spend is kept in "
+                    "the ledger's state and changelog meanwhile.")
     group_prefix: str = Field(default="finops", description="Prefix of consumer group and transactional ids.")
 
-    @field_validator("id_horizon", "max_future_skew", "unknown_account_grace", mode="before")
+    @field_validator("id_horizon", "max_future_skew", "unknown_account_grace", "spend_every", mode="before")
     @classmethod
     def _seconds(cls, value):
         """A duration as plain seconds ("300", "1.5") as well as ISO 8601 ("PT5M") or "00:05:00"."""

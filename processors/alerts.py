@@ -4,12 +4,11 @@ Input: ``finops.spend.v1``, the spend per account and event-time hour that the l
 processor sums up (a few records per account per second at most, however many usage
 events there are: the hot path stays off faust). Output: ``finops.alerts.v1``.
 
-State, all changelog-backed and recovered on restart:
-- ``spend-hourly`` and ``spend-daily``: faust tumbling windowed tables of spend per
-  account, windowed on the record's event-time hour;
-- ``alert-profiles``: per account, the last input offset applied, the closed hourly
-  totals of the last week, daily totals of the last ~70 days, the account's last known
-  state and the alerts firing now.
+State, changelog-backed and recovered on restart: ``alert-profiles``, per account, the
+last input offset applied, the closed hourly totals of the last week, daily totals of the
+last ~70 days, the account's last known state and the alerts firing now. (One table: each
+table write is a changelog record, and faust's per-record cost caps its rate; two windowed
+tables of the same totals, which nothing read, cost two thirds of it.)
 
 Rules (see :class:`Rules`), judged on event time, one alert per account, type and period,
 and a ``resolved`` alert when the condition clears:
@@ -221,7 +220,7 @@ class Judge:
 
 
 def build_app(settings: Settings, rules: Rules | None = None):
-    """The faust app: one agent over finops.spend.v1, three changelog-backed tables."""
+    """The faust app: one agent over finops.spend.v1, one changelog-backed table."""
     import faust
 
     from faust.transport.producer import ProducerBuffer
@@ -257,10 +256,6 @@ def build_app(settings: Settings, rules: Rules | None = None):
     alerts = app.topic(topics.ALERTS, key_type=bytes, key_serializer="raw", value_type=bytes,
                        value_serializer="raw")
     profiles = app.Table("alert-profiles", default=dict, partitions=settings.topic_partitions, key_type=str)
-    hourly = app.Table("spend-hourly", default=int, partitions=settings.topic_partitions, key_type=str) \
-        .tumbling(HOUR, expires=timedelta(days=8)).relative_to_field(SpendEvent.hour)
-    daily = app.Table("spend-daily", default=int, partitions=settings.topic_partitions, key_type=str) \
-        .tumbling(DAY, expires=timedelta(days=DAYS_KEPT)).relative_to_field(SpendEvent.hour)
 
     @app.agent(spend)
     async def fold(stream):
@@ -270,14 +265,12 @@ def build_app(settings: Settings, rules: Rules | None = None):
             offset = event.message.offset
             if offset <= profile.get("offset", -1):
                 continue  # applied before a restart: nothing twice
-            hourly[account] += record.spent_micros
-            daily[account] += record.spent_micros
             profile, raised = judge.apply(profile, record.asdict(), offset)
             profiles[account] = profile
             for alert in raised:
                 await alerts.send(key=alert.tenant_id.encode(), value=encoder.encode(alert))
 
-    app.finops_tables = (profiles, hourly, daily)  # for tests and introspection
+    app.finops_tables = (profiles,)  # for tests and introspection
     return app
 
 

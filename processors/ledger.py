@@ -1102,6 +1102,7 @@ def _charge(state: Tenant, event: Event, charged: Account, amount: int, overage:
         pending[1] += 1
         if at > pending[2]:
             pending[2] = at
+    state.spend_dirty.add(key)
     return outputs
 
 

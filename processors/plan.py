@@ -48,8 +48,12 @@ class Plan:
 
 
 def plan(book: Book, items: list[Item], home: dict[str, int],
-         open_tenant: Callable[[str, int], Tenant] | None = None) -> Plan:
+         open_tenant: Callable[[str, int], Tenant] | None = None, *, publish_spend: bool = True) -> Plan:
     """Apply ``items`` in order to ``book``; the records, state changes and offsets of one transaction.
+
+    ``publish_spend``: also publish every tenant's usage spend not yet published
+    (``finops.spend.v1``, :func:`spend_records`); otherwise it stays pending, in the state
+    and its changelog. The runner publishes it every ``FINOPS_SPEND_EVERY`` of wall time.
 
     ``home`` maps each tenant to the partition whose store holds its state (a tenant first
     seen on partition p lives in p's store; wire v1 keys every input by tenant, so that is
@@ -95,12 +99,15 @@ def plan(book: Book, items: list[Item], home: dict[str, int],
         records.append((topics.REJECTED, _encoder.encode(rejection),
                         rejection.tenant_id.encode() if rejection.tenant_id else None, partition))
     result.applied = len(items) - result.rejected
+    if publish_spend:
+        changed.update(tenant_id for tenant_id, state in tenants.items() if state.spend)
     for tenant_id in changed:
         state = tenants.get(tenant_id)
         if state is None:  # a message refused before its tenant had any state (ts_in_future)
             continue
         partition = home[tenant_id]
-        records.extend(spend_records(state, partition))
+        if publish_spend:
+            records.extend(spend_records(state, partition))
         changes, local = drain_changes(state)
         result.changelog.setdefault(partition, []).extend(changes)
         if local:
@@ -113,14 +120,14 @@ def plan(book: Book, items: list[Item], home: dict[str, int],
 
 
 def spend_records(state: Tenant, partition: int) -> list[Record]:
-    """The tenant's usage spend since the last transaction, per account and event-time hour
-    (``outputs.Spend`` on ``finops.spend.v1``); clears it. Published in every transaction, so
-    pending spend is never part of the stored state."""
+    """The tenant's usage spend not yet published, per account and event-time hour
+    (``outputs.Spend`` on ``finops.spend.v1``: add up an account's records); clears it (the
+    store drops its pending keys in the same transaction)."""
     records: list[Record] = []
     if not state.spend:
         return records
     tenant_id = state.tenant_id
-    for key, (micros, requests, last) in state.spend.items():
+    for key, (micros, requests, last) in sorted(state.spend.items()):  # one order, live or restored
         account_id, hour = key.split("\x1f")
         acct = state.accounts[account_id]
         ends = [g.ends_at for g in acct.grants if g.ends_at is not None and g.remaining > 0]
@@ -131,5 +138,6 @@ def spend_records(state: Tenant, partition: int) -> list[Record]:
             granted_micros=acct.period_granted, period=acct.period, window_end=min(ends) if ends else None)
         records.append((topics.SPEND, _encoder.encode(record),
                         outputs.balance_key(tenant_id, account_id).encode(), partition))
+    state.spend_dirty.update(state.spend)
     state.spend.clear()
     return records

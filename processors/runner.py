@@ -210,6 +210,8 @@ class LedgerProcessor(Service):
         self._collector = _Collector()
         self._flowing = False  # did the last step apply anything (then the next one does not wait)
         self._admin = None  # an AdminClient, made when first needed (_ask_high_watermarks)
+        self._spend_every_s = settings.spend_every.total_seconds()
+        self._spend_at = 0.0  # monotonic time the usage spend was last published (finops.spend.v1)
         group = group_id or f"{settings.group_prefix}-ledger"
         self.group = group
         self.changelog = ensure_changelog(settings, group)
@@ -469,12 +471,15 @@ class LedgerProcessor(Service):
         t2 = time.perf_counter()
         self.stats.decode_s += t2 - t1
         self._flowing = bool(items)
-        if not items:
+        publish_spend = now - self._spend_at >= self._spend_every_s
+        if not items and not (publish_spend and self._spend_pending()):
             return 0
+        if publish_spend:
+            self._spend_at = now
         self._txn_since = time.monotonic()
         try:
             self.producer.begin_transaction()
-            batch = plan(self.book, items, self.home, self._open_tenant)
+            batch = plan(self.book, items, self.home, self._open_tenant, publish_spend=publish_spend)
             offsets = self._produce(batch)
             t3 = time.perf_counter()
             if offsets:
@@ -500,6 +505,10 @@ class LedgerProcessor(Service):
             self._lag_at = now
             self.stats.lag = self._lag()
         return len(items)
+
+    def _spend_pending(self) -> bool:
+        """Is there usage spend not yet published (an idle step then publishes it alone)?"""
+        return any(state.spend for state in self.book.tenants.values())
 
     def _open_tenant(self, tenant_id: str, partition: int):
         return self.stores[partition].new_tenant(tenant_id, self.rules)

@@ -238,14 +238,17 @@ class Tenant:
     seq: int = 0
     timers: list[tuple[datetime, int, str, str, str]] = field(default_factory=list)  # a heap
     rules: Rules = DEFAULT_RULES
+    # usage spend not yet published on finops.spend.v1 (the runner publishes it every
+    # FINOPS_SPEND_EVERY of wall time; until then it is state, in the store and changelog):
+    # "<account id>\x1f<hour start, epoch s>" -> [micro-credits, requests, latest event time, epoch s]
+    spend: dict[str, list] = field(default_factory=dict)
+    spend_stored: set[str] = field(default_factory=set)  # its keys the store holds (a flush removes them)
     # ---- changes since the last drain (see drain_changes); not state
     touched: set[str] = field(default_factory=set)  # accounts changed (their balances are published too)
     dirty: set[tuple[str, str]] = field(default_factory=set)  # ("hold"|"recurring"|"key"|"rates", id)
     timer_changes: dict[tuple[datetime, int], tuple | None] = field(default_factory=dict)  # added / removed
     held_changes: dict[int, Held | None] = field(default_factory=dict)  # held seq -> added / removed
-    # usage spend not yet published on finops.spend.v1 (see processors/runner.py):
-    # "<account id>\x1f<hour start, epoch s>" -> [micro-credits, requests, latest event time, epoch s]
-    spend: dict[str, list] = field(default_factory=dict)
+    spend_dirty: set[str] = field(default_factory=set)  # keys of ``spend`` changed or published
 
     def __post_init__(self) -> None:
         if self.tenant_id not in self.accounts:
@@ -279,6 +282,7 @@ class Tenant:
         self.dirty = set()
         self.timer_changes = {}
         self.held_changes = {}
+        self.spend_dirty = set()
 
 
 def rate_key(model_name: str, operation_type: str) -> str:

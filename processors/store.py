@@ -6,7 +6,8 @@ The design Kafka Streams and quix-streams use (design.md, "Exactly once, end to 
   (``rocksdict``) under ``<data dir>/ledger-state/<consumer group>/<instance>/p<N>``. It holds
   every tenant of that partition, one key per piece of state (:data:`KINDS`): the tenant's
   header (clock, sequence, totals), each account with its grants, each hold, recurring
-  allocation, key binding, timer and held usage, the rate card, and the id memories (a
+  allocation, key binding, timer and held usage, the usage spend not yet published on
+  ``finops.spend.v1``, the rate card, and the id memories (a
   16-byte BLAKE2b digest of each id with its content fingerprint and event time).
 * **Changelog.** Every transaction of the ledger also produces each key it changed, with its
   new value (or a tombstone), to the compacted changelog topic
@@ -56,10 +57,11 @@ KEY = b"K"  # api key -> account
 RATES = b"R"  # the whole rate card of a tenant (configuration-sized)
 TIMER = b"M"  # rest: event time in µs (8 bytes, biased) + seq (8 bytes): ordered
 HELD = b"P"  # rest: seq (8 bytes)
+SPEND = b"S"  # rest: "<account id>\x1f<hour start>": usage spend not yet published on finops.spend.v1
 IDS = b"I"  # rest: BLAKE2b-128 of the message id
 CLOSED = b"X"  # rest: BLAKE2b-128 of the reservation id
 INDEX = b"x"  # local only, not in the changelog: (memory kind, event time µs, digest) for pruning
-KINDS = (HEADER, ACCOUNT, HOLD, RECURRING, KEY, RATES, TIMER, HELD, IDS, CLOSED)
+KINDS = (HEADER, ACCOUNT, HOLD, RECURRING, KEY, RATES, TIMER, HELD, SPEND, IDS, CLOSED)
 _CHECKPOINT = b"\x00checkpoint"  # local only: the next changelog offset not yet in the store, and when written
 # A store last written longer ago than this (wall time) is not trusted to catch up from its
 # checkpoint: compaction may have removed tombstones it never saw (the changelog keeps them
@@ -75,6 +77,7 @@ _recurring = msgspec.msgpack.Decoder(Recurring)
 _rates = msgspec.msgpack.Decoder(dict[str, Decimal])
 _timer = msgspec.msgpack.Decoder(tuple[datetime, int, str, str, str])
 _held = msgspec.msgpack.Decoder(Held)
+_spend = msgspec.msgpack.Decoder(list[int | float])
 _memory = msgspec.msgpack.Decoder(tuple[int | str, float])
 _u64 = struct.Struct(">Q")
 
@@ -114,7 +117,7 @@ class StoredIds:
     until the runner drains them into the changelog and, after the commit, the store.
     """
 
-    __slots__ = ("db", "tenant_id", "kind", "prefix", "overlay", "index_removed")
+    __slots__ = ("db", "tenant_id", "kind", "prefix", "overlay", "index_removed", "_last")
 
     def __init__(self, db: Rdict, tenant_id: str, kind: bytes) -> None:
         self.db = db
@@ -123,9 +126,19 @@ class StoredIds:
         self.prefix = tenant_prefix(kind, tenant_id)
         self.overlay: dict[bytes, tuple | None] = {}  # digest -> value, None: removed
         self.index_removed: list[bytes] = []
+        self._last: tuple[str, bytes] = ("", b"")  # the last id and its digest: a lookup, then a write
+
+    def _digest(self, ident: str) -> bytes:
+        """``digest(ident)``, computed once for a lookup and the write that follows it."""
+        last = self._last
+        if last[0] == ident and last[1]:
+            return last[1]
+        d = digest(ident)
+        self._last = (ident, d)
+        return d
 
     def get(self, ident: str, default=None):
-        d = digest(ident)
+        d = self._digest(ident)
         if d in self.overlay:
             value = self.overlay[d]
             return default if value is None else value
@@ -133,11 +146,11 @@ class StoredIds:
         return default if raw is None else _memory.decode(raw)
 
     def __setitem__(self, ident: str, value: tuple) -> None:
-        self.overlay[digest(ident)] = value
+        self.overlay[self._digest(ident)] = value
 
     def pop(self, ident: str, default=None):
         value = self.get(ident, default)
-        self.overlay[digest(ident)] = None
+        self.overlay[self._digest(ident)] = None
         return value
 
     def prune(self, before: float) -> None:
@@ -212,6 +225,18 @@ def drain_changes(state: Tenant) -> tuple[list[tuple[bytes, bytes | None]], list
     prefix = tenant_prefix(HELD, t)
     for seq, held in state.held_changes.items():
         changes.append((prefix + _u64.pack(seq), None if held is None else _enc.encode(held)))
+    if state.spend_dirty:
+        prefix = tenant_prefix(SPEND, t)
+        spend, stored = state.spend, state.spend_stored
+        for key in state.spend_dirty:
+            pending = spend.get(key)
+            if pending is not None:
+                changes.append((prefix + key.encode("utf-8", "surrogatepass"), _enc.encode(pending)))
+                stored.add(key)
+            elif key in stored:  # published since it was stored
+                changes.append((prefix + key.encode("utf-8", "surrogatepass"), None))
+                stored.discard(key)
+        state.spend_dirty = set()
     local: list[tuple[bytes, bytes | None]] = []
     for memory in (state.ids, state.closed_holds):
         if isinstance(memory, StoredIds):
@@ -357,7 +382,8 @@ class PartitionStore:
         for key, value in self._small_state():
             kind, tenant_id, rest = split_key(key)
             part = parts.setdefault(tenant_id, {"accounts": {}, "holds": {}, "recurring": {}, "keys": {},
-                                                "rates": {}, "timers": [], "held": [], "header": None})
+                                                "rates": {}, "timers": [], "held": [], "spend": {},
+                                                "header": None})
             if kind == HEADER:
                 part["header"] = _header.decode(value)
             elif kind == ACCOUNT:
@@ -377,6 +403,8 @@ class PartitionStore:
                 part["timers"].append(_timer.decode(value))
             elif kind == HELD:
                 part["held"].append(_held.decode(value))
+            elif kind == SPEND:
+                part["spend"][rest.decode("utf-8", "surrogatepass")] = _spend.decode(value)
         tenants = {}
         for tenant_id, part in parts.items():
             if part["header"] is None:
@@ -390,7 +418,7 @@ class PartitionStore:
             state = self.new_tenant(tenant_id, rules, accounts=part["accounts"], holds=part["holds"],
                                     recurring=part["recurring"], keys=part["keys"], rates=part["rates"],
                                     timers=timers, held=held, clock=clock, seq=seq, totals=totals,
-                                    pruned_at=pruned_at)
+                                    pruned_at=pruned_at, spend=part["spend"], spend_stored=set(part["spend"]))
             tenants[tenant_id] = state
         return tenants
 
@@ -402,7 +430,7 @@ class PartitionStore:
 
     def _small_state(self) -> Iterator[tuple[bytes, bytes]]:
         """Every key but the id memories and their index (which stay on disk)."""
-        for kind in (HEADER, ACCOUNT, HOLD, RECURRING, KEY, RATES, TIMER, HELD):
+        for kind in (HEADER, ACCOUNT, HOLD, RECURRING, KEY, RATES, TIMER, HELD, SPEND):
             for key, value in self.db.items(from_key=kind):
                 if not key.startswith(kind):
                     break
