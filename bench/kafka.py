@@ -41,7 +41,7 @@ def _consume_rate(settings, group: str, expected: int, timeout: float = 300.0) -
     deadline = time.monotonic() + timeout
     try:
         while seen < expected and time.monotonic() < deadline:
-            batch = consumer.consume(50_000, 0.5)
+            batch = consumer.consume(20_000, 0.5)  # the ledger's --batch-max: batches alike
             for m in batch:
                 if m.error() is None:
                     decode(m.value())
