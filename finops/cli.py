@@ -879,8 +879,10 @@ def bench(
 ) -> None:
     """Measure throughput and latency and print one JSON document (speed is measured here, not in tests).
 
-    Runs from a source checkout: the benchmarks are its bench/ package (also `python -m bench NAME` from the
-    checkout's root). `all` exits 1 when any benchmark failed (each failure is under details, its figures null).
+    Runs from a source checkout: the benchmarks are its bench/ package; `python -m bench NAME` from its root is the same.
+
+    `all` exits 1 when any benchmark failed (each failure is under details, its figures null).
+
     Example: finops bench all --quick --json bench/results/all-quick.json
     """
     bench_mod = _bench_package()
