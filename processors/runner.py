@@ -155,8 +155,10 @@ class _Collector:
     again. Automatic collection is off during a step; after it, the young objects are
     collected (a batch's cyclic garbage, if any) and what survives is frozen: the ledger's
     state is never scanned again. Every ``full_every_s`` of wall time a full collection
-    frees cycles among frozen objects. Nothing else changes: memory is freed by reference
-    counting as before.
+    frees cycles among frozen objects. Memory is freed by reference counting as before.
+    The collector is one per process: under ``finops run`` the other processors' threads
+    (sink, scheduler) share this policy, so a reference cycle of theirs may live up to
+    ``full_every_s`` before it is freed.
     """
 
     def __init__(self, full_every_s: float = 600.0) -> None:
@@ -472,7 +474,7 @@ class LedgerProcessor(Service):
         self.stats.decode_s += t2 - t1
         self._flowing = bool(items)
         publish_spend = now - self._spend_at >= self._spend_every_s
-        if not items and not (publish_spend and self._spend_pending()):
+        if not items and not (publish_spend and self._spend_pending() and self._committed_owned()):
             return 0
         if publish_spend:
             self._spend_at = now
@@ -482,8 +484,13 @@ class LedgerProcessor(Service):
             batch = plan(self.book, items, self.home, self._open_tenant, publish_spend=publish_spend)
             offsets = self._produce(batch)
             t3 = time.perf_counter()
-            if offsets:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 60)
+            # Every transaction sends offsets, a transaction of spend alone too (the offsets
+            # already committed): that binds it to the group generation, so an instance that
+            # lost its partitions and does not know it yet is fenced instead of publishing
+            # spend its successor publishes too (or writing its stale state to the changelog).
+            fence = offsets or self._committed_owned()
+            if fence:
+                self.producer.send_offsets_to_transaction(fence, self.consumer.consumer_group_metadata(), 60)
             self.producer.commit_transaction(60)
         except KafkaException as exc:
             self._fail(exc)
@@ -505,6 +512,10 @@ class LedgerProcessor(Service):
             self._lag_at = now
             self.stats.lag = self._lag()
         return len(items)
+
+    def _committed_owned(self) -> list[TopicPartition]:
+        """The input offsets this instance has committed (or found committed) on its partitions."""
+        return [TopicPartition(t, p, o) for (t, p), o in self.stats.committed.items() if p in self._owned and o > 0]
 
     def _spend_pending(self) -> bool:
         """Is there usage spend not yet published (an idle step then publishes it alone)?"""

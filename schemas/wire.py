@@ -221,6 +221,7 @@ _UTC = timezone.utc
 _TIME_FIELDS = {kind: tuple(f for f in kind.__struct_fields__ if f in ("ts", "expires_at", "starts_at", "ends_at",
                                                                        "until"))
                 for kind in Message.__args__}  # type: ignore[attr-defined]
+_TIME_NAMES_OF = {kind.__struct_config__.tag: names for kind, names in _TIME_FIELDS.items()}  # by "type"
 
 
 def _in_utc(message: Message) -> Message:
@@ -238,7 +239,6 @@ def _in_utc(message: Message) -> Message:
 # UTC"; msgspec would round 23:59:59.9999999 into the next day, and the next month), and an
 # offset like +0100, which RFC 3339 does not allow (it needs +01:00), is refused. Only the
 # time fields are looked at: a label or an id that looks like a time is left as it is.
-_TIME_NAMES = ("ts", "expires_at", "starts_at", "ends_at", "until")
 _ODD_TIME = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:(\.\d{7,})|(?:\.\d{1,6})?([+-]\d{4})\Z)")
 _TS_KEY = b'"ts"'
 _TS_AT = b'"ts":"'
@@ -277,17 +277,28 @@ def _time_texts(raw: bytes | str) -> bytes | str | Rejection:
         return raw  # the typed decode says what is wrong with it
     if type(loose) is not dict:
         return raw
-    changed = False
-    for name in _TIME_NAMES:
+    cuts: dict[str, tuple[str, str]] = {}
+    tag = loose.get("type")
+    for name in _TIME_NAMES_OF.get(tag, ()) if type(tag) is str else ():  # its type's time fields, not extras
         value = loose.get(name)
         if type(value) is str:
             cut, offset = _odd(value)
             if offset is not None:
                 return _no_colon(raw, offset, name)
             if cut is not None:
-                loose[name] = cut
-                changed = True
-    return _LOOSE_ENCODER.encode(loose) if changed else raw
+                cuts[name] = (value, cut)
+    if not cuts:
+        return raw
+    # In place when each time is spelt once and plainly, so the rest (duplicate keys
+    # included) reads as before; otherwise the plain JSON read, re-encoded with the cuts.
+    data = raw if type(raw) is bytes else raw.encode()
+    for value, cut in cuts.values():
+        quoted = _LOOSE_ENCODER.encode(value)
+        if data.count(quoted) != 1:
+            loose.update({name: cut for name, (_value, cut) in cuts.items()})
+            return _LOOSE_ENCODER.encode(loose)
+        data = data.replace(quoted, _LOOSE_ENCODER.encode(cut))
+    return data
 
 
 def _no_colon(raw: bytes | str, offset: str, name: str) -> Rejection:

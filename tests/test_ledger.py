@@ -565,6 +565,23 @@ class TestRulesMadePrecise:
         assert entry.usage_labels == {"seen": "2026-11-01T00:00:01+0100", "at": "2026-11-01T00:00:01.9999999Z"}
         assert r.book.tenants["acme"].clock.month == 11  # the spaced ts was cut, not rounded into December
 
+    def test_the_verdict_does_not_depend_on_how_the_ts_is_spelt(self):
+        """An unknown field named like another type's time field stays an ignored extra, and a
+        duplicate key reads the same, whether the ts is compact, spaced, or cut."""
+        from finops.schemas import wire
+
+        usage = ('{"type":"usage","id":"u1","tenant_id":"acme","account_id":"acme","api_key_id":"k",'
+                 '"model_name":"m","operation_type":"o","units_consumed":1,"credits_consumed":1,%s,'
+                 '"expires_at":"2026-12-01T00:00:00+0100"}')
+        verdicts = {type(wire.decode((usage % ts).encode())) for ts in (
+            '"ts":"2026-11-30T10:00:00Z"', '"ts": "2026-11-30T10:00:00Z"', '"ts":"2026-11-30T10:00:00.1234567Z"')}
+        assert verdicts == {wire.Usage}
+        twice = ('{"type":"usage","type":"tick","id":"u1","tenant_id":"acme","account_id":"acme","api_key_id":"k",'
+                 '"model_name":"m","operation_type":"o","units_consumed":1,"credits_consumed":1,"ts":"%s"}')
+        six, seven = (wire.decode((twice % t).encode()) for t in ("2026-11-30T10:00:00.123456Z",
+                                                                  "2026-11-30T10:00:00.1234567Z"))
+        assert type(six) is type(seven)
+
     def test_gaps_the_docs_review_found(self):
         """Huge exponents are refused, not a crash; settles cannot pass 2^63-1; exact halves of
         rate-card prices round once over the total; labels in another key order and a price
