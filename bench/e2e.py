@@ -8,13 +8,12 @@ then ``events`` usage events) into them.
 
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from .common import load_avg, log, machine, now_iso
-from .kafka import ProcessorRun, bench_broker
+from .kafka import ProcessorRun, bench_broker, publish_in_background
 
 
 def _wait(condition, timeout: float, what: str, runs: list[ProcessorRun]) -> None:
@@ -41,7 +40,6 @@ def e2e(events: int = 1_000_000, repeats: int = 1, tenants: int = 50, timeout: f
     import uuid
 
     from finops import clients
-    from finops.producers.publish import publish_lines
     from finops.producers.workload import generate
     from finops.projections.query import open_reader
     from finops.schemas import topics
@@ -67,19 +65,9 @@ def e2e(events: int = 1_000_000, repeats: int = 1, tenants: int = 50, timeout: f
         _wait(lambda: changelog in clients.admin(settings).list_topics(timeout=10).topics, 60,
               "the ledger to create its changelog topic", runs)
 
-        published: dict = {}
-
-        def publish() -> None:
-            try:
-                published["report"] = publish_lines(settings, workload.lines, validate=False)
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
-                published["error"] = exc
-            published["at"] = time.monotonic()
-
         log(f"  publishing {len(workload.lines):,} messages ({events:,} usage events) into a running ledger and sink")
         started = time.monotonic()
-        publisher = threading.Thread(target=publish, daemon=True)
-        publisher.start()
+        _publisher, published = publish_in_background(settings, workload.lines)
         _wait(lambda: "at" in published, timeout, "the publisher", runs)
         if "error" in published:
             raise RuntimeError(f"publishing failed: {published['error']}")

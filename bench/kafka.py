@@ -521,6 +521,41 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str, ledger: Ledg
         time.sleep(0.1)
 
 
+def running_ledger(cleanup, instance: str) -> tuple:
+    """On the benchmarks' broker: (settings, a CommittedProbe of the ledger group, [one
+    ``finops run ledger`` child with its state in a temporary dir]); all stopped by ``cleanup``."""
+    import tempfile
+
+    settings = bench_broker(cleanup)
+    state_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="finops-bench-")))
+    committed = CommittedProbe(settings)
+    cleanup.callback(committed.close)
+    ledgers = [LedgerRun(settings, instance, state_dir)]
+    cleanup.callback(lambda: [ledger.stop() for ledger in ledgers if ledger.alive()])
+    return settings, committed, ledgers
+
+
+def publish_in_background(settings, lines: list[bytes]):
+    """Publish ``lines`` (``finops publish``'s way) in a started daemon thread: (the thread, a
+    dict that gets ``report`` or ``error``, then ``at``, the monotonic time it ended)."""
+    import threading
+
+    from finops.producers.publish import publish_lines
+
+    published: dict = {}
+
+    def publish() -> None:
+        try:
+            published["report"] = publish_lines(settings, lines, validate=False)
+        except BaseException as exc:  # noqa: BLE001 - the caller re-raises it
+            published["error"] = exc
+        published["at"] = time.monotonic()
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    return publisher, published
+
+
 def feed_running_ledger(settings, workload, ledgers: list[LedgerRun], committed: CommittedProbe, *,
                         kill_at: float | None = None, timeout: float = 1800.0,
                         log: Callable[[str], None] = lambda _m: None) -> dict:
@@ -536,10 +571,8 @@ def feed_running_ledger(settings, workload, ledgers: list[LedgerRun], committed:
     ``changelog_bytes``: the keys and values of the changelog records committed for the
     workload (read back from the topic), ``changelog_disk_bytes`` what its logs grew by.
     """
-    import threading
 
     from finops import clients
-    from finops.producers.publish import publish_lines
 
     changelog = topics.changelog_name(f"{settings.group_prefix}-ledger")
     _wait(lambda: changelog in clients.admin(settings).list_topics(timeout=10).topics, 60,
@@ -551,18 +584,8 @@ def feed_running_ledger(settings, workload, ledgers: list[LedgerRun], committed:
     disk_before = changelog_disk_bytes(settings)
     total = len(workload.lines)
     target = base + total
-    published: dict = {}
-
-    def publish() -> None:
-        try:
-            published["report"] = publish_lines(settings, workload.lines, validate=False)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            published["error"] = exc
-        published["at"] = time.monotonic()
-
     started = time.monotonic()
-    publisher = threading.Thread(target=publish, daemon=True)
-    publisher.start()
+    publisher, published = publish_in_background(settings, workload.lines)
     first = None  # monotonic time the workload's first commit was seen
     restart: dict | None = None
     killed_at = 0.0
@@ -751,7 +774,6 @@ def busy_tenant(events: int = 3_000_000, repeats: int = 1, small_tenants: int = 
     ledger topic of both phases are checked against ``finops fold`` of the same lines.
     ``repeats`` is ignored (one run takes minutes).
     """
-    import tempfile
     import uuid
 
     small_events = min(events, 1_000_000) if small_events is None else small_events
@@ -759,12 +781,7 @@ def busy_tenant(events: int = 3_000_000, repeats: int = 1, small_tenants: int = 
     code_at_start = code_version()
     run = uuid.uuid4().hex[:6]
     with ExitStack() as cleanup:
-        settings = bench_broker(cleanup)
-        state_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="finops-bench-")))
-        committed = CommittedProbe(settings)
-        cleanup.callback(committed.close)
-        ledgers = [LedgerRun(settings, "busy", state_dir)]
-        cleanup.callback(lambda: [ledger.stop() for ledger in ledgers if ledger.alive()])
+        settings, committed, ledgers = running_ledger(cleanup, "busy")
 
         log(f"phase A: {small_tenants} small tenants, {small_events:,} usage events in all, published into the "
             f"running ledger")
@@ -836,18 +853,12 @@ def ledger_memory(events: int = 1_000_000, repeats: int = 1, accounts: int = 100
     every user, published into the running ledger on a dedicated broker. The ledger's RSS
     is sampled every 0.25 s and its kernel peak (VmHWM) read. ``repeats`` is ignored.
     """
-    import tempfile
     import uuid
 
     tenants = max(accounts // (users + 3), 1)
     load_at_start = load_avg()
     with ExitStack() as cleanup:
-        settings = bench_broker(cleanup)
-        state_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="finops-bench-")))
-        committed = CommittedProbe(settings)
-        cleanup.callback(committed.close)
-        ledgers = [LedgerRun(settings, "memory", state_dir)]
-        cleanup.callback(lambda: [ledger.stop() for ledger in ledgers if ledger.alive()])
+        settings, committed, ledgers = running_ledger(cleanup, "memory")
         workload = tenants_workload(tenants, events, prefix=f"mem-{uuid.uuid4().hex[:6]}", users=users)
         log(f"  {tenants:,} tenants, {tenants * (users + 3):,} accounts, {workload.command_count:,} commands and "
             f"{events:,} usage events, published into the running ledger")

@@ -57,14 +57,7 @@ def alerts(events: int = 10_000, repeats: int = 1, seconds: float = 30.0, accoun
             for a in range(per_tenant):
                 yield f"bench-t{t}", f"u{a}"
 
-    setup = []
-    for t in range(tenants):
-        tenant = f"bench-t{t}"
-        setup.append({"type": "purchase", "id": "buy", "tenant_id": tenant, "ts": hour0.strftime(iso),
-                      "credits": 10 ** 9})
-        for a in range(per_tenant):
-            setup.append({"type": "open_account", "id": f"open-u{a}", "tenant_id": tenant, "ts": hour0.strftime(iso),
-                          "account_id": f"u{a}", "kind": "user", "parent_id": tenant})
+    setup = funded_users([f"bench-t{t}" for t in range(tenants)], per_tenant, hour0.strftime(iso))
     history = []
     for h in range(30):  # the hours before now's hour: 6 requests an hour, steady spend with 10 % noise
         for tenant, account in names():
@@ -199,6 +192,17 @@ class _BalanceSeen(msgspec.Struct):
     consumed_micros: int
 
 
+def funded_users(tenants: list[str], per_tenant: int, ts: str) -> list[dict]:
+    """Each tenant buys 10^9 credits and opens ``per_tenant`` user accounts ``u0``, ``u1``, ...
+    under its pool (wire-v1 commands as dicts, all at ``ts``)."""
+    setup: list[dict] = []
+    for tenant in tenants:
+        setup.append({"type": "purchase", "id": "buy", "tenant_id": tenant, "ts": ts, "credits": 10 ** 9})
+        setup.extend({"type": "open_account", "id": f"open-u{a}", "tenant_id": tenant, "ts": ts,
+                      "account_id": f"u{a}", "kind": "user", "parent_id": tenant} for a in range(per_tenant))
+    return setup
+
+
 _WARMUP_S = 2.0  # balance-latency: publish seconds left out of the steady figures
 
 
@@ -235,14 +239,7 @@ def balance_latency(events: int = 10_000, repeats: int = 1, seconds: float = 60.
     per_tenant = max(accounts // tenants, 1)
     names = [(f"lat-{run}-{t}", f"u{a}") for t in range(tenants) for a in range(per_tenant)]
     start = datetime.now(timezone.utc) - timedelta(minutes=1)
-    setup = []
-    for t in range(tenants):
-        tenant = f"lat-{run}-{t}"
-        setup.append({"type": "purchase", "id": "buy", "tenant_id": tenant, "ts": start.strftime(iso),
-                      "credits": 10 ** 9})
-        for a in range(per_tenant):
-            setup.append({"type": "open_account", "id": f"open-u{a}", "tenant_id": tenant, "ts": start.strftime(iso),
-                          "account_id": f"u{a}", "kind": "user", "parent_id": tenant})
+    setup = funded_users([f"lat-{run}-{t}" for t in range(tenants)], per_tenant, start.strftime(iso))
     encode = msgspec.json.encode
     load_at_start = load_avg()
     with ExitStack() as cleanup:

@@ -7,7 +7,7 @@ decimal places, never negative. Inside, every amount is an ``int`` of micro-cred
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 MICROS_PER_CREDIT = 1_000_000
 _SCALE = Decimal(MICROS_PER_CREDIT)
