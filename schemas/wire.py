@@ -316,8 +316,15 @@ def decode(raw: bytes | str) -> Message | Rejection:
         except UnicodeDecodeError as exc:  # anywhere, unknown fields too: not JSON (RFC 8259 is UTF-8)
             return Rejection(id=None, tenant_id=None, reason=reasons.NOT_JSON, detail=f"not UTF-8: {exc}",
                              **raw_fields(raw))
+    data = raw
+    if type(raw) is str:
+        try:
+            data = raw.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 spells it, so no JSON either
+            return Rejection(id=None, tenant_id=None, reason=reasons.NOT_JSON, detail=f"not UTF-8: {exc}",
+                             input=raw.encode("utf-8", "replace").decode()[:100_000])
     text = raw
-    if not _plain_ts(raw if type(raw) is bytes else raw.encode()):
+    if not _plain_ts(data):
         text = _time_texts(raw)
         if type(text) is Rejection:
             return text

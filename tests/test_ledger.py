@@ -581,6 +581,8 @@ class TestRulesMadePrecise:
         six, seven = (wire.decode((twice % t).encode()) for t in ("2026-11-30T10:00:00.123456Z",
                                                                   "2026-11-30T10:00:00.1234567Z"))
         assert type(six) is type(seven)
+        lone = wire.decode('{"type":"tick","id":"\ud800","tenant_id":"acme","ts":"2026-11-30T10:00:00Z"}')
+        assert lone.reason == "not_json"  # text no UTF-8 can spell is refused, not raised
 
     def test_gaps_the_docs_review_found(self):
         """Huge exponents are refused, not a crash; settles cannot pass 2^63-1; exact halves of
