@@ -1228,7 +1228,7 @@ class Book:
         """
         if self.fast and type(message) is wire.Usage:
             state = self.tenants.get(message.tenant_id)
-            if state is not None and (stored_at is None or (message.ts - stored_at).total_seconds() <= self.rules.max_future_skew_s):
+            if state is not None and self.in_future(message, stored_at) is None:
                 produced = charge_common_usage(state, message)
                 if produced is not None:
                     return produced, None

@@ -306,44 +306,47 @@ def _no_colon(raw: bytes | str, offset: str, name: str) -> Rejection:
         f"Invalid RFC3339 encoded datetime: offset {offset!r} has no colon - at `$.{name}`"))
 
 
+def _typed(text: bytes | str, raw: bytes | str) -> Message | Rejection:
+    """``text`` read as a v1 message, or the Rejection of ``raw`` that it cannot be."""
+    try:
+        return _decoder.decode(text)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return reject_unreadable(raw, exc)
+
+
 def decode(raw: bytes | str) -> Message | Rejection:
     """Decode one v1 message; bad input becomes a :class:`Rejection`, never an exception.
 
     Every time of the result is in UTC, whatever offset it was written with."""
-    if type(raw) is bytes and not raw.isascii():
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:  # anywhere, unknown fields too: not JSON (RFC 8259 is UTF-8)
-            return Rejection(id=None, tenant_id=None, reason=reasons.NOT_JSON, detail=f"not UTF-8: {exc}",
-                             **raw_fields(raw))
     data = raw
-    if type(raw) is str:
-        try:
+    try:
+        if type(raw) is bytes:
+            if not raw.isascii():
+                raw.decode("utf-8")
+        else:
             data = raw.encode()
-        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 spells it, so no JSON either
-            return Rejection(id=None, tenant_id=None, reason=reasons.NOT_JSON, detail=f"not UTF-8: {exc}",
-                             input=raw.encode("utf-8", "replace").decode()[:100_000])
+    except UnicodeError as exc:  # anywhere, unknown fields too: not JSON (RFC 8259 is UTF-8)
+        return Rejection(id=None, tenant_id=None, reason=reasons.NOT_JSON, detail=f"not UTF-8: {exc}",
+                         **raw_fields(raw if type(raw) is bytes else raw.encode("utf-8", "replace")))
     text = raw
     if not _plain_ts(data):
         text = _time_texts(raw)
         if type(text) is Rejection:
             return text
-    try:
-        message = _decoder.decode(text)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return reject_unreadable(raw, exc)
+    message = _typed(text, raw)
     if type(message) is Usage:
         if message.ts.tzinfo is _UTC and 1970 <= message.ts.year <= 9999 and _plain(message.usage_labels):
             return message  # the common case, checked first
+    elif type(message) is Rejection:
+        return message
     elif text is raw:  # a command's other time fields (expires_at, until, ...) are looked at too
         text = _time_texts(raw)
         if type(text) is Rejection:
             return text
         if text is not raw:
-            try:
-                message = _decoder.decode(text)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                return reject_unreadable(raw, exc)
+            message = _typed(text, raw)
+            if type(message) is Rejection:
+                return message
     try:
         message = _in_utc(message)
     except (OverflowError, ValueError) as exc:  # an offset that moves the time out of years 1..9999
