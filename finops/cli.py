@@ -6,9 +6,7 @@ Expected failures are one line on stderr and exit code 1; bad usage exits 2.
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
-import io
 import json
 import logging
 import os
@@ -42,6 +40,9 @@ stack_app = typer.Typer(help="The local Apache Kafka broker (skipped when FINOPS
 app.add_typer(stack_app, name="stack")
 alerts_app = typer.Typer(help="Alerts on finops.alerts.v1.", no_args_is_help=True)
 app.add_typer(alerts_app, name="alerts")
+tokens_app = typer.Typer(help="Bearer tokens of the HTTP API (`finops serve`), stored hashed in FINOPS_TOKENS_FILE.",
+                         no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -88,13 +89,13 @@ def _setup_logging(verbose: bool) -> None:
 def _print_rows(columns: list[str], rows: Iterable[tuple], fmt: str, title: str | None = None) -> None:
     rows = list(rows)
     if fmt == "json":
-        out.print_json(json.dumps([dict(zip(columns, r)) for r in rows], default=str))
+        from .projections.reports import records
+
+        out.print_json(json.dumps(records(columns, rows)))
     elif fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
-        sys.stdout.write(buffer.getvalue())
+        from .projections.reports import to_csv
+
+        sys.stdout.write(to_csv(columns, rows).decode())
     else:
         table = Table(title=title, title_justify="left")
         cells = [["" if v is None else str(v) for v in r] for r in rows]
@@ -346,6 +347,8 @@ def run(
     min_severity: str = typer.Option("info", help="webhooks: only alerts this severe or more "
                                                   "(info, warning, critical)."),
     max_attempts: int = typer.Option(10, help="webhooks: attempts before an alert goes to the dead-letter topic."),
+    insecure_local: bool = typer.Option(False, "--insecure-local",
+                                        help="serve: answer requests from 127.0.0.1 without a token."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log assignments and client messages."),
 ) -> None:
     """Run the processors in the foreground until Ctrl-C (or SIGTERM).
@@ -358,6 +361,8 @@ def run(
     ending-soon and low-balance alerts (FINOPS_ALERT_* settings).
     webhooks: alerts -> POST to --url, signed HMAC-SHA256 with FINOPS_WEBHOOK_SECRET, retried,
     dead-lettered to finops.alerts.deadletter.v1 after --max-attempts failures.
+    serve: the HTTP API of `finops serve` on FINOPS_API_HOST:FINOPS_API_PORT (with the sink in the same
+    process, its ClickHouse client answers the history endpoints).
     Every --metrics-every seconds a JSON
     line on stderr: events/s, consumer lag, batch size, transaction time, rejected count.
     Example: finops run ledger --instance a ; finops run webhooks --url https://hooks.example.com/finops
@@ -380,7 +385,7 @@ def run(
         return
     webhook = {"url": url, "tenant": webhook_tenant, "min_severity": min_severity, "max_attempts": max_attempts}
     pipeline = Pipeline(settings, tuple(parts or RUN_PARTS), instance=instance, batch_max=batch_max, webhook=webhook,
-                        batch_s=batch_ms / 1000, tick_every=tick_every)
+                        batch_s=batch_ms / 1000, tick_every=tick_every, serve={"insecure_local": insecure_local})
     signal.signal(signal.SIGTERM, _interrupt)
     tune_gc()
     err.print(f"running {', '.join(parts or RUN_PARTS)} against {settings.bootstrap} "
@@ -491,6 +496,41 @@ class _Metrics:
         self.at = now
         sys.stderr.write(json.dumps(line) + "\n")
         sys.stderr.flush()
+
+
+# ----------------------------------------------------------------------------- HTTP API
+
+
+@app.command()
+@command
+def serve(
+    port: Optional[int] = typer.Option(None, "--port", "-p", help="Port (default FINOPS_API_PORT, 8080)."),
+    host: Optional[str] = typer.Option(None, help="Address (default FINOPS_API_HOST, 127.0.0.1)."),
+    insecure_local: bool = typer.Option(False, "--insecure-local",
+                                        help="Answer requests from 127.0.0.1 without a bearer token (only "
+                                             "with a loopback --host)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log the live view and client messages."),
+) -> None:
+    """Serve the HTTP API until Ctrl-C: entitlement checks, balances, history, commands, usage, reports.
+
+    Balances and checks come from a live view of the ledger's state (its changelog, read
+    into memory; every answer says how fresh it is); history and reports from ClickHouse
+    (through `finops run`'s sink when it owns the embedded ClickHouse). Tokens: `finops tokens
+    add`. OpenAPI at /openapi.json, interactive docs at /docs. See docs/api.md.
+
+    Example: finops serve --port 8080 ; curl -H "Authorization: Bearer $TOKEN"
+    "localhost:8080/v1/check?tenant=acme&account=user-ann&credits=2.5"
+    """
+    from .api import ApiServer
+
+    _setup_logging(verbose)
+    settings = _settings()
+    server = ApiServer(settings, host=host, port=port, insecure_local=insecure_local)
+    config = server.server.config
+    err.print(f"serving the API on http://{config.host}:{config.port} (docs at /docs) against "
+              f"{settings.bootstrap}; tokens in {settings.tokens_path}"
+              f"{'; no token needed from 127.0.0.1' if insecure_local else ''} (Ctrl-C stops)")
+    server.run()
 
 
 # ----------------------------------------------------------------------------- queries
@@ -826,6 +866,76 @@ def _rules(settings):
     return Rules(id_horizon_s=settings.id_horizon.total_seconds(),
                  max_future_skew_s=settings.max_future_skew.total_seconds(),
                  unknown_account_grace_s=settings.unknown_account_grace.total_seconds())
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+@tokens_app.command("add")
+@command
+def tokens_add(
+    tenant: Optional[str] = typer.Option(None, "--tenant", "-t",
+                                         help="Tenant the token acts on; may be left out only with --role admin "
+                                              "(then: every tenant)."),
+    role: str = typer.Option("read", "--role", help="read (GET endpoints), write (read + POST usage and "
+                                                    "commands) or admin (everything)."),
+    note: str = typer.Option("", "--note", help="Free text shown by `finops tokens list`."),
+) -> None:
+    """Create a bearer token; print it alone on stdout, once (the file keeps only its scrypt hash).
+
+    Example: TOKEN=$(finops tokens add --tenant acme --role write --note "billing job")
+    """
+    from .tokens import ROLES, TokenStore
+
+    if role not in ROLES:
+        _fail(f"--role must be one of {', '.join(ROLES)}, not {role!r}", 2)
+    if tenant is None and role != "admin":
+        _fail(f"--tenant is required for a {role} token (only --role admin may act on every tenant)", 2)
+    path = _settings().tokens_path
+    token_id, token = TokenStore(path).add(tenant, role=role, note=note)
+    sys.stdout.write(token + "\n")
+    sys.stdout.flush()
+    whom = "all tenants" if tenant is None else f"tenant {tenant}"
+    err.print(f"token {token_id} for {whom} (role {role}) stored hashed in {path}; it is shown only now",
+              markup=False, soft_wrap=True)
+
+
+@tokens_app.command("list")
+@command
+def tokens_list(as_json: bool = typer.Option(False, "--json", help="Print JSON (tenant_id null: every tenant).")
+                ) -> None:
+    """The stored tokens: id, tenant, role, note, created (never a token nor its hash).
+
+    Example: finops tokens list --json
+    """
+    from .tokens import TokenStore
+
+    path = _settings().tokens_path
+    tokens = TokenStore(path).list()
+    columns = ["token_id", "tenant_id", "role", "note", "created"]
+    if as_json:
+        _print_rows(columns, [tuple(t[c] for c in columns) for t in tokens], "json")
+        return
+    if not tokens:
+        err.print(f"no tokens in {path} (create one with `finops tokens add`)", markup=False, soft_wrap=True)
+        return
+    _print_rows(columns, [(t["token_id"], "(all)" if t["tenant_id"] is None else t["tenant_id"], t["role"],
+                           t["note"], t["created"]) for t in tokens], "table")
+
+
+@tokens_app.command("revoke")
+@command
+def tokens_revoke(token_id: str = typer.Argument(..., help="The token's id (`finops tokens list`).")) -> None:
+    """Remove a token; a running `finops serve` refuses it within about a second.
+
+    Example: finops tokens revoke 3f9c0a1b
+    """
+    from .tokens import TokenStore
+
+    path = _settings().tokens_path
+    if not TokenStore(path).revoke(token_id):
+        _fail(f"no token {token_id!r} in {path}")
+    err.print(f"token {token_id} revoked", markup=False)
 
 
 # ----------------------------------------------------------------------------- bench

@@ -23,9 +23,9 @@ from .settings import Settings
 
 log = logging.getLogger("finops.pipeline")
 
-PARTS = ("ledger", "sink", "scheduler", "webhooks")
+PARTS = ("ledger", "sink", "scheduler", "webhooks", "serve")
 DEFAULT_PARTS = ("ledger", "sink")  # the scheduler sends wall-clock ticks: `finops run` adds it
-RUN_PARTS = ("ledger", "sink", "scheduler")  # `finops run` with no names; webhooks run when named (need a URL)
+RUN_PARTS = ("ledger", "sink", "scheduler")  # `finops run` with no names; webhooks and serve run when named
 
 
 class Pipeline:
@@ -33,7 +33,7 @@ class Pipeline:
 
     def __init__(self, settings: Settings, parts: tuple[str, ...] = DEFAULT_PARTS, *, instance: str = "0",
                  batch_max: int = 20_000, batch_s: float = 0.1, tick_every: float = 60.0,
-                 webhook: dict | None = None) -> None:
+                 webhook: dict | None = None, serve: dict | None = None) -> None:
         unknown = set(parts) - set(PARTS)
         if unknown:
             raise FinopsError(f"unknown processor {sorted(unknown)[0]!r}; choose from {', '.join(PARTS)}")
@@ -51,13 +51,20 @@ class Pipeline:
         self.query_server = None
         if self.sink is not None and endpoint_file(settings) is not None:  # embedded: we own chdb, serve others
             self.query_server = QueryServer(settings, LocalReader(self.sink.client, self.sink.lock, owned=False))
+        self.api = None
+        if "serve" in parts:  # the HTTP API (finops/api.py); with the sink here it queries the sink's client
+            from .api import ApiServer
+
+            reader = ((lambda: LocalReader(self.sink.client, self.sink.lock, owned=False))
+                      if self.sink is not None else None)
+            self.api = ApiServer(settings, reader=reader, **(serve or {}))
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
         self._stopped = threading.Event()
 
     def _parts(self) -> list[tuple[str, object]]:
         return [(n, p) for n, p in (("ledger", self.ledger), ("sink", self.sink), ("scheduler", self.scheduler),
-                                    ("webhooks", self.webhooks)) if p is not None]
+                                    ("webhooks", self.webhooks), ("serve", self.api)) if p is not None]
 
     def start(self) -> Pipeline:
         if self.query_server is not None:

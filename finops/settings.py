@@ -75,6 +75,11 @@ class Settings(BaseSettings):
                     "time (seconds, or ISO 8601 like PT0.5S; 0: in every transaction). Pending spend is kept in "
                     "the ledger's state and changelog meanwhile.")
     group_prefix: str = Field(default="finops", description="Prefix of consumer group and transactional ids.")
+    tokens_file: Path | None = Field(
+        default=None,
+        description="Bearer tokens of the HTTP API (`finops tokens add`); default <data_dir>/tokens.json.")
+    api_host: str = Field(default="127.0.0.1", description="Address `finops serve` listens on.")
+    api_port: int = Field(default=8080, ge=1, le=65535, description="Port `finops serve` listens on.")
 
     @field_validator("id_horizon", "max_future_skew", "unknown_account_grace", "spend_every", mode="before")
     @classmethod
@@ -99,6 +104,11 @@ class Settings(BaseSettings):
     @property
     def clickhouse_dsn(self) -> str:
         return self.clickhouse_url or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def tokens_path(self) -> Path:
+        """The bearer token file of the HTTP API."""
+        return self.tokens_file or self.data_dir / "tokens.json"
 
 
 def load() -> Settings:

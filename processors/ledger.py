@@ -34,6 +34,7 @@ import copy
 import hashlib
 import heapq
 import unicodedata
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Callable
@@ -57,7 +58,8 @@ from .state import (
 # that time causes (a held usage whose grace ended).
 Output = out.LedgerEntry | out.Alert | out.Enforcement | wire.Rejection
 
-__all__ = ["Book", "Rejected", "Rules", "Tenant", "Output", "decide", "apply", "advance", "balance_of"]
+__all__ = ["Book", "Rejected", "Rules", "Tenant", "Output", "decide", "apply", "advance", "balance_of", "Entitlement",
+           "entitlement"]
 
 
 # ----------------------------------------------------------------------------- time
@@ -403,6 +405,48 @@ def _cascade(state: Tenant, charged: Account, amount: int, now: datetime) -> tup
         if parent.members is not None and parent.members.isdisjoint(_chain(state, charged, acct)):
             return draws, unpaid
         acct = parent
+
+
+@dataclass(frozen=True, slots=True)
+class Entitlement:
+    """The answer to "may ``account_id`` spend ``credits`` now?" (``finops serve``'s ``/v1/check``).
+
+    ``effective_available`` (micro-credits) is what a usage charged to the account would draw
+    right now through the cascade, its own spendable grants first: the same ``_cascade`` the
+    ledger charges with. ``reason`` is None when allowed, else ``blocked`` (a hard cap on the
+    account or an ancestor has blocked it: ``finops.enforcement.v1``), ``hard_cap`` (the
+    usage would take a hard-capped account's period use past its budget) or
+    ``insufficient_credits`` (the cascade cannot fund it: the ledger would book the rest as
+    overage). ``blocked_by`` names the accounts behind ``blocked``/``hard_cap``.
+    """
+
+    account_id: str
+    allow: bool
+    reason: str | None
+    effective_available: int
+    blocked_by: tuple[str, ...] = ()
+
+
+def entitlement(state: Tenant, acct: Account, credits: int, at: datetime) -> Entitlement:
+    """Judge a usage of ``credits`` micro-credits charged to ``acct`` at event time ``at``.
+
+    The ledger judges a usage older than its clock at the clock (late usage), so ``at``
+    before ``state.clock`` is judged at the clock. Pure: reads ``state``, changes nothing.
+    """
+    now = at if state.clock is None or at > state.clock else state.clock
+    _draws, unpaid = _cascade(state, acct, MAX_MICROS, now)
+    effective = MAX_MICROS - unpaid
+    chain = list(state.ancestors(acct))
+    blocked = tuple(a.id for a in chain if a.blocked and a.hard_capped(now))
+    if blocked:
+        return Entitlement(acct.id, False, "blocked", effective, blocked)
+    capped = tuple(a.id for a in chain if a.period_granted > 0 and a.hard_capped(now)
+                   and a.period_used + credits > a.period_granted)
+    if capped:
+        return Entitlement(acct.id, False, "hard_cap", effective, capped)
+    if credits > effective:
+        return Entitlement(acct.id, False, "insufficient_credits", effective)
+    return Entitlement(acct.id, True, None, effective)
 
 
 def _chain(state: Tenant, charged: Account, top: Account) -> list[str]:

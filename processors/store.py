@@ -247,6 +247,42 @@ def drain_changes(state: Tenant) -> tuple[list[tuple[bytes, bytes | None]], list
     return changes, local
 
 
+# What a read replica of the ledger (``finops serve``'s live view) keeps of the changelog: the
+# kinds a balance or an entitlement check reads. Id memories, timers, held usage and pending
+# spend are the processor's business; a replica skips them by their first byte.
+REPLICA_KINDS = frozenset((HEADER, ACCOUNT, KEY, RATES, HOLD, RECURRING))
+_REPLICA_FIRST = frozenset(k[0] for k in REPLICA_KINDS)
+
+
+def replica_change(key: bytes, value: bytes | None) -> tuple[bytes, str, str, object] | None:
+    """One changelog record as a read replica applies it, or None for a kind it skips.
+
+    Returns (kind, tenant id, the rest of the key as text, the decoded value or None for a
+    tombstone): HEADER's value is (clock, seq, :class:`Totals`, pruned_at); ACCOUNT's an
+    :class:`Account` (rest: its id); KEY's the account id (rest: the api key id); RATES's the
+    rate card; HOLD's a :class:`Hold`; RECURRING's a :class:`Recurring`. Raises
+    ``msgspec.DecodeError`` for a value this version cannot read.
+    """
+    if not key or key[0] not in _REPLICA_FIRST:
+        return None
+    kind, tenant_id, rest = split_key(key)
+    if value is None:
+        return kind, tenant_id, rest.decode("utf-8", "surrogatepass"), None
+    if kind == ACCOUNT:
+        decoded: object = _account.decode(value)
+    elif kind == HEADER:
+        decoded = _header.decode(value)
+    elif kind == KEY:
+        decoded = msgspec.msgpack.decode(value)
+    elif kind == RATES:
+        decoded = _rates.decode(value)
+    elif kind == HOLD:
+        decoded = _hold.decode(value)
+    else:
+        decoded = _recurring.decode(value)
+    return kind, tenant_id, rest.decode("utf-8", "surrogatepass"), decoded
+
+
 # One block cache for every store of the process, holding data blocks and the index and
 # Bloom-filter blocks too, so that memory stays bounded however many ids the stores keep
 # (RocksDB would otherwise keep every file's filter in memory: about 3 bytes per id).

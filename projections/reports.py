@@ -11,6 +11,7 @@ from simulated paths.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -105,6 +106,22 @@ def run(reader, name: str, params: Params, today: date) -> Report:
     if name == "forecast":
         _add_holt(reader, report)
     return report
+
+
+def records(columns: list[str], rows: list[tuple]) -> list[dict[str, Any]]:
+    """Rows as JSON-ready objects (``finops report --format json`` and the HTTP API): numbers stay
+    numbers, exact decimals, days and times become their text."""
+    return [{c: v if v is None or type(v) in (int, float, str, bool) else str(v) for c, v in zip(columns, r)}
+            for r in rows]
+
+
+def to_csv(columns: list[str], rows: list[tuple]) -> bytes:
+    """Rows as CSV with a header line (UTF-8)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
 
 
 def export(reader, name: str, params: Params, today: date, fmt: str) -> bytes:

@@ -1,0 +1,794 @@
+"""``finops serve``: the HTTP API for gateways, apps and admins (FastAPI, run by uvicorn).
+
+Reads come from two places:
+
+* the **live view** (:class:`~finops.projections.live.LiveView`): the ledger's state replicated
+  from its changelog into this process: balances, the account tree, entitlement checks.
+  Every such answer carries ``as_of`` (the tenant's ledger clock, event time) and ``lag_ms``
+  (wall milliseconds since the view last held everything the ledger had committed);
+* **ClickHouse** (through :func:`~finops.projections.query.open_reader`, or the sink's own
+  client when it runs in this process): ledger history, balances as of a past time, reports.
+
+Writes go to Kafka like the SDK's: ``POST .../commands`` through
+:class:`~finops.producers.commands.CommandClient` (waits for the ledger's outcome),
+``POST .../usage`` through :class:`~finops.producers.usage.UsageProducer` (acknowledged by
+Kafka). Bodies are read as wire-v1 JSON with their numbers' text kept exactly.
+
+Auth: ``Authorization: Bearer <token>`` from the tokens file (:mod:`finops.tokens`). A
+tenant's token reaches only its tenant; another tenant, like a tenant that does not exist,
+is 404 with the same body (nothing tells them apart). Errors are RFC 9457 problem details
+(``application/problem+json``) with ``reason`` (wire-v1's rejection vocabulary) where
+there is one. Amounts are exact decimal credit strings plus ``*_micros`` integers.
+See docs/api.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from datetime import date, datetime, timezone
+from typing import Any, Callable
+
+import msgspec
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .errors import FinopsError
+from .processors.ledger import entitlement
+from .processors.state import Account, Tenant
+from .projections import reports
+from .projections.live import LiveView
+from .schemas import wire
+from .schemas.money import AmountError, credits_str, to_micros
+from .settings import Settings
+from .tokens import Principal, TokenStore
+
+log = logging.getLogger("finops.api")
+
+PROBLEM = "application/problem+json"
+MAX_USAGE_BATCH = 10_000
+LOCAL_HOSTS = frozenset(("127.0.0.1", "::1", "localhost"))
+_LOCAL = Principal("local", None, "admin")
+_raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_encode = msgspec.json.Encoder(decimal_format="string").encode
+
+
+class Problem(Exception):
+    """An RFC 9457 problem: ``type`` is ``urn:finops:problem:<slug>``; ``reason`` is wire-v1's rejection reason."""
+
+    def __init__(self, status: int, slug: str, title: str, detail: str = "", *, reason: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail or title)
+        self.status, self.slug, self.title, self.detail = status, slug, title, detail
+        self.reason, self.headers, self.extra = reason, headers, extra
+
+    def body(self, instance: str) -> dict:
+        body = {"type": f"urn:finops:problem:{self.slug}", "title": self.title, "status": self.status,
+                "detail": self.detail or self.title, "instance": instance}
+        if self.reason is not None:
+            body["reason"] = self.reason
+        body.update(self.extra)
+        return body
+
+
+def _not_found(what: str = "tenant") -> Problem:
+    # The same answer for "does not exist" and "not yours": a token learns nothing of other tenants.
+    return Problem(404, "not-found", "Not Found", f"no such {what} for this token")
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(_encode(body), status_code=status, media_type="application/json")
+
+
+def _money(name: str, micros: int) -> dict[str, Any]:
+    return {name: credits_str(micros), f"{name}_micros": micros}
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _time(text: str | None, name: str) -> datetime | None:
+    """An RFC 3339 time with an offset (as wire v1 writes times), in UTC; 400 otherwise."""
+    if text is None:
+        return None
+    message = wire.decode(_encode({"type": "tick", "id": "-", "tenant_id": "-", "ts": text}))
+    if isinstance(message, wire.Rejection):
+        raise Problem(400, "invalid-parameter", "Bad Request",
+                      f"{name} {text!r} is not an RFC 3339 time with an offset, e.g. 2026-11-30T12:00:00Z",
+                      reason="invalid_timestamp")
+    return message.ts
+
+
+def _credits(text: str, name: str = "credits") -> int:
+    try:
+        return int(to_micros(text))
+    except AmountError as exc:
+        raise Problem(400, "invalid-parameter", "Bad Request", f"{name}: {exc}", reason="invalid_amount") from None
+
+
+# ----------------------------------------------------------------------------- views of the state
+
+
+def account_view(state: Tenant, acct: Account, now: datetime) -> dict[str, Any]:
+    """One account as the API shows it: own balances, effective available through the cascade
+    (``processors.ledger.entitlement``), cap state, period budget and use, grants."""
+    judged = entitlement(state, acct, 0, now)
+    return {
+        "account_id": acct.id, "kind": acct.kind, "parent_id": acct.parent_id, "name": acct.name,
+        **_money("available", acct.available), **_money("reserved", acct.reserved),
+        **_money("consumed", acct.consumed), **_money("overage", acct.overage),
+        **_money("effective_available", judged.effective_available),
+        "fallback": acct.fallback, "members": sorted(acct.members) if acct.members is not None else None,
+        "cap": acct.cap, "blocked": acct.blocked, "override_until": _iso(acct.override_until),
+        "period": acct.period, **_money("period_budget", acct.period_granted),
+        **_money("period_used", acct.period_used),
+        "grants": [{"grant_id": g.id, **_money("remaining", g.remaining), "starts_at": _iso(g.starts_at),
+                    "ends_at": _iso(g.ends_at), "expires_at": _iso(g.expiry), "recurrence": g.recurrence,
+                    "on_expiry": g.on_expiry} for g in acct.grants],
+        "updated": _iso(acct.updated),
+    }
+
+
+def tree_order(state: Tenant) -> list[Account]:
+    """Every account, depth first from the root, children by id."""
+    children: dict[str | None, list[Account]] = {}
+    for acct in state.accounts.values():
+        children.setdefault(acct.parent_id, []).append(acct)
+    ordered: list[Account] = []
+    stack = sorted(children.get(None, []), key=lambda a: a.id, reverse=True)
+    seen: set[str] = set()
+    while stack:
+        acct = stack.pop()
+        if acct.id in seen:
+            continue
+        seen.add(acct.id)
+        ordered.append(acct)
+        stack.extend(sorted(children.get(acct.id, []), key=lambda a: a.id, reverse=True))
+    ordered.extend(a for a in sorted(state.accounts.values(), key=lambda a: a.id) if a.id not in seen)
+    return ordered
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class _Metrics:
+    """Prometheus metrics of the API and its view, on their own registry."""
+
+    BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    def __init__(self, view: LiveView) -> None:
+        self.view = view
+        self.registry = CollectorRegistry()
+        self.requests = Counter("finops_api_requests", "HTTP requests answered.", ["method", "route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("finops_api_request_seconds", "Time to answer a request (wall seconds).",
+                                 ["route"], buckets=self.BUCKETS, registry=self.registry)
+        self.lag = Gauge("finops_view_lag_seconds", "Wall seconds since the live view last held everything "
+                                                    "the ledger had committed (NaN before it ever did).",
+                         registry=self.registry)
+        self.records = Gauge("finops_view_records", "Changelog and enforcement records the view has read.",
+                             registry=self.registry)
+        self.refused = Gauge("finops_view_refused_records", "Records the view could not decode (skipped).",
+                             registry=self.registry)
+        self.tenants = Gauge("finops_view_tenants", "Tenants in the live view.", registry=self.registry)
+
+    def render(self) -> bytes:
+        lag = self.view.lag_s()
+        self.lag.set(float("nan") if lag is None else lag)
+        self.records.set(self.view.stats.records)
+        self.refused.set(self.view.stats.refused)
+        self.tenants.set(len(self.view.tenants))
+        return generate_latest(self.registry)
+
+
+class _Timing:
+    """ASGI middleware: counts and times every request by its route template."""
+
+    def __init__(self, app, metrics: _Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(scope["method"], path, str(status[0])).inc()
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+class Backends:
+    """What the endpoints reach: the live view, tokens, ClickHouse and Kafka (built lazily, shared).
+
+    ``reader`` makes a ClickHouse reader per request (closed after it); ``commands`` and
+    ``usage`` make the Kafka clients on first use. ``tokens`` None with ``insecure_local``
+    True lets requests from 127.0.0.1 in without a token.
+    """
+
+    def __init__(self, settings: Settings, view: LiveView, *, tokens: TokenStore | None = None,
+                 insecure_local: bool = False, reader: Callable[[], Any] | None = None,
+                 command_timeout: float = 30.0) -> None:
+        self.settings = settings
+        self.view = view
+        self.tokens = tokens
+        self.insecure_local = insecure_local
+        self.command_timeout = command_timeout
+        if reader is None:
+            from .projections.query import open_reader
+
+            def reader():
+                return open_reader(settings)
+        self.reader = reader
+        self._commands = None
+        self._usage = None
+        self._command_lock = threading.Lock()
+        self._usage_lock = threading.Lock()
+
+    def commands(self):
+        if self._commands is None:
+            from .producers.commands import CommandClient
+
+            self._commands = CommandClient(self.settings, timeout=self.command_timeout)
+        return self._commands
+
+    def usage(self):
+        if self._usage is None:
+            from .producers.usage import UsageProducer
+
+            self._usage = UsageProducer(self.settings, kafka_config={"linger.ms": 2})
+        return self._usage
+
+    def close(self) -> None:
+        for client in (self._commands, self._usage):
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # closing is best effort: the process is ending
+                    log.debug("closing a client failed", exc_info=True)
+
+
+def create_app(backends: Backends) -> FastAPI:
+    """The ASGI app over ``backends``. Routes are documented at ``/docs`` and ``/openapi.json``."""
+    view = backends.view
+    metrics = _Metrics(view)
+    app = FastAPI(title="finops", version="1",
+                  description="Entitlement checks, balances, history, commands and usage of the finops "
+                              "credit ledger. Amounts are exact decimal credit strings plus *_micros "
+                              "integers (1 credit = 1,000,000 micro-credits). Errors are RFC 9457 problem "
+                              "details. Auth: Authorization: Bearer <token> (`finops tokens add`).")
+    app.state.backends = backends
+
+    def problem_response(request: Request, problem: Problem) -> Response:
+        return Response(_encode(problem.body(request.url.path)), status_code=problem.status, media_type=PROBLEM,
+                        headers=problem.headers)
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> Response:
+        return problem_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")} for e in exc.errors()]
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
+        return problem_response(request, Problem(422, "invalid-request", "Unprocessable Content", detail,
+                                                 reason="invalid", errors=errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        return problem_response(request, Problem(exc.status_code, slug, str(exc.detail), str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error answering %s", request.url.path)
+        return problem_response(request, Problem(500, "internal", "Internal Server Error",
+                                                 f"{type(exc).__name__} (logged by the server)"))
+
+    # ---------------------------------------------------------------- auth
+
+    def principal(request: Request) -> Principal:
+        header = request.headers.get("authorization")
+        if header is None:
+            client = request.client.host if request.client is not None else ""
+            if backends.insecure_local and client in LOCAL_HOSTS:
+                return _LOCAL
+            raise Problem(401, "unauthorized", "Unauthorized", "missing bearer token (Authorization: Bearer ...)",
+                          headers={"WWW-Authenticate": 'Bearer realm="finops"'})
+        scheme, _, token = header.partition(" ")
+        found = backends.tokens.verify(token.strip()) if backends.tokens is not None and \
+            scheme.lower() == "bearer" else None
+        if found is None:
+            raise Problem(401, "unauthorized", "Unauthorized", "unknown, revoked or malformed bearer token",
+                          headers={"WWW-Authenticate": 'Bearer realm="finops", error="invalid_token"'})
+        return found
+
+    def readable(request: Request, tenant_id: str) -> Principal:
+        who = principal(request)
+        if not who.may_read(tenant_id):
+            raise _not_found()
+        return who
+
+    def writable(request: Request, tenant_id: str) -> Principal:
+        who = readable(request, tenant_id)
+        if not who.may_write(tenant_id):
+            raise Problem(403, "forbidden", "Forbidden", f"this token's role ({who.role}) cannot write")
+        return who
+
+    def tenant_of(tenants: dict[str, Tenant], tenant_id: str) -> Tenant:
+        state = tenants.get(tenant_id)
+        if state is None:
+            raise _not_found()
+        return state
+
+    def freshness(state: Tenant | None) -> dict[str, Any]:
+        lag = view.lag_s()
+        return {"as_of": _iso(state.clock) if state is not None else None,
+                "lag_ms": None if lag is None else round(lag * 1000, 1)}
+
+    # ---------------------------------------------------------------- health and metrics
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> Response:
+        """200 once the live view has read the ledger's changelog to its end, else 503 (still loading)."""
+        lag = view.lag_s()
+        ready = view.ready.is_set()
+        body = {"status": "ok" if ready else "loading", "view": {
+            "ready": ready, "lag_ms": None if lag is None else round(lag * 1000, 1),
+            "tenants": len(view.tenants), "records": view.stats.records, "refused": view.stats.refused,
+            "changelog": view.changelog}}
+        return _json(body, 200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"])
+    async def prometheus() -> Response:
+        """Prometheus text: requests by route and status, a latency histogram, the view's lag."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    # ---------------------------------------------------------------- the live view
+
+    @app.get("/v1/check", tags=["entitlement"])
+    async def check(request: Request, tenant: str, account: str | None = None, api_key: str | None = None,
+                    credits: str = "0", at: str | None = None) -> Response:
+        """May this account (or the account this API key is bound to) spend ``credits`` now?
+
+        ``{allow, reason, effective_available, blocked_by}``: ``reason`` is null when allowed,
+        else ``blocked`` (a hard cap's block on the account or an ancestor), ``hard_cap`` (it
+        would take a hard-capped account past its period budget) or ``insufficient_credits``
+        (the cascade cannot fund it). ``at`` (RFC 3339, default now) is the event time judged.
+        """
+        readable(request, tenant)
+        if (account is None) == (api_key is None):
+            raise Problem(400, "invalid-parameter", "Bad Request", "give exactly one of account and api_key",
+                          reason="invalid")
+        micros = _credits(credits)
+        when = _time(at, "at") or datetime.now(timezone.utc)
+
+        def judge(tenants, _enforcement):
+            state = tenant_of(tenants, tenant)
+            account_id = account if account is not None else state.keys.get(api_key)
+            acct = state.accounts.get(account_id) if account_id is not None else None
+            if acct is None:
+                raise Problem(404, "not-found", "Not Found", "no such account or api key for this token",
+                              reason="unknown_account")
+            return state, entitlement(state, acct, micros, when)
+
+        state, judged = view.read(judge)
+        return _json({"tenant_id": tenant, "account_id": judged.account_id, "allow": judged.allow,
+                      "reason": judged.reason, **_money("credits", micros),
+                      **_money("effective_available", judged.effective_available),
+                      "blocked_by": list(judged.blocked_by), **freshness(state)})
+
+    @app.get("/v1/tenants", tags=["accounts"])
+    async def tenants(request: Request) -> Response:
+        """The tenants this token may read (an admin token: every tenant in the view)."""
+        who = principal(request)
+        names = view.read(lambda t, _e: sorted(t))
+        return _json({"tenants": [n for n in names if who.may_read(n)]})
+
+    @app.get("/v1/tenants/{tenant_id}/accounts", tags=["accounts"])
+    async def accounts(request: Request, tenant_id: str) -> Response:
+        """Every account of the tenant, depth first from the root: own and effective available, cap, period."""
+        readable(request, tenant_id)
+        now = datetime.now(timezone.utc)
+
+        def listing(tenants, _enforcement):
+            state = tenant_of(tenants, tenant_id)
+            return state, [account_view(state, a, now) for a in tree_order(state)]
+
+        state, items = view.read(listing)
+        return _json({"tenant_id": tenant_id, "accounts": items, **freshness(state)})
+
+    @app.get("/v1/tenants/{tenant_id}/accounts/{account_id}", tags=["accounts"])
+    async def account(request: Request, tenant_id: str, account_id: str) -> Response:
+        """One account, with its children and the API keys bound to it."""
+        readable(request, tenant_id)
+        now = datetime.now(timezone.utc)
+
+        def one(tenants, _enforcement):
+            state = tenant_of(tenants, tenant_id)
+            acct = state.accounts.get(account_id)
+            if acct is None:
+                raise _not_found("account")
+            item = account_view(state, acct, now)
+            item["children"] = sorted(a.id for a in state.accounts.values() if a.parent_id == acct.id)
+            item["api_key_ids"] = sorted(k for k, owner in state.keys.items() if owner == acct.id)
+            return state, item
+
+        state, item = view.read(one)
+        return _json({"tenant_id": tenant_id, **item, **freshness(state)})
+
+    @app.get("/v1/tenants/{tenant_id}/enforcement", tags=["entitlement"])
+    async def enforcement(request: Request, tenant_id: str) -> Response:
+        """The accounts a gateway must refuse now (``finops.enforcement.v1``), with the keys under them."""
+        readable(request, tenant_id)
+
+        def blocked(tenants, records):
+            state = tenant_of(tenants, tenant_id)
+            return state, [{"account_id": r.account_id, "state": r.state, "reason": r.reason,
+                            "api_key_ids": r.api_key_ids, "ts": _iso(r.ts)}
+                           for (t, _a), r in sorted(records.items()) if t == tenant_id and r.state == "blocked"]
+
+        state, items = view.read(blocked)
+        return _json({"tenant_id": tenant_id, "blocked": items, **freshness(state)})
+
+    def known_account(tenant_id: str, account_id: str) -> None:
+        if not view.read(lambda t, _e: tenant_id in t and account_id in t[tenant_id].accounts):
+            raise _not_found("account")
+
+    # ---------------------------------------------------------------- history (ClickHouse)
+
+    @app.get("/v1/tenants/{tenant_id}/accounts/{account_id}/ledger", tags=["history"])
+    def ledger(request: Request, tenant_id: str, account_id: str,
+               start: str | None = Query(None, alias="from", description="First event time (RFC 3339)."),
+               end: str | None = Query(None, alias="to", description="Event time before which to stop."),
+               kind: list[str] = Query(default=[], description="Only these entry kinds (repeatable)."),
+               limit: int = Query(100, ge=1, le=1000), cursor: str | None = None) -> Response:
+        """The account's ledger entries in ledger order (event time, then position), with the balance
+        after each; ``next_cursor`` pages on (null on the last page)."""
+        readable(request, tenant_id)
+        known_account(tenant_id, account_id)
+        after_ts, after_offset = _read_cursor(cursor) if cursor else (datetime(1970, 1, 1, tzinfo=timezone.utc), -1)
+        params = {"tenant": tenant_id, "account": account_id,
+                  "from": _ch_time(_time(start, "from") or datetime(1970, 1, 1, tzinfo=timezone.utc)),
+                  "to": _ch_time(_time(end, "to") or datetime(2299, 12, 31, tzinfo=timezone.utc)),
+                  "kinds": kind, "after_ts": _ch_time(after_ts), "after_offset": after_offset,
+                  "limit": limit + 1}
+        columns, rows = _query(backends, LEDGER_SQL, params)
+        page = [dict(zip(columns, r)) for r in rows[:limit]]
+        entries = [{"entry_id": r["entry_id"], "kind": r["kind"], "ts": _iso(_utc(r["ts"])),
+                    **_money("amount", r["amount_micros"]), **_money("balance", r["balance_micros"]),
+                    "cause_id": r["cause_id"], "cause_type": r["cause_type"],
+                    "charged_to": r["charged_to"] or None, "grant_id": r["grant_id"] or None,
+                    "hold_id": r["hold_id"] or None, "late": bool(r["late"]),
+                    "model_name": r["model_name"] or None, "operation_type": r["operation_type"] or None,
+                    "api_key_id": r["api_key_id"] or None, "usage_labels": dict(r["usage_labels"] or {}) or None}
+                   for r in page]
+        last = page[-1] if len(rows) > limit else None
+        next_cursor = _write_cursor(_utc(last["ts"]), last["kafka_offset"]) if last is not None else None
+        return _json({"tenant_id": tenant_id, "account_id": account_id, "entries": entries,
+                      "next_cursor": next_cursor})
+
+    @app.get("/v1/tenants/{tenant_id}/accounts/{account_id}/balance", tags=["history"])
+    def balance_at(request: Request, tenant_id: str, account_id: str,
+                   at: str = Query(..., description="RFC 3339 event time.")) -> Response:
+        """The account's balance as of event time ``at``, from its ledger history: available after
+        the last entry stamped at or before ``at`` (in ledger order), consumed and overage up to it."""
+        readable(request, tenant_id)
+        when = _time(at, "at")
+        known_account(tenant_id, account_id)
+        columns, rows = _query(backends, BALANCE_AT_SQL, {"tenant": tenant_id, "account": account_id,
+                                                          "at": _ch_time(when)})
+        row = dict(zip(columns, rows[0])) if rows else {}
+        entries = int(row.get("entries") or 0)
+        return _json({"tenant_id": tenant_id, "account_id": account_id, "at": _iso(when),
+                      **_money("available", int(row.get("available_micros") or 0) if entries else 0),
+                      **_money("consumed", int(row.get("consumed_micros") or 0)),
+                      **_money("overage", int(row.get("overage_micros") or 0)),
+                      "entries": entries,
+                      "last_entry_ts": _iso(_utc(row["last_ts"])) if entries else None})
+
+    @app.get("/v1/tenants/{tenant_id}/reports/{name}", tags=["history"])
+    def report(request: Request, tenant_id: str, name: str, account: str = "",
+               start: date | None = Query(None, alias="from", description="First UTC day (YYYY-MM-DD)."),
+               end: date | None = Query(None, alias="to", description="Last UTC day, the 'as of' day."),
+               z: float = 3.0, fmt: str = Query("json", alias="format", pattern="^(json|csv)$")) -> Response:
+        """The reports of ``finops report`` with the same parameters, for this tenant: JSON rows
+        (as ``finops report --format json``) or CSV."""
+        readable(request, tenant_id)
+        if name not in reports.REPORTS:
+            raise Problem(404, "not-found", "Not Found", f"no report {name!r}; choose one of "
+                                                         f"{', '.join(reports.REPORTS)}")
+        params = reports.Params(tenant=tenant_id, account=account, start=start, end=end, z=z,
+                                currency=backends.settings.billing_currency,
+                                credit_price=backends.settings.credit_price)
+        today = datetime.now(timezone.utc).date()
+        reader = backends.reader()
+        try:
+            if fmt == "csv" and name != "forecast":
+                return Response(reports.export(reader, name, params, today, "CSVWithNames"), media_type="text/csv")
+            result = reports.run(reader, name, params, today)
+        except FinopsError as exc:
+            raise Problem(400, "invalid-parameter", "Bad Request", str(exc)) from None
+        finally:
+            reader.close()
+        if fmt == "csv":
+            return Response(reports.to_csv(result.columns, result.rows), media_type="text/csv")
+        return _json({"report": name, "tenant_id": tenant_id, "from": result.params.start.isoformat(),
+                      "to": result.params.end.isoformat(), "columns": result.columns,
+                      "rows": reports.records(result.columns, result.rows)})
+
+    # ---------------------------------------------------------------- writes (Kafka)
+
+    @app.post("/v1/tenants/{tenant_id}/commands", tags=["writes"], status_code=200)
+    async def command(request: Request, tenant_id: str, wait: bool = True,
+                      timeout: float = Query(30.0, gt=0, le=300)) -> Response:
+        """Publish one wire-v1 command (``id`` and ``ts`` filled in when absent) and, unless
+        ``wait=false``, wait for the ledger's outcome: 200 applied, 409 rejected with the reason;
+        202 with the id when not waiting. A repeat of an applied command (same id and content) is
+        applied again as a no-op."""
+        writable(request, tenant_id)
+        fields = _body_object(await request.body(), tenant_id)
+        return await _in_thread(lambda: _send_command(backends, fields, wait, timeout))
+
+    @app.post("/v1/tenants/{tenant_id}/usage", tags=["writes"], status_code=202)
+    async def usage(request: Request, tenant_id: str) -> Response:
+        """Publish a JSON array of usage events (at most 10,000; ``id`` and ``ts`` filled in when
+        absent), checked as the SDK checks them: all or nothing. 202 once Kafka has them all."""
+        writable(request, tenant_id)
+        try:
+            items = _raw_list.decode(await request.body())
+        except msgspec.DecodeError as exc:
+            raise Problem(400, "invalid-body", "Bad Request", f"the body is not a JSON array of usage events: {exc}",
+                          reason="not_json") from None
+        if not items or len(items) > MAX_USAGE_BATCH:
+            raise Problem(400, "invalid-body", "Bad Request",
+                          f"send 1 to {MAX_USAGE_BATCH} usage events, not {len(items)}", reason="invalid")
+        events = [_body_object(bytes(item), tenant_id, index=i) for i, item in enumerate(items)]
+        return await _in_thread(lambda: _send_usage(backends, events))
+
+    return _Timing(app, metrics)  # type: ignore[return-value]
+
+
+async def _in_thread(fn: Callable[[], Response]) -> Response:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn)
+
+
+def _body_object(body: bytes, tenant_id: str, index: int | None = None) -> dict[str, msgspec.Raw]:
+    """A JSON object with each field's text kept as sent (numbers are read from their text), its
+    ``tenant_id`` filled in from the path when absent; another tenant's id is 404."""
+    where = "the body" if index is None else f"item {index}"
+    try:
+        fields = _raw_object.decode(body)
+    except msgspec.ValidationError:
+        raise Problem(422, "invalid-body", "Unprocessable Content", f"{where} is not a JSON object",
+                      reason="not_object", index=index) from None
+    except msgspec.DecodeError as exc:
+        raise Problem(400, "invalid-body", "Bad Request", f"{where} is not JSON: {exc}", reason="not_json",
+                      index=index) from None
+    sent = fields.get("tenant_id")
+    if sent is None:
+        fields["tenant_id"] = msgspec.Raw(_encode(tenant_id))
+    else:
+        try:
+            same = msgspec.json.decode(sent) == tenant_id
+        except msgspec.DecodeError:
+            same = False
+        if not same:
+            raise _not_found()
+    return fields
+
+
+def _send_command(backends: Backends, fields: dict, wait: bool, timeout: float) -> Response:
+    from .producers.commands import OutcomeTimeout
+    from .producers.usage import InvalidEvent
+
+    with backends._command_lock:
+        try:
+            sent = backends.commands().send(fields, wait=wait, timeout=timeout)
+        except InvalidEvent as exc:
+            raise Problem(422, "invalid-command", "Unprocessable Content", exc.detail, reason=exc.reason) from None
+        except OutcomeTimeout as exc:
+            raise Problem(504, "outcome-timeout", "Gateway Timeout", str(exc)) from None
+        except FinopsError as exc:
+            raise Problem(503, "kafka-unavailable", "Service Unavailable", str(exc)) from None
+    if not wait:
+        return _json({"id": sent.id, "type": sent.type, "status": "pending"}, 202)
+    if not sent.applied:
+        raise Problem(409, "command-rejected", "Conflict", sent.detail or sent.reason, reason=sent.reason,
+                      id=sent.id, command_type=sent.type)
+    return _json({"id": sent.id, "type": sent.type, "status": "applied"})
+
+
+def _send_usage(backends: Backends, events: list[dict]) -> Response:
+    from .producers.usage import InvalidEvent, checked, complete
+
+    decoded = []
+    errors = []
+    for i, fields in enumerate(events):
+        try:
+            _raw, message = checked(complete(fields, "usage"))
+        except InvalidEvent as exc:
+            errors.append({"index": i, "reason": exc.reason, "detail": exc.detail})
+            continue
+        if not isinstance(message, wire.Usage):
+            errors.append({"index": i, "reason": "invalid", "detail": "a command: POST it to .../commands"})
+            continue
+        decoded.append(message)
+    if errors:
+        raise Problem(422, "invalid-usage", "Unprocessable Content",
+                      f"{len(errors)} of {len(events)} usage events are invalid; none was published",
+                      reason=errors[0]["reason"], errors=errors[:100])
+    with backends._usage_lock:
+        producer = backends.usage()
+        failed_before = producer.failed
+        for message in decoded:
+            producer.send(message)
+        left = producer.flush(30)
+        failed = producer.failed - failed_before
+    if left or failed:
+        raise Problem(503, "kafka-unavailable", "Service Unavailable",
+                      f"{left + failed} of {len(decoded)} usage events were not acknowledged by Kafka; "
+                      "send the batch again (the ledger counts a repeated id once)")
+    return _json({"accepted": len(decoded), "ids": [m.id for m in decoded]}, 202)
+
+
+# ----------------------------------------------------------------------------- ClickHouse
+
+LEDGER_SQL = """
+SELECT entry_id, kind, ts, amount_micros, balance_micros, cause_id, cause_type, charged_to, grant_id, hold_id,
+       late, model_name, operation_type, api_key_id, usage_labels, kafka_offset
+FROM ledger_entries
+WHERE tenant_id = {tenant:String} AND account_id = {account:String}
+  AND ts >= toDateTime64({from:String}, 6, 'UTC') AND ts < toDateTime64({to:String}, 6, 'UTC')
+  AND (empty({kinds:Array(String)}) OR has({kinds:Array(String)}, kind))
+  AND (ts, toInt64(kafka_offset)) > (toDateTime64({after_ts:String}, 6, 'UTC'), {after_offset:Int64})
+ORDER BY ts, kafka_offset, entry_id
+LIMIT {limit:UInt32}
+"""
+
+# consumed: a usage's consume entries are on the accounts that paid (charged_to names the
+# account charged when an ancestor paid); its unfunded part is an overage entry on the charged account.
+BALANCE_AT_SQL = """
+SELECT count() AS entries,
+       argMaxIf(balance_micros, (kafka_offset, entry_id), account_id = {account:String}) AS available_micros,
+       maxIf(ts, account_id = {account:String}) AS last_ts,
+       sumIf(amount_micros, kind = 'consume' AND (charged_to = {account:String}
+                                                  OR charged_to = '' AND account_id = {account:String}))
+         + sumIf(amount_micros, kind = 'overage' AND account_id = {account:String}) AS consumed_micros,
+       sumIf(amount_micros, kind = 'overage' AND account_id = {account:String}) AS overage_micros
+FROM ledger_entries
+WHERE tenant_id = {tenant:String} AND (account_id = {account:String} OR charged_to = {account:String})
+  AND ts <= toDateTime64({at:String}, 6, 'UTC')
+"""
+
+
+def _query(backends: Backends, sql: str, params: dict) -> tuple[list[str], list[tuple]]:
+    from .projections.clickhouse import ClickHouseError
+
+    reader = backends.reader()
+    try:
+        return reader.query(sql, params)
+    except ClickHouseError as exc:
+        raise Problem(503, "clickhouse-unavailable", "Service Unavailable", str(exc)) from None
+    finally:
+        reader.close()
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def _ch_time(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _write_cursor(ts: datetime, offset: int) -> str:
+    return base64.urlsafe_b64encode(_encode([_ch_time(ts), offset])).decode().rstrip("=")
+
+
+def _read_cursor(text: str) -> tuple[datetime, int]:
+    try:
+        ts, offset = msgspec.json.decode(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        when = datetime.strptime(ts, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
+        if not isinstance(offset, int) or isinstance(offset, bool) or not -1 <= offset < 2**63:
+            raise ValueError(offset)
+        return when, offset
+    except (ValueError, TypeError, msgspec.DecodeError):
+        raise Problem(400, "invalid-parameter", "Bad Request", "cursor is not one this API gave",
+                      reason="invalid") from None
+
+
+# ----------------------------------------------------------------------------- running it
+
+
+class ApiServer:
+    """The live view and the HTTP server in threads of this process (``finops serve``, ``finops run serve``).
+
+    ``run()`` blocks until ``stop()``; ``start()`` runs it in a thread and returns once the
+    server listens (``url`` then names it; port 0 picks a free port). ``reader`` makes a
+    ClickHouse reader per request (default: :func:`~finops.projections.query.open_reader`).
+    """
+
+    def __init__(self, settings: Settings, *, host: str | None = None, port: int | None = None,
+                 insecure_local: bool = False, reader: Callable[[], Any] | None = None,
+                 tokens: TokenStore | None = None) -> None:
+        import uvicorn
+
+        host = host or settings.api_host
+        if insecure_local and host not in LOCAL_HOSTS:
+            raise FinopsError(f"--insecure-local serves without tokens only on 127.0.0.1, not on {host}")
+        self.view = LiveView(settings)
+        self.backends = Backends(settings, self.view, tokens=tokens or TokenStore(settings.tokens_path),
+                                 insecure_local=insecure_local, reader=reader)
+        self.app = create_app(self.backends)
+        config = uvicorn.Config(self.app, host=host, port=settings.api_port if port is None else port,
+                                log_level="warning", access_log=False, lifespan="off", http="httptools",
+                                loop="uvloop", timeout_keep_alive=30)
+        self.server = uvicorn.Server(config)
+        self._view_thread = threading.Thread(target=self.view.run, name="finops-view", daemon=True)
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    def run(self) -> None:
+        if not self._view_thread.is_alive():
+            self._view_thread.start()
+        try:
+            self.server.run()
+            if not self.server.started:
+                raise FinopsError(f"cannot listen on {self.server.config.host}:{self.server.config.port} "
+                                  "(in use? choose another with --port or FINOPS_API_PORT)")
+        finally:
+            self.view.stop()
+            self._view_thread.join(10)
+            self.backends.close()
+
+    def start(self, timeout: float = 30.0) -> ApiServer:
+        def target() -> None:
+            try:
+                self.run()
+            except BaseException as exc:  # noqa: BLE001 - reported by start() and the owner
+                self.error = exc
+
+        self._thread = threading.Thread(target=target, name="finops-serve", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise self.error or FinopsError(f"the API server did not start within {timeout:g} s")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.view.stop()
+        if self._thread is not None:
+            self._thread.join(15)
+
+
+__all__ = ["Backends", "Problem", "create_app", "account_view", "tree_order", "ApiServer"]
