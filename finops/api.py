@@ -52,6 +52,7 @@ log = logging.getLogger("finops.api")
 
 PROBLEM = "application/problem+json"
 MAX_USAGE_BATCH = 10_000
+MAX_BODY_BYTES = 16 * 1024 * 1024
 LOCAL_HOSTS = frozenset(("127.0.0.1", "::1", "localhost"))
 _LOCAL = Principal("local", None, "admin")
 _raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -315,8 +316,13 @@ def create_app(backends: Backends) -> FastAPI:
             raise Problem(401, "unauthorized", "Unauthorized", "missing bearer token (Authorization: Bearer ...)",
                           headers={"WWW-Authenticate": 'Bearer realm="finops"'})
         scheme, _, token = header.partition(" ")
-        found = backends.tokens.verify(token.strip()) if backends.tokens is not None and \
-            scheme.lower() == "bearer" else None
+        try:
+            found = backends.tokens.verify(token.strip()) if backends.tokens is not None and \
+                scheme.lower() == "bearer" else None
+        except FinopsError as exc:  # the tokens file is unreadable: nobody gets in until it is fixed
+            log.error("%s", exc)
+            raise Problem(503, "tokens-unavailable", "Service Unavailable",
+                          "the server cannot read its tokens file (see its log)") from None
         if found is None:
             raise Problem(401, "unauthorized", "Unauthorized", "unknown, revoked or malformed bearer token",
                           headers={"WWW-Authenticate": 'Bearer realm="finops", error="invalid_token"'})
@@ -514,6 +520,8 @@ def create_app(backends: Backends) -> FastAPI:
         """The reports of ``finops report`` with the same parameters, for this tenant: JSON rows
         (as ``finops report --format json``) or CSV."""
         readable(request, tenant_id)
+        if not view.read(lambda t, _e: tenant_id in t):
+            raise _not_found()
         if name not in reports.REPORTS:
             raise Problem(404, "not-found", "Not Found", f"no report {name!r}; choose one of "
                                                          f"{', '.join(reports.REPORTS)}")
@@ -546,7 +554,7 @@ def create_app(backends: Backends) -> FastAPI:
         202 with the id when not waiting. A repeat of an applied command (same id and content) is
         applied again as a no-op."""
         writable(request, tenant_id)
-        fields = _body_object(await request.body(), tenant_id)
+        fields = _body_object(await _body(request), tenant_id)
         return await _in_thread(lambda: _send_command(backends, fields, wait, timeout))
 
     @app.post("/v1/tenants/{tenant_id}/usage", tags=["writes"], status_code=202)
@@ -555,7 +563,7 @@ def create_app(backends: Backends) -> FastAPI:
         absent), checked as the SDK checks them: all or nothing. 202 once Kafka has them all."""
         writable(request, tenant_id)
         try:
-            items = _raw_list.decode(await request.body())
+            items = _raw_list.decode(await _body(request))
         except msgspec.DecodeError as exc:
             raise Problem(400, "invalid-body", "Bad Request", f"the body is not a JSON array of usage events: {exc}",
                           reason="not_json") from None
@@ -572,6 +580,19 @@ async def _in_thread(fn: Callable[[], Response]) -> Response:
     from starlette.concurrency import run_in_threadpool
 
     return await run_in_threadpool(fn)
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, refused (413) past :data:`MAX_BODY_BYTES`."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise Problem(413, "too-large", "Content Too Large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise Problem(413, "too-large", "Content Too Large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
+    return body
 
 
 def _body_object(body: bytes, tenant_id: str, index: int | None = None) -> dict[str, msgspec.Raw]:

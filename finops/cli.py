@@ -490,6 +490,12 @@ class _Metrics:
                             "batches": sink.progress.batches, "refused": sink.progress.refused,
                             "paused_s": round(sink.progress.paused_s, 1)}
             self.rows = rows
+        api = self.pipeline.api
+        if api is not None:
+            lag = api.view.lag_s()
+            line["serve"] = {"view_lag_ms": None if lag is None else round(lag * 1000, 1),
+                             "view_records": api.view.stats.records, "view_refused": api.view.stats.refused,
+                             "tenants": len(api.view.tenants)}
         hooks = self.pipeline.webhooks
         if hooks is not None:
             line["webhooks"] = dict(hooks.progress.__dict__)

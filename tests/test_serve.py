@@ -1,0 +1,312 @@
+"""``finops serve`` against the real broker and chdb, through an HTTP client.
+
+Given a workload published to Kafka and folded by the ledger (``Pipeline`` with the sink and
+the API in this process), each endpoint's answer equals ``finops fold`` / ``finops balance`` /
+``finops report`` for the same input; ``balance?at=`` equals the fold of the input up to that
+time; and no token reaches another tenant.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from finops import clients
+from finops.cli import app as cli
+from finops.pipeline import Pipeline
+from finops.processors.fold import fold_lines
+from finops.processors.ledger import entitlement
+from finops.producers.publish import publish_lines
+from finops.projections.balances import read_balances
+from finops.schemas import topics
+from finops.schemas.outputs import LedgerEntry
+from finops.tokens import TokenStore
+from finops.waiting import wait_processed
+from ledger_helpers import Script, at
+from test_pipeline import wait_until
+
+pytestmark = pytest.mark.integration
+
+AT = "2026-11-05T12:00:00Z"  # the event time every check is judged at
+
+
+def workload(tenant: str) -> Script:
+    """A tree with a pool, a hard cap, a spend window, a bound key, and usage through the cascade."""
+    s = Script(tenant)
+    s.purchase("1000.5", ts=at(0))
+    s.open("org", tenant, kind="org", ts=at(0, minutes=1))
+    s.open("team-a", "org", ts=at(0, minutes=2))
+    s.open("team-b", "org", ts=at(0, minutes=3))
+    s.open("ann", "team-a", kind="user", ts=at(0, minutes=4))
+    s.open("bob", "team-b", kind="user", ts=at(0, minutes=5))
+    s.allocate(tenant, "org", 600, ts=at(0, minutes=6))
+    s.allocate("org", "team-a", "200.25", ts=at(0, minutes=7), recurrence={"every": "month", "rollover_pct": 50})
+    s.allocate("org", "team-b", 50, cap="hard", ts=at(0, minutes=8))
+    s.allocate("team-a", "ann", 20, starts_at=at(0), ends_at=at(10), ts=at(0, minutes=9))
+    s.msg("set_members", account_id="org", members=["team-a"], ts=at(0, minutes=10))
+    s.msg("bind_key", api_key_id="key-ann", account_id="ann", ts=at(0, minutes=11))
+    for day in range(1, 4):
+        s.use("ann", "7.5", api_key_id="key-ann", ts=at(day))
+        s.use(None, "30.000001", api_key_id="key-ann", ts=at(day, hours=1))
+        s.use("bob", 20, api_key_id="key-bob", ts=at(day, hours=2))  # past team-b's hard cap of 50 on day 3
+    return s
+
+
+@pytest.fixture
+def served(settings, tmp_path):
+    tokens = TokenStore(tmp_path / "tokens.json")
+    with Pipeline(settings, ("ledger", "sink", "serve"), serve={"port": 0, "tokens": tokens}) as running:
+        wait_until(lambda: running.api.server.started, 60, "the API server", running)
+        yield running, tokens
+
+
+def settled(settings, pipeline: Pipeline, client: httpx.Client) -> None:
+    """Wait until the ledger committed everything published and ClickHouse and the live view hold it."""
+    wait_processed(settings, timeout=120, sink=True)
+    committed_at = time.time()
+    view = pipeline.api.view
+    wait_until(lambda: view._fresh_at is not None and view._fresh_at > committed_at, 30, "the live view", pipeline)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def micros(text: str) -> int:
+    whole, _, frac = text.partition(".")
+    sign = -1 if whole.startswith("-") else 1
+    return sign * (abs(int(whole)) * 1_000_000 + int(frac.ljust(6, "0") or 0))
+
+
+def test_every_endpoint_answers_what_fold_balance_and_report_answer(settings, served, monkeypatch):
+    pipeline, tokens = served
+    tenant = f"serve-{uuid.uuid4().hex[:8]}"
+    script = workload(tenant)
+    assert publish_lines(settings, script.lines).failed == 0
+    _id, token = tokens.add(tenant, "write")
+    client = httpx.Client(base_url=pipeline.api.url, headers=bearer(token), timeout=60)
+    settled(settings, pipeline, client)
+    folded = fold_lines(script.lines, keep_outputs=True)
+    state = folded.book.tenants[tenant]
+    summary = folded.summary()["accounts"]
+
+    # accounts: own balances as finops fold and finops balance; effective available by the ledger's cascade
+    listing = client.get(f"/v1/tenants/{tenant}/accounts").json()
+    assert [a["account_id"] for a in listing["accounts"]] == [tenant, "org", "team-a", "ann", "team-b", "bob"]
+    published = read_balances(settings, tenant_id=tenant)
+    now = datetime.now(timezone.utc)
+    for item in listing["accounts"]:
+        acct = state.accounts[item["account_id"]]
+        want = summary[acct.id]
+        for name in ("available", "consumed", "reserved", "overage"):
+            assert item[name] == want[name] and item[f"{name}_micros"] == micros(want[name]), (acct.id, name)
+        balance = published[(tenant, acct.id)]
+        assert (item["available_micros"], item["consumed_micros"]) == (balance.available_micros,
+                                                                       balance.consumed_micros)
+        assert item["effective_available_micros"] == entitlement(state, acct, 0, now).effective_available
+        assert (item["cap"], item["blocked"], item["period_budget_micros"], item["period_used_micros"]) == (
+            acct.cap, acct.blocked, acct.period_granted, acct.period_used)
+    assert listing["as_of"] == state.clock.isoformat().replace("+00:00", "Z") and listing["lag_ms"] < 10_000
+    one = client.get(f"/v1/tenants/{tenant}/accounts/ann").json()
+    assert one["api_key_ids"] == ["key-ann"] and one["available"] == summary["ann"]["available"]
+
+    # check: by account and by key, the same judgement as the fold's state; a block shows who blocks
+    for account_id, credits in (("ann", "1"), ("ann", "10000"), ("bob", "1"), ("team-a", "0.000001")):
+        got = client.get("/v1/check", params={"tenant": tenant, "account": account_id, "credits": credits,
+                                              "at": AT}).json()
+        want = entitlement(state, state.accounts[account_id], micros(credits), datetime.fromisoformat(AT))
+        assert (got["allow"], got["reason"], got["effective_available_micros"], got["blocked_by"]) == (
+            want.allow, want.reason, want.effective_available, list(want.blocked_by)), account_id
+    by_key = client.get("/v1/check", params={"tenant": tenant, "api_key": "key-ann", "credits": "1", "at": AT})
+    assert by_key.json()["account_id"] == "ann"
+    bob = client.get("/v1/check", params={"tenant": tenant, "account": "bob", "credits": "1", "at": AT}).json()
+    assert (bob["allow"], bob["reason"], bob["blocked_by"]) == (False, "blocked", ["team-b"])
+    blocked = client.get(f"/v1/tenants/{tenant}/enforcement").json()["blocked"]
+    assert [(b["account_id"], b["api_key_ids"]) for b in blocked] == [("team-b", [])]
+
+    # ledger history, paged: the fold's entries of the account, in order, with the balance after each
+    entries = [o for o in folded.outputs if isinstance(o, LedgerEntry)]
+    for account_id in ("ann", "team-a", "org"):
+        got, cursor = [], None
+        while True:
+            page = client.get(f"/v1/tenants/{tenant}/accounts/{account_id}/ledger",
+                              params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+            got.extend(page["entries"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        want = [e for e in entries if e.account_id == account_id]
+        assert [(e["entry_id"], e["kind"], e["amount_micros"], e["balance_micros"]) for e in got] == [
+            (e.entry_id, e.kind, e.amount_micros, e.balance_micros) for e in want], account_id
+    consumes = client.get(f"/v1/tenants/{tenant}/accounts/ann/ledger", params={"kind": "consume"}).json()
+    assert consumes["entries"] and {e["kind"] for e in consumes["entries"]} == {"consume"}
+
+    # balance as of a past time: the fold of the input up to that time
+    for cut in (at(0, minutes=9), at(1, minutes=30), at(2, hours=1), at(3, hours=3)):
+        upto = fold_lines([line for line in script.lines if json.loads(line)["ts"] <= cut])
+        accounts = upto.book.tenants[tenant].accounts
+        for account_id in ("ann", "team-a", "org", tenant):
+            got = client.get(f"/v1/tenants/{tenant}/accounts/{account_id}/balance", params={"at": cut}).json()
+            acct = accounts.get(account_id)
+            assert (got["available_micros"], got["consumed_micros"], got["overage_micros"]) == (
+                (acct.available, acct.consumed, acct.overage) if acct else (0, 0, 0)), (account_id, cut)
+
+    # reports: what `finops report NAME --format json` prints, for the same parameters
+    for key, value in (("FINOPS_KAFKA_PORT", str(settings.kafka_port)), ("FINOPS_DATA_DIR", str(settings.data_dir)),
+                       ("FINOPS_CLICKHOUSE_URL", settings.clickhouse_dsn),
+                       ("FINOPS_CLICKHOUSE_DATABASE", settings.clickhouse_database),
+                       ("FINOPS_GROUP_PREFIX", settings.group_prefix)):
+        monkeypatch.setenv(key, value)
+    for name in ("burn-rate", "showback", "top-drivers", "runway"):
+        printed = CliRunner().invoke(cli, ["report", name, "--tenant", tenant, "--to", "2026-11-05",
+                                           "--format", "json"])
+        assert printed.exit_code == 0, printed.output
+        served_report = client.get(f"/v1/tenants/{tenant}/reports/{name}", params={"to": "2026-11-05"}).json()
+        assert served_report["rows"] == json.loads(printed.stdout), name
+        assert served_report["rows"], name
+    csv = client.get(f"/v1/tenants/{tenant}/reports/showback", params={"to": "2026-11-05", "format": "csv"})
+    assert csv.headers["content-type"].startswith("text/csv") and csv.text.count("\n") > 1
+
+    # writes: a command waits for its outcome; a rejection is a problem with the ledger's reason
+    applied = client.post(f"/v1/tenants/{tenant}/commands", json={"type": "purchase", "credits": "0.5"})
+    assert applied.status_code == 200 and applied.json()["status"] == "applied"
+    refused = client.post(f"/v1/tenants/{tenant}/commands",
+                          json={"type": "allocate", "from_account": tenant, "to_account": "org", "credits": 10**6})
+    assert refused.status_code == 409 and refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["reason"] == "insufficient_funds"
+    later = client.post(f"/v1/tenants/{tenant}/commands", params={"wait": "false"},
+                        json={"type": "purchase", "credits": 1})
+    assert later.status_code == 202 and later.json()["status"] == "pending"
+    sent = client.post(f"/v1/tenants/{tenant}/usage", content=b'[{"account_id": "ann", "api_key_id": "key-ann", '
+                       b'"model_name": "m", "operation_type": "chat", "units_consumed": 1, '
+                       b'"credits_consumed": 0.000001}]')
+    assert sent.status_code == 202 and sent.json()["accepted"] == 1
+    settled(settings, pipeline, client)
+    after = client.get(f"/v1/tenants/{tenant}/accounts/ann").json()
+    assert after["consumed_micros"] == micros(summary["ann"]["consumed"]) + 1
+    root = client.get(f"/v1/tenants/{tenant}/accounts/{tenant}").json()
+    assert root["available_micros"] == micros(summary[tenant]["available"]) + 1_500_000
+
+    # bad input is 400/422 with a problem body, never a 500
+    for method, path, kwargs in (
+            ("GET", "/v1/check", {"params": {"tenant": tenant, "account": "ann", "credits": "-1"}}),
+            ("GET", "/v1/check", {"params": {"tenant": tenant, "account": "ann", "credits": "1.0000001"}}),
+            ("GET", "/v1/check", {"params": {"tenant": tenant, "credits": "1"}}),
+            ("GET", "/v1/check", {"params": {"tenant": tenant, "account": "ann", "at": "yesterday"}}),
+            ("GET", f"/v1/tenants/{tenant}/accounts/ann/ledger", {"params": {"cursor": "!!"}}),
+            ("GET", f"/v1/tenants/{tenant}/accounts/ann/ledger", {"params": {"limit": "0"}}),
+            ("GET", f"/v1/tenants/{tenant}/accounts/ann/balance", {}),
+            ("GET", f"/v1/tenants/{tenant}/reports/burn-rate", {"params": {"from": "2026-13-01"}}),
+            ("GET", f"/v1/tenants/{tenant}/reports/burn-rate", {"params": {"from": "2026-11-05", "to": "2026-11-01"}}),
+            ("POST", f"/v1/tenants/{tenant}/commands", {"content": b"{"}),
+            ("POST", f"/v1/tenants/{tenant}/commands", {"content": b"[]"}),
+            ("POST", f"/v1/tenants/{tenant}/commands", {"json": {"type": "purchase", "credits": "1e999999"}}),
+            ("POST", f"/v1/tenants/{tenant}/commands", {"json": {"type": "usage", "account_id": "ann"}}),
+            ("POST", f"/v1/tenants/{tenant}/commands", {"content": b'{"type": "purchase", "credits": 1, "\xff": 1}'}),
+            ("POST", f"/v1/tenants/{tenant}/usage", {"content": b'{"not": "an array"}'}),
+            ("POST", f"/v1/tenants/{tenant}/usage", {"content": b"[]"}),
+            ("POST", f"/v1/tenants/{tenant}/usage", {"json": [{"account_id": "ann", "credits_consumed": "x"}]})):
+        answer = client.request(method, path, **kwargs)
+        assert answer.status_code in (400, 422), (path, kwargs, answer.status_code, answer.text)
+        problem = answer.json()
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert problem["status"] == answer.status_code and problem["type"].startswith("urn:finops:problem:")
+    assert client.get("/healthz").json()["status"] == "ok"
+    metrics = client.get("/metrics").text
+    assert 'route="/v1/check"' in metrics and "finops_api_request_seconds_bucket" in metrics
+    assert "finops_view_lag_seconds" in metrics
+
+
+def test_no_token_reaches_another_tenant(settings, served, capsys):
+    pipeline, tokens = served
+    mine, theirs = f"iso-a-{uuid.uuid4().hex[:6]}", f"iso-b-{uuid.uuid4().hex[:6]}"
+    lines = workload(mine).lines + workload(theirs).lines
+    assert publish_lines(settings, lines).failed == 0
+    _a, writer_a = tokens.add(mine, "write")
+    _b, writer_b = tokens.add(theirs, "write")
+    _r, reader_a = tokens.add(mine, "read")
+    _x, admin = tokens.add(None, "admin")
+    client = httpx.Client(base_url=pipeline.api.url, timeout=60)
+    settled(settings, pipeline, client)
+    before = {t: client.get(f"/v1/tenants/{t}/accounts", headers=bearer(admin)).json()["accounts"]
+              for t in (mine, theirs)}
+    inputs_before = clients.end_offsets(settings, topics.INPUTS)
+
+    command = {"type": "purchase", "credits": 5}
+    usage = [{"account_id": "ann", "api_key_id": "key-ann", "model_name": "m", "operation_type": "chat",
+              "units_consumed": 1, "credits_consumed": 1}]
+    endpoints = [
+        ("GET", "/v1/check", {"params": {"tenant": "{t}", "account": "ann", "credits": "1"}}),
+        ("GET", "/v1/check", {"params": {"tenant": "{t}", "api_key": "key-ann", "credits": "1"}}),
+        ("GET", "/v1/tenants/{t}/accounts", {}),
+        ("GET", "/v1/tenants/{t}/accounts/ann", {}),
+        ("GET", "/v1/tenants/{t}/enforcement", {}),
+        ("GET", "/v1/tenants/{t}/accounts/ann/ledger", {}),
+        ("GET", "/v1/tenants/{t}/accounts/ann/balance", {"params": {"at": AT}}),
+        ("GET", "/v1/tenants/{t}/reports/showback", {}),
+        ("POST", "/v1/tenants/{t}/commands", {"json": command}),
+        ("POST", "/v1/tenants/{t}/usage", {"json": usage}),
+    ]
+
+    def fill(value, tenant):
+        if isinstance(value, str):
+            return value.replace("{t}", tenant)
+        if isinstance(value, dict):
+            return {k: fill(v, tenant) for k, v in value.items()}
+        return value
+
+    cases = []  # (who, endpoint, tenant in the path, expected status)
+    for method, path, kwargs in endpoints:
+        target = {k: fill(v, theirs) for k, v in kwargs.items()}
+        url = fill(path, theirs)
+        cases.append(("no token", method, url, target, {}, 401))
+        cases.append(("malformed token", method, url, target, {"Authorization": "Bearer nonsense"}, 401))
+        cases.append(("forged secret", method, url, target,
+                      bearer("_".join(writer_b.split("_", 2)[:2]) + "_" + "x" * 43), 401))
+        cases.append(("other tenant's token", method, url, target, bearer(writer_a), 404))
+        cases.append(("other tenant's read token", method, url, target, bearer(reader_a), 404))
+        if method == "GET":  # (a tenant comes to be with its first command: an admin may create one)
+            cases.append(("unknown tenant, admin", method, fill(path, "no-such-tenant"),
+                          {k: fill(v, "no-such-tenant") for k, v in kwargs.items()}, bearer(admin), 404))
+    for method, path, kwargs in endpoints[:7]:
+        if "ann" in json.dumps(kwargs) or "/ann" in path:
+            forged = json.loads(json.dumps(fill(kwargs, mine)).replace('"ann"', '"no-such-account"')
+                                .replace('"key-ann"', '"no-such-key"'))
+            cases.append(("unknown account", method, fill(path, mine).replace("/ann", "/no-such-account"), forged,
+                          bearer(writer_a), 404))
+    # a body naming another tenant under my own path
+    cases.append(("body of another tenant", "POST", f"/v1/tenants/{mine}/commands",
+                  {"json": {**command, "tenant_id": theirs}}, bearer(writer_a), 404))
+    cases.append(("body of another tenant", "POST", f"/v1/tenants/{mine}/usage",
+                  {"json": [{**usage[0], "tenant_id": theirs}]}, bearer(writer_a), 404))
+    cases.append(("read token writes", "POST", f"/v1/tenants/{mine}/commands", {"json": command},
+                  bearer(reader_a), 403))
+
+    rows = []
+    for who, method, url, kwargs, headers, expected in cases:
+        answer = client.request(method, url, headers=headers, **kwargs)
+        rows.append((who, method, url.replace(theirs, "<other>").replace(mine, "<mine>"), answer.status_code,
+                     expected))
+        assert answer.status_code == expected, rows[-1]
+        assert answer.headers["content-type"] == "application/problem+json"
+        body = answer.json()
+        assert theirs not in json.dumps({k: v for k, v in body.items() if k != "instance"})
+    listed = client.get("/v1/tenants", headers=bearer(writer_a)).json()["tenants"]
+    assert listed == [mine]
+
+    # nothing was written, nothing changed
+    assert clients.end_offsets(settings, topics.INPUTS) == inputs_before
+    after = {t: client.get(f"/v1/tenants/{t}/accounts", headers=bearer(admin)).json()["accounts"]
+             for t in (mine, theirs)}
+    assert after == before
+    with capsys.disabled():
+        print(f"\ntenant isolation: {len(rows)} requests")
+        print(f"{'who':<26} {'method':<6} {'path':<52} {'got':>4} {'want':>4}")
+        for who, method, url, got, want in rows:
+            print(f"{who:<26} {method:<6} {url[:52]:<52} {got:>4} {want:>4}")
