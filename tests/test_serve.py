@@ -310,3 +310,31 @@ def test_no_token_reaches_another_tenant(settings, served, capsys):
         print(f"{'who':<26} {'method':<6} {'path':<52} {'got':>4} {'want':>4}")
         for who, method, url, got, want in rows:
             print(f"{who:<26} {method:<6} {url[:52]:<52} {got:>4} {want:>4}")
+
+
+def test_records_the_view_cannot_read_are_skipped_and_it_goes_on(settings, served):
+    pipeline, tokens = served
+    tenant = f"odd-{uuid.uuid4().hex[:8]}"
+    _id, token = tokens.add(tenant, "read")
+    client = httpx.Client(base_url=pipeline.api.url, headers=bearer(token), timeout=60)
+    view = pipeline.api.view
+    wait_until(lambda: view.ready.is_set(), 60, "the live view", pipeline)
+    refused = view.stats.refused
+    # given records no ledger writes: an account value that is not msgpack, a key that is not UTF-8,
+    # an enforcement record that is not JSON
+    producer = clients.producer(settings)
+    account_key = b"A" + len(tenant).to_bytes(2, "big") + tenant.encode() + b"ann"
+    producer.produce(view.changelog, b"\xc1not msgpack", account_key, partition=0)
+    producer.produce(view.changelog, b"\x90", b"A\x00\x02\xff\xfeann", partition=0)
+    producer.produce(topics.ENFORCEMENT, b"{not json", f"{tenant}/ann".encode(), partition=0)
+    assert producer.flush(30) == 0
+    wait_until(lambda: view.stats.refused >= refused + 3, 30, "the view to skip the odd records", pipeline)
+    # when the tenant's real state follows, then the view reads it and answers
+    script = Script(tenant)
+    script.purchase(10)
+    script.open("ann", tenant, kind="user")
+    assert publish_lines(settings, script.lines).failed == 0
+    settled(settings, pipeline, client)
+    answer = client.get("/v1/check", params={"tenant": tenant, "account": "ann", "credits": "10"}).json()
+    assert (answer["allow"], answer["effective_available_micros"]) == (True, 10_000_000)
+    assert client.get("/healthz").json()["view"]["refused"] == view.stats.refused
