@@ -61,7 +61,7 @@ def route(line: bytes) -> tuple[str, bytes | None]:
     """(topic, key) for a raw line; unreadable lines go to the usage topic without key."""
     try:
         r = _route_decoder.decode(line)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):  # nested too deeply to read: the ledger refuses it
         return topics.USAGE, None
     topic = topics.COMMANDS if r.type in wire.COMMAND_TYPES else topics.USAGE
     return topic, r.tenant_id.encode() if r.tenant_id else None

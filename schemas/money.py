@@ -72,7 +72,10 @@ def _parse_decimal_string(text: str) -> int:
     whole, dot, frac = text.partition(".")
     if whole.isdigit() and whole.isascii() and (
             not dot or 1 <= len(frac) <= 6 and frac.isdigit() and frac.isascii()):
-        return int(whole) * MICROS_PER_CREDIT + (int(frac.ljust(6, "0")) if frac else 0)
+        significant = whole.lstrip("0") or "0"
+        if len(significant) > 20:  # more digits than the largest balance (and than int() reads past 4,300)
+            raise AmountError(f"amount is above the largest balance, {credits_str(MAX_MICROS)} credits")
+        return int(significant) * MICROS_PER_CREDIT + (int(frac.ljust(6, "0")) if frac else 0)
     if dot and whole.isdigit() and frac.isdigit() and len(frac) > 6:
         raise AmountError(f"amount {text!r} has more than 6 decimal places")
     raise AmountError(f"amount {text!r} is not a decimal string like 12.5 (digits, at most 6 decimals)")

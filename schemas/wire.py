@@ -317,7 +317,17 @@ def _typed(text: bytes | str, raw: bytes | str) -> Message | Rejection:
 def decode(raw: bytes | str) -> Message | Rejection:
     """Decode one v1 message; bad input becomes a :class:`Rejection`, never an exception.
 
-    Every time of the result is in UTC, whatever offset it was written with."""
+    Every time of the result is in UTC, whatever offset it was written with. JSON nested
+    deeper than Python's recursion limit (about 1,000 levels) is refused ``invalid``."""
+    try:
+        return _decode(raw)
+    except RecursionError:
+        return Rejection(id=None, tenant_id=None, reason=reasons.INVALID,
+                         detail="JSON nested too deeply to read (about 1,000 levels at most)",
+                         **raw_fields(raw if type(raw) is bytes else raw.encode("utf-8", "replace")))
+
+
+def _decode(raw: bytes | str) -> Message | Rejection:
     data = raw
     try:
         if type(raw) is bytes:

@@ -384,6 +384,15 @@ bad("invalid-amount-purchase-past-max-balance", "invalid_amount", "purchase", cr
     note="wire-v1.md: a command that would take any balance or total past 2^63-1 micro-credits")
 bad("invalid-amount-purchase-one-micro-past-max", "invalid_amount", "purchase", credits="0.000001",
     setup=lambda c: c.purchase(MAX))
+bad("invalid-amount-5000-digits", "invalid_amount", "purchase", credits="1" * 5000,
+    note="more digits than Python's int() reads (4,300) must not raise")
+bad("invalid-amount-5000-digits-leading-zeros-then-too-many-decimals", "invalid_amount", "purchase",
+    credits="0" * 5000 + "1.0000001")
+bad("invalid-labels-nested-5000-deep", "invalid", "usage",
+    **{**USAGE, "usage_labels": raw("[" * 5000 + "]" * 5000)},
+    note="JSON nested deeper than the decoder's recursion limit is refused, not raised")
+
+
 @case("invalid-amount-usage-consumed-past-max", "invalid_amount",
       note="the total consumed would pass 2^63-1 micro-credits (overage is booked, the total still counts)")
 def _(c: Case) -> None:
