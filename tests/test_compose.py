@@ -197,6 +197,26 @@ def test_webhooks_run_by_default_against_the_receiver():
     assert receiver["image"] == webhooks["image"] == "finops:local"
 
 
+def test_api_serves_on_8080_with_its_tokens_on_a_volume():
+    all_services = services()
+    api = all_services["api"]
+    assert api["image"] == all_services["ledger"]["image"] == "finops:local"
+    command = api["command"]
+    assert command == ["serve", "--host", "0.0.0.0", "--port", "8080"]  # never --insecure-local here
+    assert "8080:8080" in api["ports"]
+    env = environment(api)
+    # the tokens file (default <data dir>/tokens.json) lives on a named volume, not in the container
+    tokens = Path(env.get("FINOPS_TOKENS_FILE") or Path(env["FINOPS_DATA_DIR"]) / "tokens.json")
+    volumes = {target: source for source, target in mounts(api)}
+    assert any(tokens.is_relative_to(target) and source in load_yaml(COMPOSE)["volumes"]
+               for target, source in volumes.items()), (tokens, volumes)
+    # it reads the same Kafka and ClickHouse as the processors
+    processors = environment(all_services["ledger"])
+    assert (env["FINOPS_KAFKA_BOOTSTRAP"], env["FINOPS_CLICKHOUSE_URL"]) == (
+        processors["FINOPS_KAFKA_BOOTSTRAP"], processors["FINOPS_CLICKHOUSE_URL"])
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
+
+
 # ---------------------------------------------------------------- the dashboard's queries
 
 SUPPORTED = ("$__timeFilter", "$__fromTime", "$__toTime", "${tenant}")
