@@ -28,14 +28,16 @@ import base64
 import logging
 import threading
 import time
+import uuid
 from datetime import date, datetime, timezone
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import msgspec
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import FinopsError
@@ -51,6 +53,8 @@ from .tokens import Principal, TokenStore
 log = logging.getLogger("finops.api")
 
 PROBLEM = "application/problem+json"
+ENTRY_KINDS = frozenset(("credit", "allocation_out", "allocation_in", "consume", "reserve", "release", "refund",
+                         "reclaim", "expire", "overage"))
 MAX_USAGE_BATCH = 10_000
 MAX_BODY_BYTES = 16 * 1024 * 1024
 LOCAL_HOSTS = frozenset(("127.0.0.1", "::1", "localhost"))
@@ -200,14 +204,23 @@ class _Timing:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = [500]
+        answered = [False]
 
         async def sending(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                answered[0] = True
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
+        except Exception:  # a bug: answered 500 by the app's handler; keep the connection, do not re-raise
+            if not answered[0]:
+                body = _encode(Problem(500, "internal", "Internal Server Error", "logged by the server").body(
+                    scope.get("path", "")))
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
@@ -242,22 +255,26 @@ class Backends:
         self.reader = reader
         self._commands = None
         self._usage = None
-        self._command_lock = threading.Lock()
+        self._clients_lock = threading.Lock()  # each client is made once
         self._usage_lock = threading.Lock()
 
     def commands(self):
-        if self._commands is None:
-            from .producers.commands import CommandClient
+        """The shared :class:`~finops.producers.commands.CommandClient` (thread-safe)."""
+        with self._clients_lock:
+            if self._commands is None:
+                from .producers.commands import CommandClient
 
-            self._commands = CommandClient(self.settings, timeout=self.command_timeout)
-        return self._commands
+                self._commands = CommandClient(self.settings, timeout=self.command_timeout)
+            return self._commands
 
     def usage(self):
-        if self._usage is None:
-            from .producers.usage import UsageProducer
+        """The shared :class:`~finops.producers.usage.UsageProducer` (used under ``_usage_lock``)."""
+        with self._clients_lock:
+            if self._usage is None:
+                from .producers.usage import UsageProducer
 
-            self._usage = UsageProducer(self.settings, kafka_config={"linger.ms": 2})
-        return self._usage
+                self._usage = UsageProducer(self.settings, kafka_config={"linger.ms": 2})
+            return self._usage
 
     def close(self) -> None:
         for client in (self._commands, self._usage):
@@ -266,6 +283,36 @@ class Backends:
                     client.close()
                 except Exception:  # closing is best effort: the process is ending
                     log.debug("closing a client failed", exc_info=True)
+
+
+async def _principal(request: Request) -> Principal:
+    """Who asks (a dependency of every /v1 route, so a missing token is 401 before anything else).
+    A token seen before is found in microseconds; a new one costs a scrypt, run off the event loop."""
+    backends: Backends = request.app.state.backends
+    header = request.headers.get("authorization")
+    if header is None:
+        client = request.client.host if request.client is not None else ""
+        if backends.insecure_local and client in LOCAL_HOSTS:
+            return _LOCAL
+        raise Problem(401, "unauthorized", "Unauthorized", "missing bearer token (Authorization: Bearer ...)",
+                      headers={"WWW-Authenticate": 'Bearer realm="finops"'})
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    found = None
+    if backends.tokens is not None and scheme.lower() == "bearer" and token:
+        try:
+            found = backends.tokens.cached(token) or await run_in_threadpool(backends.tokens.verify, token)
+        except FinopsError as exc:  # the tokens file is unreadable: nobody gets in until it is fixed
+            log.error("%s", exc)
+            raise Problem(503, "tokens-unavailable", "Service Unavailable",
+                          "the server cannot read its tokens file (see its log)") from None
+    if found is None:
+        raise Problem(401, "unauthorized", "Unauthorized", "unknown, revoked or malformed bearer token",
+                      headers={"WWW-Authenticate": 'Bearer realm="finops", error="invalid_token"'})
+    return found
+
+
+Who = Annotated[Principal, Depends(_principal)]
 
 
 def create_app(backends: Backends) -> FastAPI:
@@ -278,6 +325,7 @@ def create_app(backends: Backends) -> FastAPI:
                               "integers (1 credit = 1,000,000 micro-credits). Errors are RFC 9457 problem "
                               "details. Auth: Authorization: Bearer <token> (`finops tokens add`).")
     app.state.backends = backends
+    app.router.redirect_slashes = False  # /v1/tenants/ is 404 (a problem), not a redirect
 
     def problem_response(request: Request, problem: Problem) -> Response:
         return Response(_encode(problem.body(request.url.path)), status_code=problem.status, media_type=PROBLEM,
@@ -307,35 +355,16 @@ def create_app(backends: Backends) -> FastAPI:
 
     # ---------------------------------------------------------------- auth
 
-    def principal(request: Request) -> Principal:
-        header = request.headers.get("authorization")
-        if header is None:
-            client = request.client.host if request.client is not None else ""
-            if backends.insecure_local and client in LOCAL_HOSTS:
-                return _LOCAL
-            raise Problem(401, "unauthorized", "Unauthorized", "missing bearer token (Authorization: Bearer ...)",
-                          headers={"WWW-Authenticate": 'Bearer realm="finops"'})
-        scheme, _, token = header.partition(" ")
-        try:
-            found = backends.tokens.verify(token.strip()) if backends.tokens is not None and \
-                scheme.lower() == "bearer" else None
-        except FinopsError as exc:  # the tokens file is unreadable: nobody gets in until it is fixed
-            log.error("%s", exc)
-            raise Problem(503, "tokens-unavailable", "Service Unavailable",
-                          "the server cannot read its tokens file (see its log)") from None
-        if found is None:
-            raise Problem(401, "unauthorized", "Unauthorized", "unknown, revoked or malformed bearer token",
-                          headers={"WWW-Authenticate": 'Bearer realm="finops", error="invalid_token"'})
-        return found
-
-    def readable(request: Request, tenant_id: str) -> Principal:
-        who = principal(request)
+    def readable(who: Principal, tenant_id: str) -> Principal:
         if not who.may_read(tenant_id):
             raise _not_found()
+        if not view.ready.is_set():
+            raise Problem(503, "loading", "Service Unavailable", "the live view is still reading the ledger's "
+                          "state; try again shortly", headers={"Retry-After": "1"})
         return who
 
-    def writable(request: Request, tenant_id: str) -> Principal:
-        who = readable(request, tenant_id)
+    def writable(who: Principal, tenant_id: str) -> Principal:
+        readable(who, tenant_id)
         if not who.may_write(tenant_id):
             raise Problem(403, "forbidden", "Forbidden", f"this token's role ({who.role}) cannot write")
         return who
@@ -372,7 +401,7 @@ def create_app(backends: Backends) -> FastAPI:
     # ---------------------------------------------------------------- the live view
 
     @app.get("/v1/check", tags=["entitlement"])
-    async def check(request: Request, tenant: str, account: str | None = None, api_key: str | None = None,
+    async def check(who: Who, tenant: str, account: str | None = None, api_key: str | None = None,
                     credits: str = "0", at: str | None = None) -> Response:
         """May this account (or the account this API key is bound to) spend ``credits`` now?
 
@@ -381,7 +410,7 @@ def create_app(backends: Backends) -> FastAPI:
         would take a hard-capped account past its period budget) or ``insufficient_credits``
         (the cascade cannot fund it). ``at`` (RFC 3339, default now) is the event time judged.
         """
-        readable(request, tenant)
+        readable(who, tenant)
         if (account is None) == (api_key is None):
             raise Problem(400, "invalid-parameter", "Bad Request", "give exactly one of account and api_key",
                           reason="invalid")
@@ -404,16 +433,15 @@ def create_app(backends: Backends) -> FastAPI:
                       "blocked_by": list(judged.blocked_by), **freshness(state)})
 
     @app.get("/v1/tenants", tags=["accounts"])
-    async def tenants(request: Request) -> Response:
+    async def tenants(who: Who) -> Response:
         """The tenants this token may read (an admin token: every tenant in the view)."""
-        who = principal(request)
         names = view.read(lambda t, _e: sorted(t))
         return _json({"tenants": [n for n in names if who.may_read(n)]})
 
     @app.get("/v1/tenants/{tenant_id}/accounts", tags=["accounts"])
-    async def accounts(request: Request, tenant_id: str) -> Response:
+    async def accounts(who: Who, tenant_id: str) -> Response:
         """Every account of the tenant, depth first from the root: own and effective available, cap, period."""
-        readable(request, tenant_id)
+        readable(who, tenant_id)
         now = datetime.now(timezone.utc)
 
         def listing(tenants, _enforcement):
@@ -423,29 +451,10 @@ def create_app(backends: Backends) -> FastAPI:
         state, items = view.read(listing)
         return _json({"tenant_id": tenant_id, "accounts": items, **freshness(state)})
 
-    @app.get("/v1/tenants/{tenant_id}/accounts/{account_id}", tags=["accounts"])
-    async def account(request: Request, tenant_id: str, account_id: str) -> Response:
-        """One account, with its children and the API keys bound to it."""
-        readable(request, tenant_id)
-        now = datetime.now(timezone.utc)
-
-        def one(tenants, _enforcement):
-            state = tenant_of(tenants, tenant_id)
-            acct = state.accounts.get(account_id)
-            if acct is None:
-                raise _not_found("account")
-            item = account_view(state, acct, now)
-            item["children"] = sorted(a.id for a in state.accounts.values() if a.parent_id == acct.id)
-            item["api_key_ids"] = sorted(k for k, owner in state.keys.items() if owner == acct.id)
-            return state, item
-
-        state, item = view.read(one)
-        return _json({"tenant_id": tenant_id, **item, **freshness(state)})
-
     @app.get("/v1/tenants/{tenant_id}/enforcement", tags=["entitlement"])
-    async def enforcement(request: Request, tenant_id: str) -> Response:
+    async def enforcement(who: Who, tenant_id: str) -> Response:
         """The accounts a gateway must refuse now (``finops.enforcement.v1``), with the keys under them."""
-        readable(request, tenant_id)
+        readable(who, tenant_id)
 
         def blocked(tenants, records):
             state = tenant_of(tenants, tenant_id)
@@ -462,16 +471,21 @@ def create_app(backends: Backends) -> FastAPI:
 
     # ---------------------------------------------------------------- history (ClickHouse)
 
-    @app.get("/v1/tenants/{tenant_id}/accounts/{account_id}/ledger", tags=["history"])
-    def ledger(request: Request, tenant_id: str, account_id: str,
+    @app.get("/v1/tenants/{tenant_id}/accounts/{account_id:path}/ledger", tags=["history"])
+    def ledger(who: Who, tenant_id: str, account_id: str,
                start: str | None = Query(None, alias="from", description="First event time (RFC 3339)."),
                end: str | None = Query(None, alias="to", description="Event time before which to stop."),
                kind: list[str] = Query(default=[], description="Only these entry kinds (repeatable)."),
                limit: int = Query(100, ge=1, le=1000), cursor: str | None = None) -> Response:
         """The account's ledger entries in ledger order (event time, then position), with the balance
         after each; ``next_cursor`` pages on (null on the last page)."""
-        readable(request, tenant_id)
+        readable(who, tenant_id)
         known_account(tenant_id, account_id)
+        unknown = sorted(set(kind) - ENTRY_KINDS)
+        if unknown:
+            raise Problem(422, "invalid-parameter", "Unprocessable Content",
+                          f"kind {unknown[0]!r} is not a ledger entry kind; choose from {', '.join(sorted(ENTRY_KINDS))}",
+                          reason="invalid")
         after_ts, after_offset = _read_cursor(cursor) if cursor else (datetime(1970, 1, 1, tzinfo=timezone.utc), -1)
         params = {"tenant": tenant_id, "account": account_id,
                   "from": _ch_time(_time(start, "from") or datetime(1970, 1, 1, tzinfo=timezone.utc)),
@@ -493,18 +507,18 @@ def create_app(backends: Backends) -> FastAPI:
         return _json({"tenant_id": tenant_id, "account_id": account_id, "entries": entries,
                       "next_cursor": next_cursor})
 
-    @app.get("/v1/tenants/{tenant_id}/accounts/{account_id}/balance", tags=["history"])
-    def balance_at(request: Request, tenant_id: str, account_id: str,
+    @app.get("/v1/tenants/{tenant_id}/accounts/{account_id:path}/balance", tags=["history"])
+    def balance_at(who: Who, tenant_id: str, account_id: str,
                    at: str = Query(..., description="RFC 3339 event time.")) -> Response:
         """The account's balance as of event time ``at``, from its ledger history: available after
         the last entry stamped at or before ``at`` (in ledger order), consumed and overage up to it."""
-        readable(request, tenant_id)
+        readable(who, tenant_id)
         when = _time(at, "at")
         known_account(tenant_id, account_id)
         columns, rows = _query(backends, BALANCE_AT_SQL, {"tenant": tenant_id, "account": account_id,
                                                           "at": _ch_time(when)})
         row = dict(zip(columns, rows[0])) if rows else {}
-        entries = int(row.get("entries") or 0)
+        entries = int(row.get("entries") or 0)  # the account's own entries (usage it was charged may be others')
         return _json({"tenant_id": tenant_id, "account_id": account_id, "at": _iso(when),
                       **_money("available", int(row.get("available_micros") or 0) if entries else 0),
                       **_money("consumed", int(row.get("consumed_micros") or 0)),
@@ -512,14 +526,34 @@ def create_app(backends: Backends) -> FastAPI:
                       "entries": entries,
                       "last_entry_ts": _iso(_utc(row["last_ts"])) if entries else None})
 
+    @app.get("/v1/tenants/{tenant_id}/accounts/{account_id:path}", tags=["accounts"])
+    async def account(who: Who, tenant_id: str, account_id: str) -> Response:
+        """One account, with its children and the API keys bound to it (registered after the routes under
+        it, so an account id may hold a ``/``)."""
+        readable(who, tenant_id)
+        now = datetime.now(timezone.utc)
+
+        def one(tenants, _enforcement):
+            state = tenant_of(tenants, tenant_id)
+            acct = state.accounts.get(account_id)
+            if acct is None:
+                raise _not_found("account")
+            item = account_view(state, acct, now)
+            item["children"] = sorted(a.id for a in state.accounts.values() if a.parent_id == acct.id)
+            item["api_key_ids"] = sorted(k for k, owner in state.keys.items() if owner == acct.id)
+            return state, item
+
+        state, item = view.read(one)
+        return _json({"tenant_id": tenant_id, **item, **freshness(state)})
+
     @app.get("/v1/tenants/{tenant_id}/reports/{name}", tags=["history"])
-    def report(request: Request, tenant_id: str, name: str, account: str = "",
+    def report(who: Who, tenant_id: str, name: str, account: str = "",
                start: date | None = Query(None, alias="from", description="First UTC day (YYYY-MM-DD)."),
                end: date | None = Query(None, alias="to", description="Last UTC day, the 'as of' day."),
                z: float = 3.0, fmt: str = Query("json", alias="format", pattern="^(json|csv)$")) -> Response:
         """The reports of ``finops report`` with the same parameters, for this tenant: JSON rows
         (as ``finops report --format json``) or CSV."""
-        readable(request, tenant_id)
+        readable(who, tenant_id)
         if not view.read(lambda t, _e: tenant_id in t):
             raise _not_found()
         if name not in reports.REPORTS:
@@ -529,11 +563,15 @@ def create_app(backends: Backends) -> FastAPI:
                                 currency=backends.settings.billing_currency,
                                 credit_price=backends.settings.credit_price)
         today = datetime.now(timezone.utc).date()
-        reader = backends.reader()
+        from .projections.clickhouse import ClickHouseError
+
+        reader = _reader(backends)
         try:
             if fmt == "csv" and name != "forecast":
                 return Response(reports.export(reader, name, params, today, "CSVWithNames"), media_type="text/csv")
             result = reports.run(reader, name, params, today)
+        except ClickHouseError as exc:
+            raise Problem(503, "clickhouse-unavailable", "Service Unavailable", str(exc)) from None
         except FinopsError as exc:
             raise Problem(400, "invalid-parameter", "Bad Request", str(exc)) from None
         finally:
@@ -547,23 +585,26 @@ def create_app(backends: Backends) -> FastAPI:
     # ---------------------------------------------------------------- writes (Kafka)
 
     @app.post("/v1/tenants/{tenant_id}/commands", tags=["writes"], status_code=200)
-    async def command(request: Request, tenant_id: str, wait: bool = True,
+    async def command(request: Request, who: Who, tenant_id: str, wait: bool = True,
                       timeout: float = Query(30.0, gt=0, le=300)) -> Response:
         """Publish one wire-v1 command (``id`` and ``ts`` filled in when absent) and, unless
         ``wait=false``, wait for the ledger's outcome: 200 applied, 409 rejected with the reason;
         202 with the id when not waiting. A repeat of an applied command (same id and content) is
         applied again as a no-op."""
-        writable(request, tenant_id)
+        writable(who, tenant_id)
         fields = _body_object(await _body(request), tenant_id)
         return await _in_thread(lambda: _send_command(backends, fields, wait, timeout))
 
     @app.post("/v1/tenants/{tenant_id}/usage", tags=["writes"], status_code=202)
-    async def usage(request: Request, tenant_id: str) -> Response:
+    async def usage(request: Request, who: Who, tenant_id: str) -> Response:
         """Publish a JSON array of usage events (at most 10,000; ``id`` and ``ts`` filled in when
         absent), checked as the SDK checks them: all or nothing. 202 once Kafka has them all."""
-        writable(request, tenant_id)
+        writable(who, tenant_id)
         try:
             items = _raw_list.decode(await _body(request))
+        except RecursionError:
+            raise Problem(400, "invalid-body", "Bad Request", "the body is nested too deeply to read",
+                          reason="invalid") from None
         except msgspec.DecodeError as exc:
             raise Problem(400, "invalid-body", "Bad Request", f"the body is not a JSON array of usage events: {exc}",
                           reason="not_json") from None
@@ -577,8 +618,6 @@ def create_app(backends: Backends) -> FastAPI:
 
 
 async def _in_thread(fn: Callable[[], Response]) -> Response:
-    from starlette.concurrency import run_in_threadpool
-
     return await run_in_threadpool(fn)
 
 
@@ -607,6 +646,15 @@ def _body_object(body: bytes, tenant_id: str, index: int | None = None) -> dict[
     except msgspec.DecodeError as exc:
         raise Problem(400, "invalid-body", "Bad Request", f"{where} is not JSON: {exc}", reason="not_json",
                       index=index) from None
+    except RecursionError:
+        raise Problem(400, "invalid-body", "Bad Request", f"{where} is nested too deeply to read",
+                      reason="invalid", index=index) from None
+    if "id" not in fields:
+        fields["id"] = msgspec.Raw(_encode(uuid.uuid4().hex))
+    elif "ts" not in fields:  # a retry must be the same message: with ts filled in now, it would not be
+        raise Problem(422, "invalid-body", "Unprocessable Content", f"{where} has an id but no ts: send both, "
+                      "so that sending it again is the same message (the ledger applies it once)",
+                      reason="missing_field", index=index)
     sent = fields.get("tenant_id")
     if sent is None:
         fields["tenant_id"] = msgspec.Raw(_encode(tenant_id))
@@ -624,17 +672,22 @@ def _send_command(backends: Backends, fields: dict, wait: bool, timeout: float) 
     from .producers.commands import OutcomeTimeout
     from .producers.usage import InvalidEvent
 
-    with backends._command_lock:
-        try:
-            sent = backends.commands().send(fields, wait=wait, timeout=timeout)
-        except InvalidEvent as exc:
-            raise Problem(422, "invalid-command", "Unprocessable Content", exc.detail, reason=exc.reason) from None
-        except OutcomeTimeout as exc:
-            raise Problem(504, "outcome-timeout", "Gateway Timeout", str(exc)) from None
-        except FinopsError as exc:
-            raise Problem(503, "kafka-unavailable", "Service Unavailable", str(exc)) from None
+    try:
+        pending = backends.commands().send(fields, wait=False)
+    except InvalidEvent as exc:
+        raise Problem(422, "invalid-command", "Unprocessable Content", exc.detail, reason=exc.reason) from None
+    except FinopsError as exc:
+        raise Problem(503, "kafka-unavailable", "Service Unavailable", str(exc)) from None
     if not wait:
-        return _json({"id": sent.id, "type": sent.type, "status": "pending"}, 202)
+        return _json({"id": pending.id, "type": pending.type, "status": "pending"}, 202)
+    try:
+        sent = backends.commands().wait(pending, timeout)
+    except OutcomeTimeout as exc:
+        raise Problem(504, "outcome-timeout", "Gateway Timeout", f"{exc} (the command is in Kafka: the ledger "
+                      "will decide it; send it again, same id and ts, to learn its outcome)", id=pending.id,
+                      command_type=pending.type) from None
+    except FinopsError as exc:
+        raise Problem(503, "kafka-unavailable", "Service Unavailable", str(exc), id=pending.id) from None
     if not sent.applied:
         raise Problem(409, "command-rejected", "Conflict", sent.detail or sent.reason, reason=sent.reason,
                       id=sent.id, command_type=sent.type)
@@ -691,7 +744,7 @@ LIMIT {limit:UInt32}
 # consumed: a usage's consume entries are on the accounts that paid (charged_to names the
 # account charged when an ancestor paid); its unfunded part is an overage entry on the charged account.
 BALANCE_AT_SQL = """
-SELECT count() AS entries,
+SELECT countIf(account_id = {account:String}) AS entries,
        argMaxIf(balance_micros, (kafka_offset, entry_id), account_id = {account:String}) AS available_micros,
        maxIf(ts, account_id = {account:String}) AS last_ts,
        sumIf(amount_micros, kind = 'consume' AND (charged_to = {account:String}
@@ -704,10 +757,19 @@ WHERE tenant_id = {tenant:String} AND (account_id = {account:String} OR charged_
 """
 
 
+def _reader(backends: Backends):
+    from .projections.clickhouse import ClickHouseError
+
+    try:
+        return backends.reader()
+    except ClickHouseError as exc:
+        raise Problem(503, "clickhouse-unavailable", "Service Unavailable", str(exc)) from None
+
+
 def _query(backends: Backends, sql: str, params: dict) -> tuple[list[str], list[tuple]]:
     from .projections.clickhouse import ClickHouseError
 
-    reader = backends.reader()
+    reader = _reader(backends)
     try:
         return reader.query(sql, params)
     except ClickHouseError as exc:

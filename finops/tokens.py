@@ -55,6 +55,10 @@ _SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
 _SALT_BYTES = 16
 _KEY_BYTES = 32
 _MAXMEM = 64 * 1024 * 1024  # n=2**14, r=8 needs 16 MiB; OpenSSL's default limit is 32 MiB
+# What an unknown token id is checked against (it never matches: no key has this hash's preimage known).
+_DUMMY = {**_SCRYPT, "salt": "00" * 16, "hash": "00" * _KEY_BYTES}
+_REFUSED_FOR_S = 60.0  # a refused token is refused again without a scrypt for this long
+_REFUSED_MAX = 10_000
 _TOKEN = re.compile(r"fo_([0-9a-f]{8})_([A-Za-z0-9_-]{16,128})")
 _PUBLIC = ("token_id", "tenant_id", "role", "note", "created")
 
@@ -126,6 +130,8 @@ class TokenStore:
         self._signature: tuple[int, int, int] | None = None  # (mtime_ns, size, inode); None: no file
         self._error: FinopsError | None = None  # the file is corrupt: verify raises this
         self._cache: dict[bytes, Principal] = {}  # sha256(token) -> Principal
+        self._refused: dict[bytes, float] = {}  # sha256(token) -> when refused (monotonic): no second scrypt
+        self._scrypt_slot = threading.Lock()  # one scrypt at a time: a flood of bad tokens queues, not the CPU
         self._next_check = float("-inf")  # time.monotonic() of the next look at the file
 
     # ----------------------------------------------------------------- reading
@@ -198,8 +204,9 @@ class TokenStore:
             raise self._error
 
     def _load(self, signature: tuple[int, int, int] | None) -> None:
-        """Replace the in-memory entries and drop the cache. Call with the lock held."""
+        """Replace the in-memory entries and drop the caches. Call with the lock held."""
         self._cache = {}
+        self._refused = {}
         try:
             entries = {e["token_id"]: e for e in self._read()}
         except FinopsError as exc:  # fail closed: no token is valid until the file is readable again
@@ -301,19 +308,32 @@ class TokenStore:
         principal = self._cache.get(digest)
         if principal is not None:
             return principal
+        refused_at = self._refused.get(digest)
+        if refused_at is not None and time.monotonic() - refused_at < _REFUSED_FOR_S:
+            return None
         entries = self._entries  # this generation: a reload replaces the dict, never changes it
         entry = entries.get(token_id)
-        if entry is None:
-            return None
-        kdf = entry["scrypt"]
-        key = _scrypt(secret, bytes.fromhex(kdf["salt"]), kdf["n"], kdf["r"], kdf["p"])
-        if not hmac.compare_digest(key, bytes.fromhex(kdf["hash"])):
+        # an unknown id costs a scrypt too, so the time of an answer tells nothing of which ids exist
+        kdf = entry["scrypt"] if entry is not None else _DUMMY
+        with self._scrypt_slot:
+            key = _scrypt(secret, bytes.fromhex(kdf["salt"]), kdf["n"], kdf["r"], kdf["p"])
+        if entry is None or not hmac.compare_digest(key, bytes.fromhex(kdf["hash"])):
+            with self._lock:
+                if len(self._refused) >= _REFUSED_MAX:
+                    self._refused.clear()
+                self._refused[digest] = time.monotonic()
             return None
         principal = Principal(token_id=token_id, tenant_id=entry["tenant_id"], role=entry["role"])
         with self._lock:
             if self._entries is entries:  # not reloaded meanwhile (a revocation must not be cached)
                 self._cache[digest] = principal
         return principal
+
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token verified before (microseconds, no scrypt), else None: then call
+        :meth:`verify` where a ~50 ms wait is fine (not on an event loop)."""
+        self._refresh()
+        return self._cache.get(hashlib.sha256(token.encode()).digest())
 
     def list(self) -> list[dict]:
         """Every stored token, oldest first: dicts of token_id, tenant_id (None: every tenant), role,

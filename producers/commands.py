@@ -24,6 +24,7 @@ A repeat of an applied command (same id and content) is a no-op and counts as ap
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -55,6 +56,9 @@ class Pending:
     type: str
     partition: int
     offset: int
+    # the end of finops.rejected.v1 (that partition) before it was sent: a rejection of this
+    # sending can only come after it (an earlier rejection of the same id was of an earlier one)
+    rejected_from: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,9 @@ class CommandClient:
                               f"{meta.topics[topics.REJECTED].error.str()} (run `finops stack up`)")
         self._cursor = {p: self._rejected.get_watermark_offsets(TopicPartition(topics.REJECTED, p), timeout=10)[1]
                         for p in meta.topics[topics.REJECTED].partitions}
-        self._rejections: dict[tuple[str, str], _Seen] = {}
+        self._rejections: dict[tuple[str, str], tuple[int, _Seen]] = {}  # (tenant, id) -> (offset, rejection)
+        self._lock = threading.RLock()  # the clients are shared by threads (the HTTP API's)
+        self._awaited: set[tuple[str, str]] = set()  # (tenant, id) sent and not yet waited for: kept when read
 
     # ------------------------------------------------------------------ sending
 
@@ -122,16 +128,20 @@ class CommandClient:
         if isinstance(decoded, wire.Usage):
             raise InvalidEvent("invalid", "usage is not a command: send it with UsageProducer")
         delivered: list = []
-        self._producer.produce(topics.COMMANDS, raw, decoded.tenant_id.encode(),
-                               on_delivery=lambda error, msg: delivered.append((error, msg)))
-        self._producer.flush(30)
+        with self._lock:
+            self._awaited.add((decoded.tenant_id, decoded.id))
+            fence = {p: self._rejected.get_watermark_offsets(TopicPartition(topics.REJECTED, p), timeout=10)[1]
+                     for p in self._cursor}
+            self._producer.produce(topics.COMMANDS, raw, decoded.tenant_id.encode(),
+                                   on_delivery=lambda error, msg: delivered.append((error, msg)))
+            self._producer.flush(30)
         if not delivered:
             raise FinopsError(f"command {decoded.id} was not delivered to {self.settings.bootstrap} within 30 s")
         error, msg = delivered[0]
         if error is not None:
             raise FinopsError(f"command {decoded.id} was not delivered: {error.str()}")
         pending = Pending(decoded.id, decoded.tenant_id, decoded.__struct_config__.tag, msg.partition(),
-                          msg.offset())
+                          msg.offset(), fence.get(msg.partition(), 0))
         return self.wait(pending, timeout) if wait else pending
 
     def wait(self, pending: Pending, timeout: float | None = None) -> Outcome:
@@ -145,9 +155,10 @@ class CommandClient:
         for p in pendings:
             needed[p.partition] = max(needed.get(p.partition, -1), p.offset)
         while True:
-            committed = clients.committed_offsets(
-                self._ledger, [TopicPartition(topics.COMMANDS, p) for p in sorted(needed)],
-                timeout=max(1.0, deadline - time.monotonic()))
+            with self._lock:
+                committed = clients.committed_offsets(
+                    self._ledger, [TopicPartition(topics.COMMANDS, p) for p in sorted(needed)],
+                    timeout=max(1.0, deadline - time.monotonic()))
             if all(tp.offset > needed[tp.partition] for tp in committed):
                 break
             if time.monotonic() > deadline:
@@ -158,12 +169,15 @@ class CommandClient:
         # Decided; the rejections of those transactions are readable once their markers are written.
         clients.settle(self.settings, [(topics.REJECTED, p) for p in needed],
                        timeout=max(deadline - time.monotonic(), 5))
-        self._read_rejections(sorted(needed))
+        with self._lock:
+            self._read_rejections(sorted(needed))
+            found = {(p.tenant_id, p.id): self._rejections.pop((p.tenant_id, p.id), None) for p in pendings}
+            self._awaited.difference_update(found)
         outcomes = []
         for p in pendings:
-            seen = self._rejections.get((p.tenant_id, p.id))
-            outcomes.append(Outcome(p.id, p.tenant_id, p.type, "applied") if seen is None else
-                            Outcome(p.id, p.tenant_id, p.type, "rejected", seen.reason, seen.detail))
+            offset, seen = found[(p.tenant_id, p.id)] or (-1, None)
+            outcomes.append(Outcome(p.id, p.tenant_id, p.type, "applied") if seen is None or offset < p.rejected_from
+                            else Outcome(p.id, p.tenant_id, p.type, "rejected", seen.reason, seen.detail))
         return outcomes
 
     def _read_rejections(self, partitions: list[int]) -> None:
@@ -183,8 +197,8 @@ class CommandClient:
                     seen = _seen_decoder.decode(m.value())
                 except msgspec.MsgspecError:
                     continue
-                if seen.id is not None and seen.tenant_id is not None:
-                    self._rejections[(seen.tenant_id, seen.id)] = seen
+                if (seen.tenant_id, seen.id) in self._awaited:  # of a command sent here (the rest: not kept)
+                    self._rejections[(seen.tenant_id, seen.id)] = (m.offset(), seen)
         self._rejected.unassign()
         if pending:  # without the end of a partition, a rejection could be missed: no guess
             raise OutcomeTimeout(f"could not read {topics.REJECTED} partitions {sorted(pending)} to their end "

@@ -338,3 +338,41 @@ def test_records_the_view_cannot_read_are_skipped_and_it_goes_on(settings, serve
     answer = client.get("/v1/check", params={"tenant": tenant, "account": "ann", "credits": "10"}).json()
     assert (answer["allow"], answer["effective_available_micros"]) == (True, 10_000_000)
     assert client.get("/healthz").json()["view"]["refused"] == view.stats.refused
+
+
+def test_retries_ids_and_odd_requests(settings, served):
+    pipeline, tokens = served
+    tenant = f"retry-{uuid.uuid4().hex[:8]}"
+    _id, token = tokens.add(tenant, "write")
+    client = httpx.Client(base_url=pipeline.api.url, headers=bearer(token), timeout=60)
+    commands = f"/v1/tenants/{tenant}/commands"
+    assert client.post(commands, json={"type": "purchase", "credits": 10, "ts": at(0)}).status_code == 200
+    assert client.post(commands, json={"type": "open_account", "account_id": "a/b", "kind": "team",
+                                       "parent_id": tenant, "ts": at(0, minutes=1)}).status_code == 200
+    # given a command rejected for lack of funds, when the funds come and the same command is sent again,
+    # then it is applied (the earlier rejection was of the earlier sending)
+    allocate = {"type": "allocate", "id": "alloc-1", "from_account": tenant, "to_account": "a/b", "credits": 15,
+                "ts": at(0, minutes=2)}
+    first = client.post(commands, json=allocate)
+    assert first.status_code == 409 and first.json()["reason"] == "insufficient_funds"
+    assert client.post(commands, json={"type": "purchase", "credits": 10, "ts": at(0, minutes=3)}).status_code == 200
+    again = client.post(commands, json=allocate)
+    assert again.status_code == 200 and again.json() == {"id": "alloc-1", "type": "allocate", "status": "applied"}
+    # an id without ts cannot be sent again as the same message: refused before it is sent
+    bare = client.post(commands, json={"type": "purchase", "id": "p-9", "credits": 1})
+    assert bare.status_code == 422 and bare.json()["reason"] == "missing_field"
+    # an outcome not known in time still names the command, so it can be looked up or sent again
+    slow = client.post(commands, params={"timeout": "0.001"}, json={"type": "purchase", "credits": 1})
+    assert slow.status_code == 504 and slow.json()["id"]
+    # an account id with a slash is reachable, percent-encoded
+    settled(settings, pipeline, client)
+    account = client.get(f"/v1/tenants/{tenant}/accounts/a%2Fb")
+    assert account.status_code == 200 and account.json()["available_micros"] == 15_000_000
+    assert client.get(f"/v1/tenants/{tenant}/accounts/a%2Fb/ledger").json()["entries"][0]["kind"] == "allocation_in"
+    # bodies nested too deeply, and unknown entry kinds, are refused with a problem, and the connection lives on
+    deep = client.post(f"/v1/tenants/{tenant}/usage", content=b"[" * 100_000 + b"]" * 100_000)
+    assert deep.status_code == 400 and deep.json()["reason"] == "invalid"
+    kind = client.get(f"/v1/tenants/{tenant}/accounts/a%2Fb/ledger", params={"kind": "bogus"})
+    assert kind.status_code == 422
+    assert client.get(f"/v1/tenants/{tenant}/").status_code == 404
+    assert client.get("/healthz").status_code == 200
