@@ -19,7 +19,7 @@ from test_ledger_properties import ACCOUNTS, common, fold, scripts
 def charge(state, account_id: str, micros: int):
     """The UsageCharged event the ledger decides for a usage of ``micros`` at the tenant's clock."""
     message = wire.decode(Script(state.tenant_id).msg(
-        "usage", ts=state.clock.isoformat(), account_id=account_id, api_key_id="k", model_name="m",
+        "usage", id="the-usage-checked", ts=state.clock.isoformat(), account_id=account_id, api_key_id="k", model_name="m",
         operation_type="chat", units_consumed=1, credits_consumed=credits_str(micros)))
     assert not isinstance(message, wire.Rejection), message
     events = decide(state, message)
