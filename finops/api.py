@@ -57,6 +57,7 @@ ENTRY_KINDS = frozenset(("credit", "allocation_out", "allocation_in", "consume",
                          "reclaim", "expire", "overage"))
 MAX_USAGE_BATCH = 10_000
 MAX_BODY_BYTES = 16 * 1024 * 1024
+STALLED_AFTER_S = 30.0  # /healthz says "degraded" when the ledger has not moved on pending input this long
 LOCAL_HOSTS = frozenset(("127.0.0.1", "::1", "localhost"))
 _LOCAL = Principal("local", None, "admin")
 _raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -183,6 +184,10 @@ class _Metrics:
         self.refused = Gauge("finops_view_refused_records", "Records the view could not decode (skipped).",
                              registry=self.registry)
         self.tenants = Gauge("finops_view_tenants", "Tenants in the live view.", registry=self.registry)
+        self.pending = Gauge("finops_ledger_pending_records", "Input records the ledger has not committed yet "
+                                                              "(NaN before the first look).", registry=self.registry)
+        self.stalled = Gauge("finops_ledger_stalled_seconds", "Wall seconds the ledger has not moved on pending "
+                                                              "input (0 when none is pending).", registry=self.registry)
 
     def render(self) -> bytes:
         lag = self.view.lag_s()
@@ -190,6 +195,9 @@ class _Metrics:
         self.records.set(self.view.stats.records)
         self.refused.set(self.view.stats.refused)
         self.tenants.set(len(self.view.tenants))
+        pending = self.view.ledger.pending
+        self.pending.set(float("nan") if pending is None else pending)
+        self.stalled.set(self.view.ledger.stalled_s())
         return generate_latest(self.registry)
 
 
@@ -376,18 +384,26 @@ def create_app(backends: Backends) -> FastAPI:
         return state
 
     def freshness(state: Tenant | None) -> dict[str, Any]:
+        """``as_of``: the tenant's ledger clock (event time); ``lag_ms``: wall ms since the view last held
+        all the ledger had committed; ``ledger_pending``: input records the ledger has not committed yet
+        and ``ledger_stalled_s`` how long (wall seconds) it has not moved on them (a stopped ledger)."""
         lag = view.lag_s()
         return {"as_of": _iso(state.clock) if state is not None else None,
-                "lag_ms": None if lag is None else round(lag * 1000, 1)}
+                "lag_ms": None if lag is None else round(lag * 1000, 1),
+                "ledger_pending": view.ledger.pending, "ledger_stalled_s": round(view.ledger.stalled_s(), 1)}
 
     # ---------------------------------------------------------------- health and metrics
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Response:
-        """200 once the live view has read the ledger's changelog to its end, else 503 (still loading)."""
+        """200 once the live view has read the ledger's changelog to its end, else 503 (still loading).
+        ``status`` is ``degraded`` (still 200) while the ledger has left input pending for over 30 s."""
         lag = view.lag_s()
         ready = view.ready.is_set()
-        body = {"status": "ok" if ready else "loading", "view": {
+        stalled = view.ledger.stalled_s()
+        status = "loading" if not ready else "degraded" if stalled > STALLED_AFTER_S else "ok"
+        body = {"status": status, "ledger": {"pending": view.ledger.pending, "stalled_s": round(stalled, 1),
+                                             "error": view.ledger.error}, "view": {
             "ready": ready, "lag_ms": None if lag is None else round(lag * 1000, 1),
             "tenants": len(view.tenants), "records": view.stats.records, "refused": view.stats.refused,
             "changelog": view.changelog}}

@@ -63,6 +63,64 @@ class ViewStats:
     batches: int = 0
 
 
+class LedgerProgress:
+    """How far the ledger is behind its input: asked of Kafka every ``every_s`` (wall time) in a thread.
+
+    ``pending``: input records (usage and commands) the ledger's consumer group has not
+    committed yet; ``stalled_s()``: wall seconds since its committed offsets last moved while
+    something was pending (0 when nothing is). The view can be fresh while the ledger is
+    stopped: a gateway that must fail closed reads these. Errors reaching Kafka leave the last
+    figures and set ``error``.
+    """
+
+    def __init__(self, settings: Settings, group: str, every_s: float = 1.0) -> None:
+        self.settings = settings
+        self.group = group
+        self.every_s = every_s
+        self.pending: int | None = None
+        self.error: str | None = None
+        self._moved_at = time.time()  # wall time the committed offsets last moved (or nothing was pending)
+        self._committed: dict[tuple[str, int], int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="finops-ledger-progress", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def stalled_s(self) -> float:
+        if not self.pending:
+            return 0.0
+        return max(0.0, time.time() - self._moved_at)
+
+    def _run(self) -> None:
+        from confluent_kafka import ConsumerGroupTopicPartitions
+        from confluent_kafka.admin import OffsetSpec
+
+        admin = clients.admin(self.settings)
+        while not self._stop.wait(self.every_s):
+            try:
+                meta = admin.list_topics(timeout=5)
+                partitions = [TopicPartition(t, p) for t in topics.INPUTS if t in meta.topics
+                              for p in meta.topics[t].partitions]
+                ends = {(tp.topic, tp.partition): f.result().offset for tp, f in admin.list_offsets(
+                    {tp: OffsetSpec.latest() for tp in partitions}, request_timeout=5).items()}
+                group = admin.list_consumer_group_offsets(
+                    [ConsumerGroupTopicPartitions(self.group, partitions)], request_timeout=5)[self.group].result()
+                committed = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in group.topic_partitions}
+            except (KafkaException, KeyError, ValueError) as exc:
+                self.error = str(exc)
+                continue
+            pending = sum(max(0, end - committed.get(key, 0)) for key, end in ends.items())
+            if committed != self._committed or not pending:
+                self._moved_at = time.time()
+            self._committed = committed
+            self.pending = pending
+            self.error = None
+
+
 class LiveView(Service):
     """The ledger's state, kept current from its changelog; read it with :meth:`read`.
 
@@ -74,7 +132,9 @@ class LiveView(Service):
     def __init__(self, settings: Settings, *, group: str | None = None) -> None:
         super().__init__()
         self.settings = settings
-        self.changelog = topics.changelog_name(group or f"{settings.group_prefix}-ledger")
+        group = group or f"{settings.group_prefix}-ledger"
+        self.changelog = topics.changelog_name(group)
+        self.ledger = LedgerProgress(settings, group)
         self.consumer = clients.consumer(settings, f"{settings.group_prefix}-view-{uuid.uuid4().hex[:8]}",
                                          **{"enable.partition.eof": True,
                                             "fetch.wait.max.ms": int(_FETCH_WAIT_S * 1000)})
@@ -103,6 +163,13 @@ class LiveView(Service):
         return max(0.0, time.time() - self._fresh_at)
 
     # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        self.ledger.start()
+        try:
+            super().run()
+        finally:
+            self.ledger.stop()
 
     def step(self) -> int:
         if not self._has_changelog and time.monotonic() - self._looked_at > _FIND_TOPICS_EVERY_S:

@@ -376,3 +376,22 @@ def test_retries_ids_and_odd_requests(settings, served):
     assert kind.status_code == 422
     assert client.get(f"/v1/tenants/{tenant}/").status_code == 404
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_stopped_ledger_shows_in_health_and_metrics(settings, tmp_path):
+    # given the API with no ledger running (its changelog exists: the ledger ran once, say)
+    from finops.processors.runner import ensure_changelog
+
+    ensure_changelog(settings, f"{settings.group_prefix}-ledger")
+    with Pipeline(settings, ("serve",), serve={"port": 0, "tokens": TokenStore(tmp_path / "t.json")}) as running:
+        wait_until(lambda: running.api.server.started, 60, "the API server", running)
+        client = httpx.Client(base_url=running.api.url, timeout=30)
+        wait_until(lambda: client.get("/healthz").status_code == 200, 60, "the view to load", running)
+        # when input arrives that nobody folds
+        script = Script(f"stalled-{uuid.uuid4().hex[:8]}")
+        script.purchase(1)
+        assert publish_lines(settings, script.lines).failed == 0
+        # then the API says the ledger has it pending and has not moved on it
+        wait_until(lambda: (client.get("/healthz").json()["ledger"]["pending"] or 0) >= 1
+                   and client.get("/healthz").json()["ledger"]["stalled_s"] >= 1, 30, "the stall to show", running)
+        assert "finops_ledger_pending_records" in client.get("/metrics").text
