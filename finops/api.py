@@ -502,11 +502,11 @@ def create_app(backends: Backends) -> FastAPI:
             raise Problem(422, "invalid-parameter", "Unprocessable Content",
                           f"kind {unknown[0]!r} is not a ledger entry kind; choose from {', '.join(sorted(ENTRY_KINDS))}",
                           reason="invalid")
-        after_ts, after_offset = _read_cursor(cursor) if cursor else (datetime(1970, 1, 1, tzinfo=timezone.utc), -1)
+        after_offset = _read_cursor(cursor) if cursor else -1
         params = {"tenant": tenant_id, "account": account_id,
                   "from": _ch_time(_time(start, "from") or datetime(1970, 1, 1, tzinfo=timezone.utc)),
                   "to": _ch_time(_time(end, "to") or datetime(2299, 12, 31, tzinfo=timezone.utc)),
-                  "kinds": kind, "after_ts": _ch_time(after_ts), "after_offset": after_offset,
+                  "kinds": kind, "after_offset": after_offset,
                   "limit": limit + 1}
         columns, rows = _query(backends, LEDGER_SQL, params)
         page = [dict(zip(columns, r)) for r in rows[:limit]]
@@ -519,7 +519,7 @@ def create_app(backends: Backends) -> FastAPI:
                     "api_key_id": r["api_key_id"] or None, "usage_labels": dict(r["usage_labels"] or {}) or None}
                    for r in page]
         last = page[-1] if len(rows) > limit else None
-        next_cursor = _write_cursor(_utc(last["ts"]), last["kafka_offset"]) if last is not None else None
+        next_cursor = _write_cursor(last["kafka_offset"]) if last is not None else None
         return _json({"tenant_id": tenant_id, "account_id": account_id, "entries": entries,
                       "next_cursor": next_cursor})
 
@@ -745,6 +745,9 @@ def _send_usage(backends: Backends, events: list[dict]) -> Response:
 
 # ----------------------------------------------------------------------------- ClickHouse
 
+# Ledger order is booking order: a tenant's entries are on one partition of finops.ledger.v1, in
+# the order the ledger booked them, so the offset orders them (a late entry comes where it was
+# booked, flagged late, and the balance after each entry runs on from the one before).
 LEDGER_SQL = """
 SELECT entry_id, kind, ts, amount_micros, balance_micros, cause_id, cause_type, charged_to, grant_id, hold_id,
        late, model_name, operation_type, api_key_id, usage_labels, kafka_offset
@@ -752,24 +755,33 @@ FROM ledger_entries
 WHERE tenant_id = {tenant:String} AND account_id = {account:String}
   AND ts >= toDateTime64({from:String}, 6, 'UTC') AND ts < toDateTime64({to:String}, 6, 'UTC')
   AND (empty({kinds:Array(String)}) OR has({kinds:Array(String)}, kind))
-  AND (ts, toInt64(kafka_offset)) > (toDateTime64({after_ts:String}, 6, 'UTC'), {after_offset:Int64})
-ORDER BY ts, kafka_offset, entry_id
+  AND toInt64(kafka_offset) > {after_offset:Int64}
+ORDER BY kafka_offset, entry_id
 LIMIT {limit:UInt32}
 """
 
-# consumed: a usage's consume entries are on the accounts that paid (charged_to names the
-# account charged when an ancestor paid); its unfunded part is an overage entry on the charged account.
+# available at T: the sum of what each of the account's entries stamped at or before T changed
+# (the balance after it less the balance after the entry booked before it), so a late entry
+# counts at its own time. consumed: a usage's consume entries are on the accounts that paid
+# (charged_to names the account charged when an ancestor paid); its unfunded part is an
+# overage entry on the charged account.
 BALANCE_AT_SQL = """
 SELECT countIf(account_id = {account:String}) AS entries,
-       argMaxIf(balance_micros, (kafka_offset, entry_id), account_id = {account:String}) AS available_micros,
+       sumIf(delta, account_id = {account:String}) AS available_micros,
        maxIf(ts, account_id = {account:String}) AS last_ts,
        sumIf(amount_micros, kind = 'consume' AND (charged_to = {account:String}
                                                   OR charged_to = '' AND account_id = {account:String}))
          + sumIf(amount_micros, kind = 'overage' AND account_id = {account:String}) AS consumed_micros,
        sumIf(amount_micros, kind = 'overage' AND account_id = {account:String}) AS overage_micros
-FROM ledger_entries
-WHERE tenant_id = {tenant:String} AND (account_id = {account:String} OR charged_to = {account:String})
-  AND ts <= toDateTime64({at:String}, 6, 'UTC')
+FROM (
+    SELECT account_id, kind, ts, amount_micros, charged_to,
+           balance_micros - lagInFrame(balance_micros, 1, 0) OVER (
+               PARTITION BY account_id ORDER BY kafka_offset, entry_id
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS delta
+    FROM ledger_entries
+    WHERE tenant_id = {tenant:String} AND (account_id = {account:String} OR charged_to = {account:String})
+)
+WHERE ts <= toDateTime64({at:String}, 6, 'UTC')
 """
 
 
@@ -802,17 +814,16 @@ def _ch_time(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _write_cursor(ts: datetime, offset: int) -> str:
-    return base64.urlsafe_b64encode(_encode([_ch_time(ts), offset])).decode().rstrip("=")
+def _write_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(_encode([offset])).decode().rstrip("=")
 
 
-def _read_cursor(text: str) -> tuple[datetime, int]:
+def _read_cursor(text: str) -> int:
     try:
-        ts, offset = msgspec.json.decode(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        when = datetime.strptime(ts, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
+        (offset,) = msgspec.json.decode(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         if not isinstance(offset, int) or isinstance(offset, bool) or not -1 <= offset < 2**63:
             raise ValueError(offset)
-        return when, offset
+        return offset
     except (ValueError, TypeError, msgspec.DecodeError):
         raise Problem(400, "invalid-parameter", "Bad Request", "cursor is not one this API gave",
                       reason="invalid") from None

@@ -395,3 +395,27 @@ def test_a_stopped_ledger_shows_in_health_and_metrics(settings, tmp_path):
         wait_until(lambda: (client.get("/healthz").json()["ledger"]["pending"] or 0) >= 1
                    and client.get("/healthz").json()["ledger"]["stalled_s"] >= 1, 30, "the stall to show", running)
         assert "finops_ledger_pending_records" in client.get("/metrics").text
+
+
+def test_late_usage_counts_at_its_own_time_in_balance_as_of(settings, served):
+    pipeline, tokens = served
+    tenant = f"late-{uuid.uuid4().hex[:8]}"
+    _id, token = tokens.add(tenant, "read")
+    client = httpx.Client(base_url=pipeline.api.url, headers=bearer(token), timeout=60)
+    # given a usage booked after a later one (late)
+    s = Script(tenant)
+    s.purchase(100, ts=at(0))
+    s.use(tenant, 10, ts=at(2))
+    s.use(tenant, 5, ts=at(1))
+    assert publish_lines(settings, s.lines).failed == 0
+    settled(settings, pipeline, client)
+    # then the ledger lists entries in booking order, the balance running on from one to the next
+    entries = client.get(f"/v1/tenants/{tenant}/accounts/{tenant}/ledger").json()["entries"]
+    assert [(e["kind"], e["balance_micros"], e["late"]) for e in entries] == [
+        ("credit", 100_000_000, False), ("consume", 90_000_000, False), ("consume", 85_000_000, True)]
+    # and the balance as of a time between them is the fold of the input up to that time
+    for cut in (at(0, hours=1), at(1, hours=1), at(2, hours=1)):
+        upto = fold_lines([line for line in s.lines if json.loads(line)["ts"] <= cut]).book.tenants[tenant]
+        got = client.get(f"/v1/tenants/{tenant}/accounts/{tenant}/balance", params={"at": cut}).json()
+        root = upto.accounts[tenant]
+        assert (got["available_micros"], got["consumed_micros"]) == (root.available, root.consumed), cut
