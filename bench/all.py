@@ -52,6 +52,9 @@ def headline(details: dict, quick: bool, benchmarks: dict[str, Benchmark]) -> di
         "report_rows": reports.size(quick).events if reports else None,
         "ledger_rss_mb": _get(details, "ledger-memory", "peak_rss_mb"),
         "busy_tenant_events_per_s": _get(details, "busy-tenant", "busy_tenant_events_per_s"),
+        "serve_check_p99_ms": _get(details, "serve", "check", "p99_ms"),
+        "serve_check_achieved_rps": _get(details, "serve", "check", "achieved_rps"),
+        "serve_view_lag_p99_ms": _get(details, "serve", "view_lag", "p99_ms"),
     }
 
 
@@ -67,6 +70,8 @@ TARGETS = (
     ("p99_usage_to_balance_ms", "max", 250),
     ("p99_usage_to_alert_ms", "max", 1_000),
     ("ledger_rss_mb", "max", 1_024),
+    ("serve_check_p99_ms", "max", 5),
+    ("serve_view_lag_p99_ms", "max", 200),
 )
 
 

@@ -955,8 +955,10 @@ BENCH_HELP = (
     "(UsageProducer against raw confluent-kafka produce), e2e (publish to ClickHouse rows through `finops run "
     "ledger` and `finops run sink` child processes), ledger-memory (peak RSS of `finops run ledger` folding "
     "100,000 accounts), busy-tenant (one busy tenant published into a running `finops run ledger`, kill -9 at "
-    "half, vs 50 small tenants; checked against finops fold) or all (every one, the Kafka ones on one shared "
-    "broker: one JSON with the headline figures, each benchmark's own JSON under details).")
+    "half, vs 50 small tenants; checked against finops fold), serve (GET /v1/check of a `finops serve` child at "
+    "1,000 requests/s from an open-loop load generator, and the live view's lag after usage bursts; --events is "
+    "requests per second) or all (every one, the Kafka ones on one shared broker: one JSON with the headline "
+    "figures, each benchmark's own JSON under details).")
 
 
 def _bench_package(root: Path | None = None):
