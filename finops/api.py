@@ -456,16 +456,20 @@ def create_app(backends: Backends) -> FastAPI:
 
     @app.get("/v1/tenants/{tenant_id}/accounts", tags=["accounts"])
     async def accounts(who: Who, tenant_id: str) -> Response:
-        """Every account of the tenant, depth first from the root: own and effective available, cap, period."""
+        """Every account of the tenant, depth first from the root: own and effective available, cap, period;
+        and the tenant's ``totals`` (purchased, consumed, overage, expired: conservation's terms)."""
         readable(who, tenant_id)
         now = datetime.now(timezone.utc)
 
         def listing(tenants, _enforcement):
             state = tenant_of(tenants, tenant_id)
-            return state, [account_view(state, a, now) for a in tree_order(state)]
+            t = state.totals
+            totals = {**_money("purchased", t.purchased), **_money("consumed", t.consumed),
+                      **_money("overage", t.overage), **_money("expired", t.expired)}
+            return state, totals, [account_view(state, a, now) for a in tree_order(state)]
 
-        state, items = view.read(listing)
-        return _json({"tenant_id": tenant_id, "accounts": items, **freshness(state)})
+        state, totals, items = view.read(listing)
+        return _json({"tenant_id": tenant_id, "totals": totals, "accounts": items, **freshness(state)})
 
     @app.get("/v1/tenants/{tenant_id}/enforcement", tags=["entitlement"])
     async def enforcement(who: Who, tenant_id: str) -> Response:
@@ -480,6 +484,10 @@ def create_app(backends: Backends) -> FastAPI:
 
         state, items = view.read(blocked)
         return _json({"tenant_id": tenant_id, "blocked": items, **freshness(state)})
+
+    def known_tenant(tenant_id: str) -> None:
+        if not view.read(lambda t, _e: tenant_id in t):
+            raise _not_found()
 
     def known_account(tenant_id: str, account_id: str) -> None:
         if not view.read(lambda t, _e: tenant_id in t and account_id in t[tenant_id].accounts):
@@ -542,6 +550,48 @@ def create_app(backends: Backends) -> FastAPI:
                       "entries": entries,
                       "last_entry_ts": _iso(_utc(row["last_ts"])) if entries else None})
 
+    @app.get("/v1/tenants/{tenant_id}/alerts", tags=["history"])
+    def alerts(who: Who, tenant_id: str, account: str = "", firing: bool = True,
+               days: int = Query(31, ge=1, le=3660, description="Alerts of the last N days (event time).")
+               ) -> Response:
+        """The tenant's alerts (``finops.alerts.v1`` in ClickHouse), newest first: with ``firing`` (default)
+        only those whose latest state is firing (per account, type, threshold and period)."""
+        readable(who, tenant_id)
+        known_tenant(tenant_id)
+        columns, rows = _query(backends, ALERTS_SQL, {"tenant": tenant_id, "account": account,
+                                                      "firing": int(firing), "days": days})
+        items = [dict(zip(columns, r)) for r in rows]
+        return _json({"tenant_id": tenant_id, "alerts": [
+            {"id": a["id"], "account_id": a["account_id"], "type": a["type"], "severity": a["severity"],
+             "status": a["status"], "threshold": a["threshold"] or None, "period": a["period"],
+             **_money("current_usage", a["current_usage_micros"]),
+             **_money("monthly_allocation", a["monthly_allocation_micros"]),
+             "action": a["action"] or None, "ts": _iso(_utc(a["last_ts"]))} for a in items]})
+
+    @app.get("/v1/tenants/{tenant_id}/accounts/{account_id:path}/balance/daily", tags=["history"])
+    def balance_daily(who: Who, tenant_id: str, account_id: str,
+                      start: date = Query(..., alias="from", description="First UTC day (YYYY-MM-DD)."),
+                      end: date = Query(..., alias="to", description="Last UTC day.")) -> Response:
+        """The account's available balance at the end of each UTC day (a burn-down), by the rule of
+        ``balance?at=`` (each entry counts at its own event time)."""
+        readable(who, tenant_id)
+        known_account(tenant_id, account_id)
+        if end < start or (end - start).days > 3660:
+            raise Problem(400, "invalid-parameter", "Bad Request", "from must be on or before to, at most 10 "
+                          "years apart", reason="invalid")
+        columns, rows = _query(backends, BALANCE_DAILY_SQL, {"tenant": tenant_id, "account": account_id,
+                                                             "from": start.isoformat(), "to": end.isoformat()})
+        closing = {r[0]: int(r[1]) for r in rows}  # day -> closing balance, for the days with entries
+        days, level = [], 0
+        for d in sorted(d for d in closing if d < start):
+            level = closing[d]
+        day = start
+        while day <= end:
+            level = closing.get(day, level)
+            days.append({"day": day.isoformat(), **_money("available", level)})
+            day = date.fromordinal(day.toordinal() + 1)
+        return _json({"tenant_id": tenant_id, "account_id": account_id, "days": days})
+
     @app.get("/v1/tenants/{tenant_id}/accounts/{account_id:path}", tags=["accounts"])
     async def account(who: Who, tenant_id: str, account_id: str) -> Response:
         """One account, with its children and the API keys bound to it (registered after the routes under
@@ -570,8 +620,7 @@ def create_app(backends: Backends) -> FastAPI:
         """The reports of ``finops report`` with the same parameters, for this tenant: JSON rows
         (as ``finops report --format json``) or CSV."""
         readable(who, tenant_id)
-        if not view.read(lambda t, _e: tenant_id in t):
-            raise _not_found()
+        known_tenant(tenant_id)
         if name not in reports.REPORTS:
             raise Problem(404, "not-found", "Not Found", f"no report {name!r}; choose one of "
                                                          f"{', '.join(reports.REPORTS)}")
@@ -630,6 +679,9 @@ def create_app(backends: Backends) -> FastAPI:
         events = [_body_object(bytes(item), tenant_id, index=i) for i, item in enumerate(items)]
         return await _in_thread(lambda: _send_usage(backends, events))
 
+    from .console import mount
+
+    mount(app)  # the console's pages at / (server-rendered over this API)
     return _Timing(app, metrics)  # type: ignore[return-value]
 
 
@@ -782,6 +834,43 @@ FROM (
     WHERE tenant_id = {tenant:String} AND (account_id = {account:String} OR charged_to = {account:String})
 )
 WHERE ts <= toDateTime64({at:String}, 6, 'UTC')
+"""
+
+
+ALERTS_SQL = """
+SELECT argMax(id, (ts, kafka_offset)) AS id, account_id, type, argMax(severity, (ts, kafka_offset)) AS severity,
+       argMax(status, (ts, kafka_offset)) AS status, threshold, period,
+       argMax(current_usage_micros, (ts, kafka_offset)) AS current_usage_micros,
+       argMax(monthly_allocation_micros, (ts, kafka_offset)) AS monthly_allocation_micros,
+       argMax(action, (ts, kafka_offset)) AS action, max(ts) AS last_ts
+FROM alerts
+WHERE tenant_id = {tenant:String} AND ({account:String} = '' OR account_id = {account:String})
+  AND ts >= now64(6) - toIntervalDay({days:UInt32})
+GROUP BY account_id, type, threshold, period
+HAVING NOT {firing:UInt8} OR status = 'firing'
+ORDER BY last_ts DESC, account_id, type, threshold
+LIMIT 1000
+"""
+
+# the closing balance of each day with an entry up to {to} (the caller carries it over the days
+# without one), by the rule of BALANCE_AT_SQL: each entry's change counts at its own event time
+BALANCE_DAILY_SQL = """
+SELECT toDate(ts) AS day, argMax(level, (ts, kafka_offset, entry_id)) AS available_micros
+FROM (
+    SELECT ts, kafka_offset, entry_id,
+           sum(delta) OVER (ORDER BY ts, kafka_offset, entry_id
+                            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS level
+    FROM (
+        SELECT ts, kafka_offset, entry_id,
+               balance_micros - lagInFrame(balance_micros, 1, 0) OVER (
+                   ORDER BY kafka_offset, entry_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS delta
+        FROM ledger_entries
+        WHERE tenant_id = {tenant:String} AND account_id = {account:String}
+    )
+)
+WHERE toDate(ts) <= toDate({to:String})
+GROUP BY day
+ORDER BY day
 """
 
 
