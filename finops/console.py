@@ -142,6 +142,10 @@ def mount(app: FastAPI) -> None:
             return RedirectResponse(f"/console/t/{quote(names[0], safe='')}", status_code=303)
         return _page(request, "tenants.html", tenants=names)
 
+    @router.get("/console/login")
+    async def login_page(request: Request, error: str = "") -> Response:
+        return _page(request, "login.html", error=_SIGN_IN_ERRORS.get(error, ""))
+
     @router.post("/console/login")
     async def login(request: Request, token: str = Form(...)) -> Response:
         answer = RedirectResponse("/console", status_code=303)
@@ -251,10 +255,15 @@ KINDS = ("credit", "allocation_in", "allocation_out", "consume", "overage", "res
          "reclaim", "expire")
 
 
+_SIGN_IN_ERRORS = {"refused": "that token is unknown, revoked or malformed"}
+
+
 def _login_or_error(request: Request, refused: _Refused) -> Response:
-    if refused.status == 401:
-        return _page(request, "login.html", 401, error="sign in with an API token (`finops tokens add`)"
-                     if not request.cookies.get(COOKIE) else "that token is unknown, revoked or malformed")
+    if refused.status == 401:  # to the sign-in page (a page of its own: a browser logs no failed load)
+        where = "/console/login?error=refused" if request.cookies.get(COOKIE) else "/console/login"
+        answer = RedirectResponse(where, status_code=303)
+        answer.delete_cookie(COOKIE, path="/")
+        return answer
     return _page(request, "error.html", refused.status, status=refused.status, detail=refused.detail)
 
 
