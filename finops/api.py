@@ -619,7 +619,9 @@ def create_app(backends: Backends) -> FastAPI:
     def report(who: Who, tenant_id: str, name: str, account: str = "",
                start: date | None = Query(None, alias="from", description="First UTC day (YYYY-MM-DD)."),
                end: date | None = Query(None, alias="to", description="Last UTC day, the 'as of' day."),
-               z: float = 3.0, fmt: str = Query("json", alias="format", pattern="^(json|csv)$")) -> Response:
+               z: float = Query(3.0, gt=0, le=1000, allow_inf_nan=False, description="anomalies: standard "
+                                                                                       "deviations above."),
+               fmt: str = Query("json", alias="format", pattern="^(json|csv)$")) -> Response:
         """The reports of ``finops report`` with the same parameters, for this tenant: JSON rows
         (as ``finops report --format json``) or CSV."""
         readable(who, tenant_id)
@@ -773,7 +775,10 @@ def _send_command(backends: Backends, fields: dict, wait: bool, timeout: float) 
     try:
         pending = backends.commands().send(fields, wait=False)
     except InvalidEvent as exc:
-        raise Problem(422, "invalid-command", "Unprocessable Content", exc.detail, reason=exc.reason) from None
+        detail = exc.detail
+        if detail.startswith("usage is not a command"):
+            detail = "a usage is not a command: POST it to /v1/tenants/T/usage"
+        raise Problem(422, "invalid-command", "Unprocessable Content", detail, reason=exc.reason) from None
     except FinopsError as exc:
         raise Problem(503, "kafka-unavailable", "Service Unavailable", str(exc)) from None
     if not wait:
