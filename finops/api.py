@@ -335,6 +335,24 @@ def create_app(backends: Backends) -> FastAPI:
     app.state.backends = backends
     app.router.redirect_slashes = False  # /v1/tenants/ is 404 (a problem), not a redirect
 
+    def openapi() -> dict:
+        """FastAPI's schema, with the bearer token as the security scheme of every /v1 route."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "`finops tokens add` prints one."}}
+            for path, operations in schema["paths"].items():
+                if path.startswith("/v1/"):
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     def problem_response(request: Request, problem: Problem) -> Response:
         return Response(_encode(problem.body(request.url.path)), status_code=problem.status, media_type=PROBLEM,
                         headers=problem.headers)
@@ -654,7 +672,14 @@ def create_app(backends: Backends) -> FastAPI:
 
     # ---------------------------------------------------------------- writes (Kafka)
 
-    @app.post("/v1/tenants/{tenant_id}/commands", tags=["writes"], status_code=200)
+    @app.post("/v1/tenants/{tenant_id}/commands", tags=["writes"], status_code=200,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "type": "object", "required": ["type"], "additionalProperties": True,
+                  "description": "One wire-v1 command (docs/wire-v1.md): purchase, open_account, allocate, "
+                                 "reclaim, set_members, bind_key, set_rates, reserve, settle, override_cap, "
+                                 "tick. id and ts are filled in when both are absent.",
+                  "example": {"type": "allocate", "from_account": "org", "to_account": "team-search",
+                              "credits": "25.5"}}}}}})
     async def command(request: Request, who: Who, tenant_id: str, wait: bool = True,
                       timeout: float = Query(30.0, gt=0, le=300)) -> Response:
         """Publish one wire-v1 command (``id`` and ``ts`` filled in when absent) and, unless
@@ -665,7 +690,13 @@ def create_app(backends: Backends) -> FastAPI:
         fields = _body_object(await _body(request), tenant_id)
         return await _in_thread(lambda: _send_command(backends, fields, wait, timeout))
 
-    @app.post("/v1/tenants/{tenant_id}/usage", tags=["writes"], status_code=202)
+    @app.post("/v1/tenants/{tenant_id}/usage", tags=["writes"], status_code=202,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "type": "array", "minItems": 1, "maxItems": MAX_USAGE_BATCH,
+                  "items": {"type": "object", "additionalProperties": True,
+                            "description": "A wire-v1 usage event (docs/wire-v1.md)."},
+                  "example": [{"api_key_id": "key-ann", "model_name": "gpt-4o", "operation_type": "chat",
+                               "units_consumed": 1200, "credits_consumed": "3"}]}}}}})
     async def usage(request: Request, who: Who, tenant_id: str) -> Response:
         """Publish a JSON array of usage events (at most 10,000; ``id`` and ``ts`` filled in when
         absent), checked as the SDK checks them: all or nothing. 202 once Kafka has them all."""
