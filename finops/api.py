@@ -469,6 +469,11 @@ def create_app(backends: Backends) -> FastAPI:
                       **_money("effective_available", judged.effective_available),
                       "blocked_by": list(judged.blocked_by), **freshness(state)})
 
+    @app.get("/v1/whoami", tags=["accounts"])
+    async def whoami(who: Who) -> Response:
+        """The token's id, tenant (null: every tenant) and role."""
+        return _json({"token_id": who.token_id, "tenant_id": who.tenant_id, "role": who.role})
+
     @app.get("/v1/tenants", tags=["accounts"])
     async def tenants(who: Who) -> Response:
         """The tenants this token may read (an admin token: every tenant in the view)."""
@@ -521,9 +526,11 @@ def create_app(backends: Backends) -> FastAPI:
                start: str | None = Query(None, alias="from", description="First event time (RFC 3339)."),
                end: str | None = Query(None, alias="to", description="Event time before which to stop."),
                kind: list[str] = Query(default=[], description="Only these entry kinds (repeatable)."),
-               limit: int = Query(100, ge=1, le=1000), cursor: str | None = None) -> Response:
-        """The account's ledger entries in ledger order (event time, then position), with the balance
-        after each; ``next_cursor`` pages on (null on the last page)."""
+               limit: int = Query(100, ge=1, le=1000), cursor: str | None = None,
+               order: str = Query("asc", pattern="^(asc|desc)$", description="asc: oldest first; desc: newest "
+                                                                            "first.")) -> Response:
+        """The account's ledger entries in ledger (booking) order, or newest first with ``order=desc``, with
+        the balance after each; ``next_cursor`` pages on in the same order (null on the last page)."""
         readable(who, tenant_id)
         known_account(tenant_id, account_id)
         unknown = sorted(set(kind) - ENTRY_KINDS)
@@ -531,13 +538,13 @@ def create_app(backends: Backends) -> FastAPI:
             raise Problem(422, "invalid-parameter", "Unprocessable Content",
                           f"kind {unknown[0]!r} is not a ledger entry kind; choose from {', '.join(sorted(ENTRY_KINDS))}",
                           reason="invalid")
-        after_offset = _read_cursor(cursor) if cursor else -1
+        after_offset = _read_cursor(cursor) if cursor else (-1 if order == "asc" else 2**63 - 1)
         params = {"tenant": tenant_id, "account": account_id,
                   "from": _ch_time(_time(start, "from") or datetime(1970, 1, 1, tzinfo=timezone.utc)),
                   "to": _ch_time(_time(end, "to") or datetime(2299, 12, 31, tzinfo=timezone.utc)),
                   "kinds": kind, "after_offset": after_offset,
                   "limit": limit + 1}
-        columns, rows = _query(backends, LEDGER_SQL, params)
+        columns, rows = _query(backends, LEDGER_SQL if order == "asc" else LEDGER_DESC_SQL, params)
         page = [dict(zip(columns, r)) for r in rows[:limit]]
         entries = [{"entry_id": r["entry_id"], "kind": r["kind"], "ts": _iso(_utc(r["ts"])),
                     **_money("amount", r["amount_micros"]), **_money("balance", r["balance_micros"]),
@@ -877,6 +884,10 @@ WHERE tenant_id = {tenant:String} AND account_id = {account:String}
 ORDER BY kafka_offset, entry_id
 LIMIT {limit:UInt32}
 """
+
+LEDGER_DESC_SQL = LEDGER_SQL.replace("toInt64(kafka_offset) > {after_offset:Int64}",
+                                     "toInt64(kafka_offset) < {after_offset:Int64}").replace(
+    "ORDER BY kafka_offset, entry_id", "ORDER BY kafka_offset DESC, entry_id DESC")
 
 # available at T: the sum of what each of the account's entries stamped at or before T changed
 # (the balance after it less the balance after the entry booked before it), so a late entry

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import httpx
-from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -57,8 +57,29 @@ async def _api(request: Request, path: str, params: dict | None = None, raw: boo
     return answer.content if raw else answer.json()
 
 
+# Pages hold balances: never cached (the back button after signing out shows nothing), never framed,
+# and they load nothing but themselves (no script at all).
+HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+           "Referrer-Policy": "same-origin",
+           "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                                      "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"}
+
+
 def _page(request: Request, template: str, code: int = 200, **context: Any) -> HTMLResponse:
-    return _templates.TemplateResponse(request, template, {"request": request, **context}, status_code=code)
+    answer = _templates.TemplateResponse(request, template, {"request": request, **context}, status_code=code)
+    answer.headers.update(HEADERS)
+    return answer
+
+
+def _same_origin(request: Request) -> bool:
+    """A form POST from this console (or a client that sends no Origin): not a cross-site forgery."""
+    origin = request.headers.get("origin")
+    return origin is None or origin == f"{request.url.scheme}://{request.url.netloc}"
+
+
+def _next(path: str) -> str:
+    """Where to go after signing in: a console path of this server only (no open redirect)."""
+    return path if path.startswith("/console/") and not path.startswith("//") and "\\" not in path else "/console"
 
 
 def _credits(value: Any) -> str:
@@ -143,20 +164,28 @@ def mount(app: FastAPI) -> None:
         return _page(request, "tenants.html", tenants=names)
 
     @router.get("/console/login")
-    async def login_page(request: Request, error: str = "") -> Response:
-        return _page(request, "login.html", error=_SIGN_IN_ERRORS.get(error, ""))
+    async def login_page(request: Request, error: str = "", next: str = "/console") -> Response:
+        return _page(request, "login.html", error=_SIGN_IN_ERRORS.get(error, ""), next=_next(next))
 
     @router.post("/console/login")
-    async def login(request: Request, token: str = Form(...)) -> Response:
-        answer = RedirectResponse("/console", status_code=303)
-        answer.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict",
+    async def login(request: Request, token: str = Form(""), next: str = Form("/console")) -> Response:
+        if not _same_origin(request):
+            return _page(request, "error.html", 403, status=403, detail="a sign-in from another site")
+        if not token.strip():
+            return RedirectResponse(f"/console/login?{urlencode({'error': 'empty', 'next': _next(next)})}",
+                                    status_code=303)
+        answer = RedirectResponse(_next(next), status_code=303)
+        # Lax: a link from a chat or a ticket opens the page signed in; a cross-site POST sends no cookie
+        answer.set_cookie(COOKIE, token.strip(), httponly=True, samesite="lax",
                           secure=request.url.scheme == "https", path="/")
         return answer
 
     @router.post("/console/logout")
-    async def logout() -> Response:
-        answer = RedirectResponse("/console", status_code=303)
-        answer.delete_cookie(COOKIE, path="/")
+    async def logout(request: Request) -> Response:
+        if not _same_origin(request):
+            return _page(request, "error.html", 403, status=403, detail="a sign-out from another site")
+        answer = RedirectResponse("/console/login", status_code=303)
+        answer.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax")
         return answer
 
     @router.get("/console/t/{tenant}")
@@ -164,6 +193,7 @@ def mount(app: FastAPI) -> None:
         t = quote(tenant, safe="")
         today = datetime.now(timezone.utc).date()
         try:
+            who = await _api(request, "/v1/whoami")
             listing = await _api(request, f"/v1/tenants/{t}/accounts")
             forecast = await _api(request, f"/v1/tenants/{t}/reports/forecast", {"to": today.isoformat()})
             runway = await _api(request, f"/v1/tenants/{t}/reports/runway", {"to": today.isoformat()})
@@ -176,6 +206,8 @@ def mount(app: FastAPI) -> None:
         runway_by_account = {r["account_id"]: r for r in runway["rows"]}
         summary = {
             "purchased": listing["totals"]["purchased"],
+            "overage": listing["totals"]["overage"],
+            "expired": listing["totals"]["expired"],
             "available": _sum(a["available_micros"] for a in accounts),
             "reserved": _sum(a["reserved_micros"] for a in accounts),
             "consumed": listing["totals"]["consumed"],
@@ -186,19 +218,20 @@ def mount(app: FastAPI) -> None:
             "runway": runway_by_account.get(tenant, {}),
         }
         return _page(request, "overview.html", tenant=tenant, listing=listing, accounts=accounts, depth=depth,
-                     summary=summary, runway=runway_by_account, alerts=alerts, today=today)
+                     summary=summary, runway=runway_by_account, alerts=alerts, today=today, who=who)
 
     @router.get("/console/t/{tenant}/a/{account:path}")
     async def account(request: Request, tenant: str, account: str, kind: str = "", cursor: str = "") -> Response:
         t, a = quote(tenant, safe=""), quote(account, safe="")
         today = datetime.now(timezone.utc).date()
         start = today - timedelta(days=29)
-        params: dict[str, Any] = {"limit": 50}
+        params: dict[str, Any] = {"limit": 50, "order": "desc"}  # newest first
         if kind:
             params["kind"] = kind
         if cursor:
             params["cursor"] = cursor
         try:
+            who = await _api(request, "/v1/whoami")
             item = await _api(request, f"/v1/tenants/{t}/accounts/{a}")
             daily = await _api(request, f"/v1/tenants/{t}/accounts/{a}/balance/daily",
                                {"from": start.isoformat(), "to": today.isoformat()})
@@ -227,43 +260,69 @@ def mount(app: FastAPI) -> None:
         next_link = None
         if ledger["next_cursor"]:
             next_link = "?" + urlencode({**({"kind": kind} if kind else {}), "cursor": ledger["next_cursor"]})
+        newest_link = ("?" + urlencode({"kind": kind}) if kind else "?") if cursor else None
         return _page(request, "account.html", tenant=tenant, item=item, svg=svg, ledger=ledger, alerts=alerts,
-                     kind=kind, kinds=KINDS, next_link=next_link, forecast=row)
+                     kind=kind, kinds=KINDS, next_link=next_link, newest_link=newest_link, forecast=row, who=who)
 
     @router.get("/console/t/{tenant}/reports/{name}")
-    async def table(request: Request, tenant: str, name: str) -> Response:
+    async def table(request: Request, tenant: str, name: str, start: str = Query("", alias="from"),
+                    end: str = Query("", alias="to")) -> Response:
         t = quote(tenant, safe="")
+        period = {k: v for k, v in (("from", start), ("to", end)) if v}
         if name.endswith(".csv") and name[:-4] in TABLE_REPORTS:
             try:
-                data = await _api(request, f"/v1/tenants/{t}/reports/{name[:-4]}", {"format": "csv"}, raw=True)
+                data = await _api(request, f"/v1/tenants/{t}/reports/{name[:-4]}", {"format": "csv", **period},
+                                  raw=True)
             except _Refused as refused:
                 return _login_or_error(request, refused)
-            return Response(data, media_type="text/csv", headers={
-                "Content-Disposition": f'attachment; filename="{name[:-4]}-{tenant}.csv"'})
+            return Response(data, media_type="text/csv", headers={**HEADERS, "Content-Disposition": _attachment(
+                f"{name[:-4]}-{tenant}.csv")})
         if name not in TABLE_REPORTS:
             return _page(request, "error.html", 404, status=404, detail=f"no console report {name!r}")
         try:
-            report = await _api(request, f"/v1/tenants/{t}/reports/{name}")
+            who = await _api(request, "/v1/whoami")
+            report = await _api(request, f"/v1/tenants/{t}/reports/{name}", period)
         except _Refused as refused:
             return _login_or_error(request, refused)
-        return _page(request, "report.html", tenant=tenant, name=name, report=report)
+        numeric = {c for c in report["columns"] if report["rows"] and all(
+            isinstance(r[c], (int, float)) or _is_number(r[c]) for r in report["rows"] if r[c] is not None)}
+        return _page(request, "report.html", tenant=tenant, name=name, report=report, numeric=numeric, who=who,
+                     csv_query=urlencode(period))
+
+    @router.get("/console/{rest:path}")
+    async def unknown(request: Request, rest: str) -> Response:
+        return _page(request, "error.html", 404, status=404, detail="no such console page")
 
     app.include_router(router)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        Decimal(str(value))
+    except ArithmeticError:
+        return False
+    return True
+
+
+def _attachment(filename: str) -> str:
+    """A Content-Disposition naming ``filename`` (RFC 6266: an ASCII fallback, the exact name in UTF-8)."""
+    fallback = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in filename)
+    return f'attachment; filename="{fallback}"; filename*=UTF-8\'\'{quote(filename, safe="")}'
 
 
 KINDS = ("credit", "allocation_in", "allocation_out", "consume", "overage", "reserve", "release", "refund",
          "reclaim", "expire")
 
 
-_SIGN_IN_ERRORS = {"refused": "that token is unknown, revoked or malformed"}
+_SIGN_IN_ERRORS = {"refused": "that token is unknown, revoked or malformed", "empty": "paste a token first"}
 
 
 def _login_or_error(request: Request, refused: _Refused) -> Response:
     if refused.status == 401:  # to the sign-in page (a page of its own: a browser logs no failed load)
-        where = "/console/login?error=refused" if request.cookies.get(COOKIE) else "/console/login"
-        answer = RedirectResponse(where, status_code=303)
-        answer.delete_cookie(COOKIE, path="/")
-        return answer
+        query = {"next": _next(request.url.path + (f"?{request.url.query}" if request.url.query else ""))}
+        if request.cookies.get(COOKIE):
+            query["error"] = "refused"
+        return RedirectResponse(f"/console/login?{urlencode(query)}", status_code=303)
     return _page(request, "error.html", refused.status, status=refused.status, detail=refused.detail)
 
 

@@ -145,7 +145,8 @@ def test_every_page_shows_the_apis_numbers(settings, console):
     assert page.value("#effective-available") == item["effective_available"]
     points = page.page.get_attribute("#burn-down svg polyline.balance", "points").split()
     assert len(points) == 30 and len(set(points)) > 1  # 30 days, and it moves
-    ledger = api.get(f"/v1/tenants/{tenant}/accounts/team-a/ledger", params={"limit": 50}).json()["entries"]
+    ledger = api.get(f"/v1/tenants/{tenant}/accounts/team-a/ledger",
+                     params={"limit": 50, "order": "desc"}).json()["entries"]  # newest first
     shown = page.page.query_selector_all("#ledger tbody tr")
     assert [r.get_attribute("data-entry") for r in shown] == [e["entry_id"] for e in ledger]
     assert [r.query_selector('[data-col="balance"]').get_attribute("data-value") for r in shown] == [
@@ -157,6 +158,9 @@ def test_every_page_shows_the_apis_numbers(settings, console):
     assert kinds == {"consume"}
     page.visit(f"/console/t/{tenant}/a/ann", "account-ann")
     assert page.page.query_selector("#burn-down svg") is not None
+    assert page.page.inner_text("#signed-in") == f"signed in: {tenant} (read)"
+    # a link from elsewhere opens the page signed in (the cookie is SameSite=Lax)
+    assert page.context.cookies()[0]["sameSite"] == "Lax" and page.context.cookies()[0]["httpOnly"]
 
     # chargeback and showback: the API's rows, and the CSV is the API's CSV
     for name in ("showback", "chargeback"):
@@ -181,13 +185,17 @@ def test_a_tenants_token_sees_only_its_tenant(settings, console):
     api = httpx.Client(base_url=pipeline.api.url, headers=bearer(token), timeout=60)
     settled(settings, pipeline, api)
     page = Page(browser, pipeline.api.url)
-    # without a token: the sign-in page
-    page.visit("/console", "signed-out")
-    assert page.page.url.endswith("/console/login") and page.page.query_selector("#token") is not None
+    # without a token: the sign-in page, which then goes where the visitor was going
+    page.visit(f"/console/t/{mine}/reports/showback", "signed-out")
+    assert "/console/login" in page.page.url and page.page.query_selector("#token") is not None
     # a wrong token: refused, said so
     page.sign_in("fo_00000000_" + "x" * 43)
     assert page.page.query_selector("#login-error") is not None
-    page.sign_in(token)
+    page.page.goto(f"{page.base}/console/login?next=/console/t/{mine}/reports/showback")
+    page.page.fill("#token", token)
+    page.page.click("#sign-in")
+    page.page.wait_for_load_state()
+    assert page.page.url.endswith(f"/console/t/{mine}/reports/showback")
     for path in (f"/console/t/{theirs}", f"/console/t/{theirs}/a/ann", f"/console/t/{theirs}/reports/showback",
                  f"/console/t/{theirs}/reports/showback.csv"):
         answer = page.visit(path, "other-tenant")
