@@ -702,13 +702,20 @@ def sql(
 REPORT_HELP = (
     "Reports over the ClickHouse history; each is a SQL file an analyst can reuse (--sql prints it).\n\n"
     "burn-rate: daily, 7- and 14-day averages. forecast: month end by the 14-day formula and by Holt, with a "
-    "90 % band. runway: days until each account runs dry, against its window end. chargeback: cost center -> "
-    "GL account (--mapping). showback: team and project. top-drivers: model, operation, API key, cost per "
-    "request. anomalies: z-score of daily spend against the trailing 30 days. focus: FOCUS columns (csv or "
-    "parquet).\n\n"
+    "90 % band. runway: when each account and everything below it runs dry at its subtree's 14-day burn (a "
+    "tenant's row is the whole tenant), against its window end, with its own grants' runway beside it. "
+    "reconcile: per tenant, purchased = available + reserved + consumed - overage + expired, and whether every "
+    "balance equals its ledger entries. forecast-accuracy: what the formula and Holt forecast on days 7, 14 and "
+    "21 of each past month against its actual total. plan: next month's allocations from a parent (--account, "
+    "default the tenant root) to its children by --method flat, usage or hybrid (--reserve-pct kept back), "
+    "split from --budget (default the parent's available) by usage from --from to --to; --output writes the "
+    "allocate commands as JSONL for `finops publish`. chargeback: cost center -> GL account (--mapping). "
+    "showback: team and project. top-drivers: model, operation, API key, cost per request. anomalies: z-score "
+    "of daily spend against the trailing 30 days. focus: FOCUS columns (csv or parquet).\n\n"
     "Days are UTC; --to is the 'as of' day (default today), --from defaults to 29 days before it. Works while "
     "`finops run` owns the embedded ClickHouse: it answers for this terminal.\n\n"
-    "Example: finops report forecast --tenant acme --plot forecast.png")
+    "Example: finops report forecast --tenant acme --plot forecast.png ; finops report plan --tenant acme "
+    "--account org --method hybrid --reserve-pct 15 --output plan.jsonl")
 
 
 def _day(value: Optional[str], option: str):
@@ -723,20 +730,27 @@ def _day(value: Optional[str], option: str):
 @app.command(help=REPORT_HELP)
 @command
 def report(
-    name: str = typer.Argument(..., help="burn-rate, forecast, runway, chargeback, showback, top-drivers, "
-                                         "anomalies or focus."),
+    name: str = typer.Argument(..., help="burn-rate, forecast, runway, reconcile, forecast-accuracy, plan, "
+                                         "chargeback, showback, top-drivers, anomalies or focus."),
     tenant: str = typer.Option("", "--tenant", "-t", help="Only this tenant (default: all)."),
     account: str = typer.Option("", "--account", "-a", help="Only this account (default: all)."),
     start: Optional[str] = typer.Option(None, "--from", help="First UTC day, YYYY-MM-DD (default: --to - 29)."),
     end: Optional[str] = typer.Option(None, "--to", help="Last UTC day and 'as of' day (default: today)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, csv or parquet (parquet needs --output)."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout (plan: "
+                                                                      "the allocate commands as JSONL; the table "
+                                                                      "still prints)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Also draw a PNG here (burn-down, bars, ...)."),
     mapping: Optional[str] = typer.Option(None, help="chargeback: CSV with columns cost_center,gl_account."),
     z: float = typer.Option(3.0, help="anomalies: flag days more than this many standard deviations above."),
     currency: Optional[str] = typer.Option(None, help="focus: BillingCurrency (default FINOPS_BILLING_CURRENCY)."),
     credit_price: Optional[str] = typer.Option(None, help="focus: price of one credit in that currency "
                                                           "(default FINOPS_CREDIT_PRICE)."),
+    method: str = typer.Option("usage", help="plan: flat (equal shares), usage (by usage from --from to --to) "
+                                              "or hybrid (keeps --reserve-pct back, the rest by usage)."),
+    budget: Optional[str] = typer.Option(None, metavar="CREDITS", help="plan: credits to split (default: the "
+                                                                       "parent's available as of --to)."),
+    reserve_pct: str = typer.Option("10", help="plan, hybrid: percent of the budget kept at the parent."),
     sql_only: bool = typer.Option(False, "--sql", help="Print the report's SQL file and exit."),
 ) -> None:
     from decimal import Decimal, InvalidOperation
@@ -758,12 +772,24 @@ def report(
         price = Decimal(credit_price) if credit_price is not None else settings.credit_price
     except InvalidOperation:
         _fail(f"--credit-price {credit_price!r} is not a number", 2)
+    plan_options = {}
+    if name == "plan":
+        if method not in reports.PLAN_METHODS:
+            _fail(f"unknown --method {method!r}; choose {', '.join(reports.PLAN_METHODS)}", 2)
+        try:
+            plan_options = {"method": method, "reserve_pct": Decimal(reserve_pct),
+                            "budget": None if budget is None else Decimal(budget)}
+        except InvalidOperation:
+            _fail(f"--budget {budget!r} and --reserve-pct {reserve_pct!r} must be numbers", 2)
     params = reports.Params(tenant=tenant, account=account, start=_day(start, "--from"), end=_day(end, "--to"),
                             mapping=reports.read_mapping(mapping) if mapping else {}, z=z,
-                            currency=currency or settings.billing_currency, credit_price=price)
+                            currency=currency or settings.billing_currency, credit_price=price, **plan_options)
     reader = open_reader(settings)
     today = datetime.now(timezone.utc).date()
-    if fmt in ("csv", "parquet") and name != "forecast" and not plot:  # exports: ClickHouse writes the format
+    if name == "plan":
+        _report_plan(reader, params, today, fmt, output, plot)
+        return
+    if fmt in ("csv", "parquet") and name not in reports.PYTHON_REPORTS and not plot:  # ClickHouse writes it
         try:
             data = reports.export(reader, name, params, today, "Parquet" if fmt == "parquet" else "CSVWithNames")
         finally:
@@ -781,6 +807,31 @@ def report(
     _write_rows(result.columns, result.rows, fmt, output, title=f"{name} {result.params.start} .. {result.params.end}")
     if plot:
         err.print(f"plot written to {plot}")
+
+
+def _report_plan(reader, params, today, fmt: str, output: Optional[str], plot: Optional[str]) -> None:
+    """The plan as a table (or json, csv) on stdout; with --output, its allocate commands as JSONL there."""
+    from .projections import reports
+
+    if fmt == "parquet":
+        _fail("plan prints its rows and writes JSONL commands (--output); choose table, json or csv", 2)
+    try:
+        result = reports.run(reader, "plan", params, today)
+        if plot:
+            from .projections.plot import plot as draw
+
+            draw(result, plot, reader)
+            err.print(f"plot written to {plot}")
+    finally:
+        reader.close()
+    _print_rows(result.columns, result.rows, fmt, title=f"plan for {result.rows[0][5] if result.rows else '-'} "
+                                                         f"({params.method}; usage {result.params.start} .. "
+                                                         f"{result.params.end})")
+    if output is None:
+        return
+    lines = reports.plan_commands(result, datetime.now(timezone.utc).replace(microsecond=0))
+    _write_bytes(b"".join(line + b"\n" for line in lines), output)
+    err.print(f"{len(lines)} allocate commands for review; then: finops publish {output} --wait", soft_wrap=True)
 
 
 def _write_bytes(data: bytes, output: Optional[str]) -> None:
@@ -1028,41 +1079,74 @@ def bench(
 def demo(
     usage: int = typer.Option(3000, help="Usage events to generate."),
     tenants: int = typer.Option(2, help="Tenants to generate."),
-    as_json: bool = typer.Option(False, "--json", help="Print the balances and spend as JSON."),
+    days: float = typer.Option(14, help="The usage spans the days that end now."),
+    serve: bool = typer.Option(False, "--serve", help="Then keep the pipeline running with the HTTP API and its "
+                                                      "console (FINOPS_API_PORT) until Ctrl-C; prints the URL "
+                                                      "and an admin token."),
+    as_json: bool = typer.Option(False, "--json", help="Print the balances, spend, runway and reconciliation "
+                                                       "as JSON."),
 ) -> None:
     """Run the whole pipeline on the embedded defaults and show what it computed.
 
-    Starts the broker if needed, runs the processors, publishes a generated workload,
-    waits until it is processed, prints balances and spend per team, stops what it started.
-    Exit 1 when the balances differ from `finops fold` of the same input. Example: finops demo --usage 10000
+    Starts the broker if needed, runs the processors, publishes a generated workload whose
+    usage spans the days that end now (so every report as of today shows it), waits until it
+    is processed, prints balances, spend per team, the runway of each tenant and team and the
+    reconciliation, stops what it started. Exit 1 when the balances differ from `finops fold`
+    of the same input or a tenant does not reconcile. Example: finops demo --usage 10000 --serve
     """
     from . import demo as demo_mod
 
     _setup_logging(False)
+    if days <= 0:
+        _fail(f"--days must be positive, not {days:g}", 2)
     settings = _settings()
-    result = demo_mod.run(settings, usage=usage, tenants=tenants, log=lambda m: err.print(m, soft_wrap=True))
-    if as_json:
+
+    def show(result) -> None:
+        if as_json:
+            columns, rows = result.spend_by_team
+            out.print_json(json.dumps({
+                "tenants": result.workload.tenants, "matches_fold": result.matches_fold,
+                "reconciled": result.reconciled, "usage_rows": result.usage_rows,
+                "seconds": round(result.seconds, 2), "as_of": result.as_of,
+                "balances": [dict(zip(["tenant", "account", "kind", "available", "consumed", "overage"], b))
+                             for b in result.balances],
+                "spend_by_team": [dict(zip(columns, r)) for r in rows],
+                "runway": records(*result.runway), "reconcile": records(*result.reconcile)}, default=str))
+            return
+        _print_rows(["tenant", "account", "kind", "available", "consumed", "overage"], result.balances, "table",
+                    title="Balances (finops.balances.v1)")
         columns, rows = result.spend_by_team
-        out.print_json(json.dumps({
-            "tenants": result.workload.tenants, "matches_fold": result.matches_fold, "usage_rows": result.usage_rows,
-            "seconds": round(result.seconds, 2),
-            "balances": [dict(zip(["tenant", "account", "kind", "available", "consumed", "overage"], b))
-                         for b in result.balances],
-            "spend_by_team": [dict(zip(columns, r)) for r in rows]}, default=str))
-        raise typer.Exit(0 if result.matches_fold else 1)
-    _print_rows(["tenant", "account", "kind", "available", "consumed", "overage"], result.balances, "table",
-                title="Balances (finops.balances.v1)")
-    columns, rows = result.spend_by_team
-    _print_rows(columns, [(t, team, n, f"{c:.6f}") for t, team, n, c in rows], "table",
-                title="Spend per team (ClickHouse: mv_credits_by_team)")
-    tenants_sql = ", ".join(f"'{t}'" for t in result.workload.tenants)
-    out.print(f"usage rows in ClickHouse for this run: {result.usage_rows}; "
-              f"balances match `finops fold` of the same input: {'yes' if result.matches_fold else 'NO'}; "
-              f"{result.seconds:.1f} s")
-    out.print(f'try: finops report top-drivers --tenant {result.workload.tenants[0]}   or   '
-              f'finops sql "SELECT model_name, sum(credits_micros)/1e6 FROM mv_model_costs '
-              f'WHERE tenant_id IN ({tenants_sql}) GROUP BY model_name"', soft_wrap=True)
-    if not result.matches_fold:
+        _print_rows(columns, [(t, team, n, f"{c:.6f}") for t, team, n, c in rows], "table",
+                    title="Spend per team (ClickHouse: mv_credits_by_team)")
+        columns, rows = result.runway
+        keep = ["tenant_id", "account_id", "kind", "capacity", "daily_burn", "runway_days", "runs_out_on",
+                "window_end"]
+        _print_rows(keep, [tuple(r[columns.index(c)] for c in keep) for r in rows], "table",
+                    title=f"Runway as of {result.as_of} (finops report runway: capacity and burn of each subtree)")
+        columns, rows = result.reconcile
+        _print_rows(columns, rows, "table", title=f"Reconciliation as of {result.as_of} (finops report reconcile)")
+        tenants_sql = ", ".join(f"'{t}'" for t in result.workload.tenants)
+        out.print(f"usage rows in ClickHouse for this run: {result.usage_rows}; "
+                  f"balances match `finops fold` of the same input: {'yes' if result.matches_fold else 'NO'}; "
+                  f"every tenant reconciles: {'yes' if result.reconciled else 'NO'}; {result.seconds:.1f} s")
+        out.print(f'try: finops report forecast --tenant {result.workload.tenants[0]}   or   '
+                  f'finops sql "SELECT model_name, sum(credits_micros)/1e6 FROM mv_model_costs '
+                  f'WHERE tenant_id IN ({tenants_sql}) GROUP BY model_name"', soft_wrap=True)
+
+    def serving(result, where) -> None:
+        show(result)
+        err.print(f"console: {where.url}  (log in with the admin token: {where.token})", soft_wrap=True)
+        err.print(f"the pipeline and the HTTP API keep running on {settings.bootstrap}; Ctrl-C stops", soft_wrap=True)
+
+    from .projections.reports import records
+
+    if serve:
+        signal.signal(signal.SIGTERM, _interrupt)  # ends a served demo like Ctrl-C: stops what it started
+    result = demo_mod.run(settings, usage=usage, tenants=tenants, days=days,
+                          log=lambda m: err.print(m, soft_wrap=True), serve=serving if serve else None)
+    if not serve:
+        show(result)
+    if not result.ok:
         raise typer.Exit(1)
 
 

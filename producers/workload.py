@@ -1,8 +1,9 @@
 """A seeded, generated workload: tenants, their account trees and usage, as wire-v1 JSONL.
 
 Each tenant buys credits, opens an org, two teams and three users per team, allocates
-down the tree, and then its users make requests over a day. Lines come out in event-time
-order, so folding the file and running it through Kafka give the same balances.
+down the tree, and then its users make requests over a day (or ``days`` days). Lines come
+out in event-time order, so folding the file and running it through Kafka give the same
+balances.
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ def _iso(t: datetime) -> str:
 
 
 def generate(*, tenants: int = 2, usage: int = 3000, seed: int = 7, suffix: str = "",
-             start: datetime | None = None) -> Workload:
+             start: datetime | None = None, days: float = 1) -> Workload:
     """``tenants`` tenants (named acme, globex, ... plus ``suffix``) and ``usage`` requests
-    over the day from ``start`` (default: the day that ends now, so the traffic lies in the
-    past as real traffic does: the ledger refuses a ts more than 5 minutes ahead of the time
-    Kafka stores it, ``ts_in_future``)."""
-    if start is None:  # commands take a second each, then the usage spans a day: the last one is about now
+    spread evenly over the ``days`` days from ``start`` (default: the days that end now, so the
+    traffic lies in the past as real traffic does: the ledger refuses a ts more than 5 minutes
+    ahead of the time Kafka stores it, ``ts_in_future``)."""
+    if days <= 0:
+        raise ValueError(f"days must be positive, not {days}")
+    if start is None:  # commands take a second each, then the usage spans the days: the last one is about now
         setup = timedelta(seconds=tenants * (4 + 5 * len(TEAMS)) + 1)
-        start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1) - setup
+        start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=days) - setup
     rng = random.Random(seed)
     encode = msgspec.json.encode
     commands: list[dict] = []
@@ -68,7 +71,7 @@ def generate(*, tenants: int = 2, usage: int = 3000, seed: int = 7, suffix: str 
 
     lines = [encode(c) for c in commands]
     t0 = t + timedelta(seconds=1)
-    step = timedelta(seconds=86_400 / max(usage, 1))
+    step = timedelta(seconds=86_400 * days / max(usage, 1))
     for n in range(usage):
         tenant, user, team = rng.choice(users)
         model, operation, rate = rng.choice(MODELS)

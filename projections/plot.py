@@ -1,9 +1,10 @@
 """``finops report ... --plot out.png``: one picture per report (matplotlib, no display needed).
 
 forecast: this month's cumulative spend, then the seed formula's line and Holt's band to
-the month's end. runway: each account's balance burning down at its rate, to its window
-end. burn-rate and anomalies: daily spend (anomalies marked). chargeback, showback and
-top-drivers: bars.
+the month's end. runway: each subtree's capacity burning down at its rate, to its window
+end. forecast-accuracy: each method's error on days 7, 14 and 21 of each month. burn-rate
+and anomalies: daily spend (anomalies marked). chargeback, showback, top-drivers and plan:
+bars.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def plot(report: Report, path: str, reader=None) -> None:
     import matplotlib.pyplot as plt
 
     drawers = {"forecast": _forecast, "runway": _runway, "burn-rate": _daily, "anomalies": _daily,
-               "chargeback": _bars, "showback": _bars, "top-drivers": _bars}
+               "chargeback": _bars, "showback": _bars, "top-drivers": _bars, "plan": _bars,
+               "forecast-accuracy": _accuracy}
     draw = drawers.get(report.name)
     if draw is None:
         raise FinopsError(f"no plot for {report.name}; plots exist for {', '.join(drawers)}")
@@ -72,7 +74,7 @@ def _forecast(report: Report, ax, _reader) -> None:
 def _runway(report: Report, ax, _reader) -> None:
     p = report.params
     for row in report.rows[:MAX_LINES]:
-        available, burn = float(_col(report, row, "available")), float(_col(report, row, "daily_burn"))
+        available, burn = float(_col(report, row, "capacity")), float(_col(report, row, "daily_burn"))
         if burn <= 0:
             continue
         days = int(available / burn) + 1
@@ -82,7 +84,7 @@ def _runway(report: Report, ax, _reader) -> None:
         window_end = _col(report, row, "window_end")
         if window_end is not None:
             ax.axvline(window_end, color=line.get_color(), linestyle=":", alpha=0.7)
-    ax.set_title(f"Balance burn-down from {p.end} at each account's 14-day burn (dotted: window end)")
+    ax.set_title(f"Subtree capacity burn-down from {p.end} at each subtree's 14-day burn (dotted: window end)")
     ax.set_ylabel("credits available")
     ax.legend(fontsize="small")
 
@@ -109,9 +111,25 @@ def _daily(report: Report, ax, reader) -> None:
     ax.legend(fontsize="small")
 
 
+def _accuracy(report: Report, ax, _reader) -> None:
+    scopes = sorted({(_col(report, r, "tenant_id"), _col(report, r, "account_id")) for r in report.rows})
+    for scope in scopes[:MAX_LINES]:
+        rows = [r for r in report.rows if (_col(report, r, "tenant_id"), _col(report, r, "account_id")) == scope]
+        label = "/".join(s for s in scope if s)
+        for column, style in (("formula_error_pct", "-o"), ("holt_error_pct", "--s")):
+            points = [(_col(report, r, "as_of"), _col(report, r, column)) for r in rows
+                      if _col(report, r, column) is not None]
+            if points:
+                ax.plot(*zip(*points), style, label=f"{label} {column.split('_')[0]}")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_title("Month-end forecast error on days 7, 14 and 21 (% of the actual month)")
+    ax.set_ylabel("error %")
+    ax.legend(fontsize="small")
+
+
 def _bars(report: Report, ax, _reader) -> None:
     key = {"chargeback": ("gl_account", "cost_center"), "showback": ("team", "project"),
-           "top-drivers": ("driver", "value")}[report.name]
+           "top-drivers": ("driver", "value"), "plan": ("from_account", "to_account")}[report.name]
     labels = [" / ".join(str(_col(report, r, k)) or "-" for k in key) for r in report.rows][:30]
     values = [float(_col(report, r, "credits")) for r in report.rows][:30]
     ax.barh(labels[::-1], values[::-1])

@@ -74,6 +74,26 @@ class TestSql:
         assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
 
 
+class TestReportAndDemoUsage:
+    def test_every_report_is_in_the_help(self):
+        from finops.projections.reports import REPORTS
+
+        out = finops("report", "--help", env={"COLUMNS": "200"})
+        assert out.returncode == 0
+        assert all(f"{name}:" in out.stdout for name in REPORTS), out.stdout
+
+    def test_a_report_s_sql_file_prints_with_its_parameters(self):
+        for name in ("runway", "reconcile", "forecast-accuracy", "plan"):
+            out = finops("report", name, "--sql")
+            assert out.returncode == 0 and "{to:Date}" in out.stdout, name
+
+    def test_bad_plan_options_and_demo_days_are_usage_errors(self):
+        for args in (("report", "plan", "--method", "lottery"), ("report", "plan", "--budget", "ten"),
+                     ("demo", "--days", "0")):
+            out = finops(*args, env={"FINOPS_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+            assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (args, out.stderr)
+
+
 class TestSimulate:
     def test_bad_spike_is_a_usage_error_in_one_line(self):
         out = finops("simulate", "--spike", "search-user0:ten@30s", "--output", os.devnull)

@@ -1,21 +1,71 @@
--- Runway: how many days each account's available credits last at its burn rate (the
--- average daily draw on its own grants over the last 14 days, which includes what
--- descendants drew from it through the cascade), the day it runs dry, and whether that
--- comes before the end of its spend window (the earliest ends_at/expires_at still ahead of
--- an allocation it received and the ledger applied; a monthly recurrence ends its period
--- at the month's end). Accounts with no burn have no runway date.
+-- Runway over the subtree: for each account, when the credits of the account and everything
+-- below it run out at the rate its whole subtree spends.
+--   capacity  = available credits of the account and of every account below it, as of the end of {to};
+--   burn      = all usage charged to an account of the subtree (consume + overage: what the
+--               subtree's users spend, whoever's grants paid) over the 14 days up to {to},
+--               divided by those days (fewer when the subtree's first spend is younger than
+--               14 days: days before it existed would understate the rate), as burn_days;
+--   runway    = capacity / daily burn, and the day it runs dry ({to} + whole days).
+-- A tenant root's row is the whole tenant: everything purchased and still available
+-- anywhere in its tree against all of the tenant's usage.
+-- window_end: the earliest end still ahead of a grant the account received and the ledger
+-- applied (ends_at/expires_at of an allocation, expires_at of a purchase for the root; a
+-- monthly recurrence ends its period at the month's end); runs_out_before_window_end says
+-- the subtree runs dry first. The own_* columns are the account's own grants alone: its
+-- available and the average daily draw on them over the 14 days (which includes what
+-- descendants drew from it through the cascade).
+-- The tree comes from the latest balance_snapshots row per account (parent_id), as of {to}.
+-- It is walked as an ancestors array built from parent_id by a fixed-depth expansion (a map
+-- lookup per level, 16 levels: tenant -> org -> workspace -> team -> user is 5), not a
+-- recursive CTE, so the file runs on ClickHouse versions without WITH RECURSIVE.
+-- Accounts with no burn have no runway date.
 -- Parameters: tenant, account ('' = all), to (Date: "as of"); from is not used.
 WITH
-    balances AS (
+    accounts AS (  -- each account's latest published state up to the end of {to}
         SELECT tenant_id, account_id,
+               argMax(kind, (ts, kafka_offset)) AS kind,
+               argMax(parent_id, (ts, kafka_offset)) AS parent_id,
                argMax(available_micros, (ts, kafka_offset)) AS available_micros
         FROM balance_snapshots
         WHERE ({tenant:String} = '' OR tenant_id = {tenant:String})
-          AND ({account:String} = '' OR account_id = {account:String})
           AND ts < toDateTime64({to:Date} + 1, 6, 'UTC')
         GROUP BY tenant_id, account_id
     ),
-    burn AS (
+    parents AS (
+        SELECT tenant_id, CAST((groupArray(account_id), groupArray(parent_id)), 'Map(String, String)') AS parent_of
+        FROM accounts
+        GROUP BY tenant_id
+    ),
+    tree AS (  -- path: the account, its parent, ... up to the tenant root
+        SELECT a.tenant_id AS tenant_id, a.account_id AS account_id, a.available_micros AS available_micros,
+               p.parent_of[a.account_id] AS p1, p.parent_of[p1] AS p2, p.parent_of[p2] AS p3,
+               p.parent_of[p3] AS p4, p.parent_of[p4] AS p5, p.parent_of[p5] AS p6, p.parent_of[p6] AS p7,
+               p.parent_of[p7] AS p8, p.parent_of[p8] AS p9, p.parent_of[p9] AS p10, p.parent_of[p10] AS p11,
+               p.parent_of[p11] AS p12, p.parent_of[p12] AS p13, p.parent_of[p13] AS p14, p.parent_of[p14] AS p15,
+               arrayFilter(x -> x != '', [a.account_id, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13,
+                                          p14, p15]) AS path
+        FROM accounts AS a
+        INNER JOIN parents AS p ON p.tenant_id = a.tenant_id
+    ),
+    spend AS (  -- usage charged to each account: in the 14 days up to {to}, and its first day ever
+        SELECT tenant_id, charged_to AS account_id,
+               sumIf(credits_micros, day > {to:Date} - 14) AS window_micros,
+               min(day) AS first_day
+        FROM mv_forecast_inputs
+        WHERE ({tenant:String} = '' OR tenant_id = {tenant:String})
+          AND day <= {to:Date}
+        GROUP BY tenant_id, charged_to
+    ),
+    subtree AS (  -- each account's figures added to itself and to every ancestor
+        SELECT t.tenant_id AS tenant_id, arrayJoin(t.path) AS account_id,
+               sum(t.available_micros) AS capacity_micros,
+               sum(ifNull(s.window_micros, 0)) AS burn_micros,
+               min(s.first_day) AS first_day
+        FROM tree AS t
+        LEFT JOIN spend AS s ON s.tenant_id = t.tenant_id AND s.account_id = t.account_id
+        GROUP BY tenant_id, account_id
+    ),
+    own_burn AS (
         SELECT tenant_id, funded_by AS account_id, sum(credits_micros - overage_micros) / 14 AS daily_micros
         FROM mv_forecast_inputs
         WHERE ({tenant:String} = '' OR tenant_id = {tenant:String})
@@ -31,28 +81,41 @@ WITH
                      AND toDate(coalesce(a.ends_at, a.expires_at)) >= {to:Date}) AS window_end_fixed,
                max(a.recurrence_every = 'month') AS recurring
         FROM allocations AS a
-        WHERE a.type = 'allocate'
+        WHERE a.type IN ('allocate', 'purchase')
           AND ({tenant:String} = '' OR a.tenant_id = {tenant:String})
-          AND (a.tenant_id, a.id) IN (SELECT tenant_id, cause_id FROM ledger_entries WHERE kind = 'allocation_in')
+          AND (a.tenant_id, a.id) IN (SELECT tenant_id, cause_id FROM ledger_entries
+                                      WHERE kind IN ('allocation_in', 'credit')
+                                        AND cause_type IN ('allocate', 'purchase'))
         GROUP BY a.tenant_id, a.to_account
     )
 SELECT
-    b.tenant_id AS tenant_id,
-    b.account_id AS account_id,
-    toDecimal128(b.available_micros, 6) / 1000000 AS available,
-    toDecimal128(toInt64(ifNull(u.daily_micros, 0)), 6) / 1000000 AS daily_burn,
-    if(ifNull(u.daily_micros, 0) > 0, round(b.available_micros / u.daily_micros, 2), NULL) AS runway_days,
-    if(ifNull(u.daily_micros, 0) > 0, {to:Date} + toIntervalDay(floor(b.available_micros / u.daily_micros)), NULL)
-        AS runs_out_on,
+    a.tenant_id AS tenant_id,
+    a.account_id AS account_id,
+    a.kind AS kind,
+    a.parent_id AS parent_id,
+    toDecimal128(s.capacity_micros, 6) / 1000000 AS capacity,
+    if(s.first_day IS NULL, 0, least(14, dateDiff('day', s.first_day, {to:Date}) + 1)) AS burn_days,
+    if(burn_days > 0, toDecimal128(s.burn_micros, 6) / 1000000 / burn_days, toDecimal128(0, 6)) AS daily_burn,
+    if(s.burn_micros > 0, round(toFloat64(s.capacity_micros) * burn_days / s.burn_micros, 2), NULL) AS runway_days,
+    if(s.burn_micros > 0,
+       {to:Date} + toIntervalDay(intDiv(toInt128(greatest(s.capacity_micros, 0)) * burn_days, s.burn_micros)),
+       NULL) AS runs_out_on,
     multiIf(w.window_end_fixed > toDate(0) AND w.recurring = 1,
                 least(w.window_end_fixed, toLastDayOfMonth({to:Date})),
             w.recurring = 1, toLastDayOfMonth({to:Date}),
             w.window_end_fixed > toDate(0), w.window_end_fixed,
             NULL) AS window_end,
     CAST(runs_out_on IS NOT NULL AND window_end IS NOT NULL AND runs_out_on < window_end AS Bool)
-        AS runs_out_before_window_end
-FROM balances AS b
-LEFT JOIN burn AS u ON u.tenant_id = b.tenant_id AND u.account_id = b.account_id
-LEFT JOIN windows AS w ON w.tenant_id = b.tenant_id AND w.account_id = b.account_id
+        AS runs_out_before_window_end,
+    toDecimal128(a.available_micros, 6) / 1000000 AS own_available,
+    toDecimal128(toInt64(ifNull(o.daily_micros, 0)), 6) / 1000000 AS own_daily_burn,
+    if(ifNull(o.daily_micros, 0) > 0, round(a.available_micros / o.daily_micros, 2), NULL) AS own_runway_days,
+    if(ifNull(o.daily_micros, 0) > 0, {to:Date} + toIntervalDay(floor(a.available_micros / o.daily_micros)), NULL)
+        AS own_runs_out_on
+FROM accounts AS a
+INNER JOIN subtree AS s ON s.tenant_id = a.tenant_id AND s.account_id = a.account_id
+LEFT JOIN own_burn AS o ON o.tenant_id = a.tenant_id AND o.account_id = a.account_id
+LEFT JOIN windows AS w ON w.tenant_id = a.tenant_id AND w.account_id = a.account_id
+WHERE {account:String} = '' OR a.account_id = {account:String}
 ORDER BY runs_out_before_window_end DESC, runway_days IS NULL, runway_days, tenant_id, account_id
 SETTINGS join_use_nulls = 1
