@@ -3,8 +3,9 @@
 --   capacity  = available credits of the account and of every account below it, as of the end of {to};
 --   burn      = all usage charged to an account of the subtree (consume + overage: what the
 --               subtree's users spend, whoever's grants paid) over the 14 days up to {to},
---               divided by those days (fewer when the subtree's first spend is younger than
---               14 days: days before it existed would understate the rate), as burn_days;
+--               divided by those days, burn_days: fewer when the subtree started spending
+--               inside them (its first spend in the 28 days up to {to} is in the last 14), so
+--               the days before it existed do not dilute its rate;
 --   runway    = capacity / daily burn, and the day it runs dry ({to} + whole days).
 -- A tenant root's row is the whole tenant: everything purchased and still available
 -- anywhere in its tree against all of the tenant's usage.
@@ -47,13 +48,13 @@ WITH
         FROM accounts AS a
         INNER JOIN parents AS p ON p.tenant_id = a.tenant_id
     ),
-    spend AS (  -- usage charged to each account: in the 14 days up to {to}, and its first day ever
+    spend AS (  -- usage charged to each account in the 14 days up to {to}; its first day of the 28
         SELECT tenant_id, charged_to AS account_id,
                sumIf(credits_micros, day > {to:Date} - 14) AS window_micros,
                min(day) AS first_day
         FROM mv_forecast_inputs
         WHERE ({tenant:String} = '' OR tenant_id = {tenant:String})
-          AND day <= {to:Date}
+          AND day BETWEEN {to:Date} - 27 AND {to:Date}
         GROUP BY tenant_id, charged_to
     ),
     subtree AS (  -- each account's figures added to itself and to every ancestor
