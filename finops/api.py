@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from datetime import date, datetime, timezone
+from decimal import Decimal
 from typing import Annotated, Any, Callable
 
 import msgspec
@@ -646,23 +647,40 @@ def create_app(backends: Backends) -> FastAPI:
                end: date | None = Query(None, alias="to", description="Last UTC day, the 'as of' day."),
                z: float = Query(3.0, gt=0, le=1000, allow_inf_nan=False, description="anomalies: standard "
                                                                                        "deviations above."),
-               fmt: str = Query("json", alias="format", pattern="^(json|csv)$")) -> Response:
+               fmt: str = Query("json", alias="format", pattern="^(json|csv)$"),
+               method: str = Query(reports.DEFAULT_PLAN_METHOD, pattern="^(flat|usage|hybrid)$",
+                                   description="plan: how to split the budget."),
+               budget: str | None = Query(None, description="plan: credits to split (default: the parent's "
+                                                            "available)."),
+               reserve_pct: str = Query(str(reports.DEFAULT_RESERVE_PCT), alias="reserve-pct",
+                                        description="plan, hybrid: % of the budget kept at the parent.")
+               ) -> Response:
         """The reports of ``finops report`` with the same parameters, for this tenant: JSON rows
-        (as ``finops report --format json``) or CSV."""
+        (as ``finops report --format json``) or CSV. ``plan`` only shows the allocations (the
+        commands file is ``finops report plan --output``'s)."""
         readable(who, tenant_id)
         known_tenant(tenant_id)
         if name not in reports.REPORTS:
             raise Problem(404, "not-found", "Not Found", f"no report {name!r}; choose one of "
                                                          f"{', '.join(reports.REPORTS)}")
+        try:
+            reserve = Decimal(reserve_pct)
+            split = Decimal(_credits(budget, "budget")) / 1_000_000 if budget is not None else None
+        except ArithmeticError:
+            raise Problem(400, "invalid-parameter", "Bad Request", "reserve-pct is not a number",
+                          reason="invalid") from None
+        if not reserve.is_finite() or not 0 <= reserve <= 100:
+            raise Problem(400, "invalid-parameter", "Bad Request", "reserve-pct must be 0 to 100", reason="invalid")
         params = reports.Params(tenant=tenant_id, account=account, start=start, end=end, z=z,
                                 currency=backends.settings.billing_currency,
-                                credit_price=backends.settings.credit_price)
+                                credit_price=backends.settings.credit_price, method=method, budget=split,
+                                reserve_pct=reserve)
         today = datetime.now(timezone.utc).date()
         from .projections.clickhouse import ClickHouseError
 
         reader = _reader(backends)
         try:
-            if fmt == "csv" and name != "forecast":
+            if fmt == "csv":
                 return Response(reports.export(reader, name, params, today, "CSVWithNames"), media_type="text/csv")
             result = reports.run(reader, name, params, today)
         except ClickHouseError as exc:
@@ -671,8 +689,6 @@ def create_app(backends: Backends) -> FastAPI:
             raise Problem(400, "invalid-parameter", "Bad Request", str(exc)) from None
         finally:
             reader.close()
-        if fmt == "csv":
-            return Response(reports.to_csv(result.columns, result.rows), media_type="text/csv")
         return _json({"report": name, "tenant_id": tenant_id, "from": result.params.start.isoformat(),
                       "to": result.params.end.isoformat(), "columns": result.columns,
                       "rows": reports.records(result.columns, result.rows)})

@@ -86,7 +86,12 @@ def _credits(value: Any) -> str:
     """A credit amount for people: thousands separated, exact decimals kept."""
     if value is None or value == "":
         return ""
-    d = Decimal(str(value))
+    try:
+        d = Decimal(str(value))
+    except ArithmeticError:  # not a number (an undefined template value): shown as it is
+        return str(value)
+    if not d.is_finite():
+        return str(value)
     whole, _, frac = f"{d:f}".partition(".")
     frac = frac.rstrip("0")
     sign = "-" if whole.startswith("-") else ""

@@ -419,3 +419,34 @@ def test_late_usage_counts_at_its_own_time_in_balance_as_of(settings, served):
         got = client.get(f"/v1/tenants/{tenant}/accounts/{tenant}/balance", params={"at": cut}).json()
         root = upto.accounts[tenant]
         assert (got["available_micros"], got["consumed_micros"]) == (root.available, root.consumed), cut
+
+
+def test_every_report_answers_over_http_as_the_cli_prints_it(settings, served, monkeypatch):
+    pipeline, tokens = served
+    tenant = f"reports-{uuid.uuid4().hex[:8]}"
+    script = workload(tenant)
+    assert publish_lines(settings, script.lines).failed == 0
+    _id, token = tokens.add(tenant, "read")
+    client = httpx.Client(base_url=pipeline.api.url, headers=bearer(token), timeout=60)
+    settled(settings, pipeline, client)
+    for key, value in (("FINOPS_KAFKA_PORT", str(settings.kafka_port)), ("FINOPS_DATA_DIR", str(settings.data_dir)),
+                       ("FINOPS_CLICKHOUSE_URL", settings.clickhouse_dsn),
+                       ("FINOPS_CLICKHOUSE_DATABASE", settings.clickhouse_database),
+                       ("FINOPS_GROUP_PREFIX", settings.group_prefix)):
+        monkeypatch.setenv(key, value)
+    from finops.projections.reports import REPORTS
+
+    for name in REPORTS:
+        if name == "focus":
+            continue  # FOCUS is an export (csv or parquet); its CSV is checked below
+        args = ["report", name, "--tenant", tenant, "--from", "2026-10-01", "--to", "2026-11-05", "--format", "json"]
+        printed = CliRunner().invoke(cli, args)
+        assert printed.exit_code == 0, (name, printed.output)
+        answer = client.get(f"/v1/tenants/{tenant}/reports/{name}", params={"from": "2026-10-01", "to": "2026-11-05"})
+        assert answer.status_code == 200, (name, answer.text)
+        assert answer.json()["rows"] == json.loads(printed.stdout), name
+    for name in ("focus", "plan", "forecast"):
+        printed = CliRunner().invoke(cli, ["report", name, "--tenant", tenant, "--to", "2026-11-05", "--format", "csv"])
+        assert printed.exit_code == 0, (name, printed.output)
+        answer = client.get(f"/v1/tenants/{tenant}/reports/{name}", params={"to": "2026-11-05", "format": "csv"})
+        assert answer.text.replace("\r\n", "\n") == printed.stdout.replace("\r\n", "\n"), name
