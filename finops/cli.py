@@ -331,8 +331,8 @@ EXIT_CRASH = 70  # an unexpected error in a worker (EX_SOFTWARE): restarted too
 @command
 def run(
     parts: Optional[list[str]] = typer.Argument(None, help="Processors to run: ledger, sink, scheduler, "
-                                                       "webhooks, or alerts on its own (default: the "
-                                                       "first three)."),
+                                                       "webhooks, notify, serve, or alerts on its own "
+                                                       "(default: the first three)."),
     instance: str = typer.Option("0", help="Ledger instance id: its transactional id. Unique per running "
                                            "instance; a restarted instance reuses its id (this fences its zombie)."),
     batch_max: int = typer.Option(20_000, help="Most input messages per transaction."),
@@ -347,6 +347,7 @@ def run(
     min_severity: str = typer.Option("info", help="webhooks: only alerts this severe or more "
                                                   "(info, warning, critical)."),
     max_attempts: int = typer.Option(10, help="webhooks: attempts before an alert goes to the dead-letter topic."),
+    routes: Optional[Path] = typer.Option(None, "--routes", help="notify: the routes file (YAML; docs/notify.md)."),
     insecure_local: bool = typer.Option(False, "--insecure-local",
                                         help="serve: answer requests from 127.0.0.1 without a token."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log assignments and client messages."),
@@ -361,11 +362,14 @@ def run(
     ending-soon and low-balance alerts (FINOPS_ALERT_* settings).
     webhooks: alerts -> POST to --url, signed HMAC-SHA256 with FINOPS_WEBHOOK_SECRET, retried,
     dead-lettered to finops.alerts.deadletter.v1 after --max-attempts failures.
+    notify: alerts -> the channels of their route in --routes FILE (Slack, signed webhook, email, PagerDuty),
+    each retried and dead-lettered on its own.
     serve: the HTTP API of `finops serve` on FINOPS_API_HOST:FINOPS_API_PORT (with the sink in the same
     process, its ClickHouse client answers the history endpoints).
     Every --metrics-every seconds a JSON
     line on stderr: events/s, consumer lag, batch size, transaction time, rejected count.
-    Example: finops run ledger --instance a ; finops run webhooks --url https://hooks.example.com/finops
+    Example: finops run ledger --instance a ; finops run webhooks --url https://hooks.example.com/finops ;
+    finops run notify --routes routes.yaml
     """
     if supervise:
         raise typer.Exit(_supervise([*sys.argv[1:], "--no-supervise"]))
@@ -384,8 +388,20 @@ def run(
         run_worker(settings, verbose)
         return
     webhook = {"url": url, "tenant": webhook_tenant, "min_severity": min_severity, "max_attempts": max_attempts}
+    notify = None
+    if parts and "notify" in parts:
+        from .producers.notify import RoutesError, check_secrets, load_routes
+
+        if routes is None:
+            _fail("notify needs a routes file: finops run notify --routes routes.yaml (docs/notify.md)", 2)
+        try:
+            notify = {"routes": load_routes(routes)}
+            check_secrets(notify["routes"], settings)
+        except RoutesError as exc:
+            _fail(str(exc), 2)
     pipeline = Pipeline(settings, tuple(parts or RUN_PARTS), instance=instance, batch_max=batch_max, webhook=webhook,
-                        batch_s=batch_ms / 1000, tick_every=tick_every, serve={"insecure_local": insecure_local})
+                        batch_s=batch_ms / 1000, tick_every=tick_every, serve={"insecure_local": insecure_local},
+                        notify=notify)
     signal.signal(signal.SIGTERM, _interrupt)
     tune_gc()
     err.print(f"running {', '.join(parts or RUN_PARTS)} against {settings.bootstrap} "
@@ -499,6 +515,8 @@ class _Metrics:
         hooks = self.pipeline.webhooks
         if hooks is not None:
             line["webhooks"] = dict(hooks.progress.__dict__)
+        if self.pipeline.notify is not None:
+            line["notify"] = self.pipeline.notify.metrics()
         self.at = now
         sys.stderr.write(json.dumps(line) + "\n")
         sys.stderr.flush()

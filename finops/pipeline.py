@@ -23,9 +23,9 @@ from .settings import Settings
 
 log = logging.getLogger("finops.pipeline")
 
-PARTS = ("ledger", "sink", "scheduler", "webhooks", "serve")
+PARTS = ("ledger", "sink", "scheduler", "webhooks", "notify", "serve")
 DEFAULT_PARTS = ("ledger", "sink")  # the scheduler sends wall-clock ticks: `finops run` adds it
-RUN_PARTS = ("ledger", "sink", "scheduler")  # `finops run` with no names; webhooks and serve run when named
+RUN_PARTS = ("ledger", "sink", "scheduler")  # `finops run` with no names; webhooks, notify and serve when named
 
 
 class Pipeline:
@@ -33,7 +33,7 @@ class Pipeline:
 
     def __init__(self, settings: Settings, parts: tuple[str, ...] = DEFAULT_PARTS, *, instance: str = "0",
                  batch_max: int = 20_000, batch_s: float = 0.1, tick_every: float = 60.0,
-                 webhook: dict | None = None, serve: dict | None = None) -> None:
+                 webhook: dict | None = None, serve: dict | None = None, notify: dict | None = None) -> None:
         unknown = set(parts) - set(PARTS)
         if unknown:
             raise FinopsError(f"unknown processor {sorted(unknown)[0]!r}; choose from {', '.join(PARTS)}")
@@ -48,6 +48,15 @@ class Pipeline:
             if not url:
                 raise FinopsError("webhooks need a receiver: --url URL or FINOPS_WEBHOOK_URL")
             self.webhooks = WebhookForwarder(settings, url, **options)
+        self.notify = None
+        if "notify" in parts:  # alert routing (producers/notify.py): routes = a file path or loaded Routes
+            from .producers.notify import Notifier
+
+            options = dict(notify or {})
+            routes = options.pop("routes", None)
+            if not routes:
+                raise FinopsError("notify needs a routes file: --routes FILE (see docs/notify.md)")
+            self.notify = Notifier(settings, routes, **options)
         self.query_server = None
         if self.sink is not None and endpoint_file(settings) is not None:  # embedded: we own chdb, serve others
             self.query_server = QueryServer(settings, LocalReader(self.sink.client, self.sink.lock, owned=False))
@@ -64,7 +73,8 @@ class Pipeline:
 
     def _parts(self) -> list[tuple[str, object]]:
         return [(n, p) for n, p in (("ledger", self.ledger), ("sink", self.sink), ("scheduler", self.scheduler),
-                                    ("webhooks", self.webhooks), ("serve", self.api)) if p is not None]
+                                    ("webhooks", self.webhooks), ("notify", self.notify), ("serve", self.api))
+                if p is not None]
 
     def start(self) -> Pipeline:
         if self.query_server is not None:

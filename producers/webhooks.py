@@ -71,6 +71,37 @@ def slack_text(alert: dict) -> str:
             f"{alert.get('monthly_allocation')} credits ({alert.get('period') or 'one-time'})").strip()
 
 
+def backoff_delay(attempt: int, initial_s: float = 0.5, max_s: float = 30.0) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1, 2, ...): doubling from ``initial_s`` up to ``max_s``."""
+    return min(initial_s * 2 ** (attempt - 1), max_s)
+
+
+def alert_body(alert: dict) -> bytes:
+    """What a webhook receiver gets: the alert as published plus a Slack-compatible ``text``."""
+    return json.dumps({**alert, "text": slack_text(alert)}, separators=(",", ":")).encode()
+
+
+def post_json(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> str:
+    """POST ``body`` as JSON once; '' when the receiver answered 2xx, else the error in a few words."""
+    req = urlrequest.Request(url, data=body, method="POST",
+                             headers={"Content-Type": "application/json", **headers})
+    try:
+        with urlrequest.urlopen(req, timeout=timeout_s) as resp:
+            return "" if 200 <= resp.status < 300 else f"HTTP {resp.status}"
+    except urlerror.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:  # refused, reset, timeout, DNS
+        return str(getattr(exc, "reason", exc))
+
+
+def post_signed(url: str, body: bytes, secret: str, idempotency_key: str, attempt: int, timeout_s: float) -> str:
+    """One signed webhook POST (the headers of the module docstring); '' when it was taken, else the error."""
+    ts = int(time.time())
+    return post_json(url, body, {
+        "User-Agent": "finops-webhooks/1", "Idempotency-Key": idempotency_key, "X-Finops-Timestamp": str(ts),
+        "X-Finops-Signature": sign(secret, ts, body), "X-Finops-Attempt": str(attempt)}, timeout_s)
+
+
 @dataclass
 class Delivery:
     delivered: int = 0
@@ -96,7 +127,7 @@ class WebhookForwarder(Service):
         self.tenant, self.min_rank = tenant, SEVERITIES.index(min_severity)
         self.max_attempts, self.timeout_s = max_attempts, timeout_s
         self.progress = Delivery()
-        worst_wait = sum(min(0.5 * 2 ** n, 30.0) + timeout_s for n in range(max_attempts))
+        worst_wait = sum(backoff_delay(n) + timeout_s for n in range(1, max_attempts + 1))
         self.consumer = clients.consumer(
             settings, group_id or f"{settings.group_prefix}-webhooks",
             # retries sleep without polling: stay in the group for the longest retry sequence
@@ -142,7 +173,7 @@ class WebhookForwarder(Service):
         if not self.wanted(alert):
             self.progress.skipped += 1
             return True
-        body = json.dumps({**alert, "text": slack_text(alert)}, separators=(",", ":")).encode()
+        body = alert_body(alert)
         last_error = ""
         for attempt in range(1, self.max_attempts + 1):
             last_error = self._post(body, alert.get("id", ""), attempt)
@@ -151,7 +182,7 @@ class WebhookForwarder(Service):
                 return True
             self.progress.failed_attempts += 1
             if attempt < self.max_attempts:
-                delay = min(0.5 * 2 ** (attempt - 1), 30.0)
+                delay = backoff_delay(attempt)
                 log.warning("webhook %s failed (%s); attempt %d of %d in %.1f s", self.url, last_error,
                             attempt + 1, self.max_attempts, delay)
                 if self._stop.wait(delay):
@@ -161,18 +192,7 @@ class WebhookForwarder(Service):
 
     def _post(self, body: bytes, idempotency_key: str, attempt: int) -> str:
         """POST once; '' when the receiver took it, else the error in a few words."""
-        ts = int(time.time())
-        req = urlrequest.Request(self.url, data=body, method="POST", headers={
-            "Content-Type": "application/json", "User-Agent": "finops-webhooks/1",
-            "Idempotency-Key": idempotency_key, "X-Finops-Timestamp": str(ts),
-            "X-Finops-Signature": sign(self.secret, ts, body), "X-Finops-Attempt": str(attempt)})
-        try:
-            with urlrequest.urlopen(req, timeout=self.timeout_s) as resp:
-                return "" if 200 <= resp.status < 300 else f"HTTP {resp.status}"
-        except urlerror.HTTPError as exc:
-            return f"HTTP {exc.code}"
-        except (OSError, ValueError) as exc:  # refused, reset, timeout, DNS
-            return str(getattr(exc, "reason", exc))
+        return post_signed(self.url, body, self.secret, idempotency_key, attempt, self.timeout_s)
 
     def _dead_letter(self, value: bytes, error: str, attempts: int) -> None:
         record = json.dumps({"url": self.url, "attempts": attempts, "error": error,
