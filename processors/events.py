@@ -105,6 +105,7 @@ class Allocated(Event, frozen=True, kw_only=True):
     expiry: datetime | None = None  # the allocation's own expires_at
     inherited: datetime | None = None  # the earliest expiry of the parent grants drawn
     period: str = ""
+    on_critical: int | None = None  # max_rps for non-prod keys at the critical threshold; 0: none; None: kept
 
 
 class Reclaimed(Event, frozen=True, kw_only=True):
@@ -175,6 +176,11 @@ class MembersSet(Event, frozen=True, kw_only=True):
 class KeyBound(Event, frozen=True, kw_only=True):
     api_key_id: str
     account_id: str
+    tags: dict | None = None  # the key registry's tags (cost_center, team, project, env), None: untagged
+
+
+class PolicySet(Event, frozen=True, kw_only=True):
+    require_key_registry: bool | None = None  # None: kept
 
 
 class RatesSet(Event, frozen=True, kw_only=True):

@@ -25,6 +25,8 @@ class FoldResult:
         self.rejected: list[wire.Rejection] = []
         self.keep_outputs = keep_outputs
         self.outputs: list[Output] = []  # alerts; every output (entries too) with keep_outputs
+        # the latest finops.enforcement.v1 record per (tenant, account), as the compacted topic keeps it
+        self.enforcement: dict[tuple[str, str], outputs.Enforcement] = {}
         self.lines = 0
         self.now = now
 
@@ -35,6 +37,8 @@ class FoldResult:
                 self.rejected.append(o)
             elif self.keep_outputs or kind is outputs.Alert:
                 self.outputs.append(o)
+            if kind is outputs.Enforcement:
+                self.enforcement[(o.tenant_id, o.account_id)] = o
 
     def feed(self, raw: bytes | str) -> None:
         self.lines += 1
@@ -64,15 +68,22 @@ class FoldResult:
                                  "reserved": credits_str(acct.reserved), "overage": credits_str(acct.overage)}
             for name in totals:
                 totals[name] += getattr(state.totals, name)
-        return {
+        summary = {
             "accounts": accounts,
             "totals": {name: credits_str(v) for name, v in totals.items()},
             "rejected": [{"id": r.id, "tenant_id": r.tenant_id, "reason": r.reason, "detail": r.detail}
                          for r in self.rejected],
             "alerts": [{"type": a.type, "severity": a.severity, "account_id": a.account_id,
-                        "threshold": a.threshold, "status": a.status, "tenant_id": a.tenant_id, "id": a.id}
+                        "threshold": a.threshold, "status": a.status, "tenant_id": a.tenant_id, "id": a.id,
+                        **({"action": a.action} if a.action is not None else {})}
                        for a in self.outputs if isinstance(a, outputs.Alert)],
         }
+        if self.enforcement:  # only when a block or a rate limit happened: the object is as before otherwise
+            summary["enforcement"] = [
+                {"account_id": (f"{t}/{a}" if multi else a), "state": e.state, "reason": e.reason,
+                 "api_key_ids": e.api_key_ids, **({"rate_limits": e.rate_limits} if e.rate_limits is not None else {})}
+                for (t, a), e in sorted(self.enforcement.items())]
+        return summary
 
 
 def fold_lines(lines: Iterable[bytes | str], keep_outputs: bool = False, *, now: datetime | None = None,

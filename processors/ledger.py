@@ -46,7 +46,8 @@ from ..schemas import reasons, wire
 from ..schemas.money import MAX_MICROS, MICROS_PER_CREDIT, Micros, credits_str
 from .events import (
     AccountOpened, Allocated, CapOverridden, Draw, Event, GrantEnded, HoldReleased, IdRecorded,
-    HeldExpired, HeldTaken, HoldClosed, IdForgotten, KeyBound, MembersSet, OverrideEnded, PeriodRenewed, Purchased, RatesSet,
+    HeldExpired, HeldTaken, HoldClosed, IdForgotten, KeyBound, MembersSet, OverrideEnded, PeriodRenewed, PolicySet,
+    Purchased, RatesSet,
     Reclaimed, Reserved, Settled, TimerDropped, TimerEvent, UsageCharged, UsageHeld,
 )
 from .state import (
@@ -330,7 +331,16 @@ def _(message: wire.Allocate, state: Tenant, now: datetime, late: bool) -> list[
         rollover_pct=message.recurrence.rollover_pct if recurring else None,
         recurrence_ends_at=final if recurring else None, period=month_of(start) if recurring else "",
         expiry=message.expires_at, inherited=_drawn_expiry(parent, [g for g, _ in draws]),
-        **_common(message, late))]
+        on_critical=_critical_rps(message.on_critical), **_common(message, late))]
+
+
+def _critical_rps(action: wire.RateLimitAction | wire.NoAction | None) -> int | None:
+    """An allocate's ``on_critical`` as the account keeps it: max_rps, 0 for none, None to keep."""
+    if action is None:
+        return None
+    if type(action) is wire.RateLimitAction:
+        return action.params.max_rps
+    return 0
 
 
 @_decides(wire.Reclaim)
@@ -361,7 +371,14 @@ def _(message: wire.SetMembers, state: Tenant, now: datetime, late: bool) -> lis
 @_decides(wire.BindKey)
 def _(message: wire.BindKey, state: Tenant, now: datetime, late: bool) -> list[Event]:
     state.account(message.account_id)
-    return [KeyBound(api_key_id=message.api_key_id, account_id=message.account_id, **_common(message, late))]
+    tags = {name: getattr(message, name) for name in wire.KEY_TAGS if getattr(message, name) is not None}
+    return [KeyBound(api_key_id=message.api_key_id, account_id=message.account_id, tags=tags or None,
+                     **_common(message, late))]
+
+
+@_decides(wire.SetPolicy)
+def _(message: wire.SetPolicy, state: Tenant, now: datetime, late: bool) -> list[Event]:
+    return [PolicySet(require_key_registry=message.require_key_registry, **_common(message, late))]
 
 
 @_decides(wire.SetRates)
@@ -528,7 +545,7 @@ def _charge_usage(message: wire.Usage, state: Tenant, charged: Account, now: dat
     _fits(state.totals.consumed + amount, charged.consumed + amount)
     draws, unpaid = _cascade(state, charged, amount, now)
     return [UsageCharged(cause_id=message.id, cause_type="usage", ts=message.ts, late=late, account_id=charged.id,
-                         amount=amount, draws=tuple(draws), overage=unpaid, dims=_usage_dims(message),
+                         amount=amount, draws=tuple(draws), overage=unpaid, dims=_usage_dims(state, message),
                          remainder=remainder)]
 
 
@@ -589,7 +606,16 @@ def charge_common_usage(state: Tenant, message: wire.Usage) -> list[Output] | No
     cause_id = message.id
     charged_id = charged.id
     model_name, operation_type, api_key_id = message.model_name, message.operation_type, message.api_key_id
-    labels = message.usage_labels or None
+    if state.key_tags or state.policy.require_key_registry:  # the key registry: as _usage_dims stamps them
+        dims = _usage_dims(state, message)
+        labels = dims["usage_labels"]
+        caller_labels = dims.get("caller_labels")
+        untagged = dims.get("untagged", False)
+    else:
+        dims = None
+        labels = message.usage_labels or None
+        caller_labels = None
+        untagged = False
     outputs: list[Output] = []
     n = 0
     for account_id, grant_id, take in draws:
@@ -602,10 +628,12 @@ def charge_common_usage(state: Tenant, message: wire.Usage) -> list[Output] | No
             entry_id=f"{cause_id}#{n}", kind=_CONSUME, tenant_id=tenant_id, account_id=account_id,
             cause_id=cause_id, cause_type="usage", ts=ts, amount_micros=take, balance_micros=available,
             amount=Micros(take), balance=Micros(available), charged_to=charged_id, grant_id=grant_id,
-            model_name=model_name, operation_type=operation_type, api_key_id=api_key_id, usage_labels=labels))
+            model_name=model_name, operation_type=operation_type, api_key_id=api_key_id, usage_labels=labels,
+            caller_labels=caller_labels, untagged=untagged))
         n += 1
-    outputs.extend(_charge(state, _Cause(cause_id, ts), charged, amount, unpaid, n,
-                           _usage_dims(message) if unpaid else None))  # dims: for an overage entry
+    if unpaid and dims is None:  # dims: for an overage entry
+        dims = _usage_dims(state, message)
+    outputs.extend(_charge(state, _Cause(cause_id, ts), charged, amount, unpaid, n, dims if unpaid else None))
     ids[cause_id] = (fingerprint(message), epoch)
     return outputs
 
@@ -656,9 +684,26 @@ def expire_all_held(state: Tenant) -> list[Output]:
     return outputs
 
 
-def _usage_dims(message: wire.Usage) -> dict:
-    return {"model_name": message.model_name, "operation_type": message.operation_type,
-            "api_key_id": message.api_key_id, "usage_labels": message.usage_labels or None}
+def _usage_dims(state: Tenant, message: wire.Usage) -> dict:
+    """What a usage's ``consume`` and ``overage`` entries carry: model, operation, key, labels.
+
+    The key registry (wire-v1.md additions): when the key has registry tags, the labels are
+    the caller's with the registry's tags over them, and ``caller_labels`` keeps what the
+    caller sent ({} for nothing) when that differs; when the tenant requires registered keys
+    and the key has no tags, the entries are flagged ``untagged``.
+    """
+    labels = message.usage_labels or None
+    dims = {"model_name": message.model_name, "operation_type": message.operation_type,
+            "api_key_id": message.api_key_id, "usage_labels": labels}
+    tags = state.key_tags.get(message.api_key_id)
+    if tags:
+        stamped = {**labels, **tags} if labels else dict(tags)
+        if stamped != labels:
+            dims["usage_labels"] = stamped
+            dims["caller_labels"] = labels or {}
+    elif state.policy.require_key_registry:
+        dims["untagged"] = True
+    return dims
 
 
 @_decides(wire.Reserve)
@@ -794,10 +839,11 @@ def _check_budget(state: Tenant, acct: Account, event: Event) -> list[Output]:
     """Fire or resolve threshold alerts and block or open a hard cap, after ``acct``'s period changed."""
     used, granted = acct.period_used, acct.period_granted
     state.touched.add(acct.id)
-    if not acct.alerted and not acct.blocked and (granted <= 0 or used < granted and
-                                                  used * 100 < min(acct.thresholds, default=1001) * granted):
+    if not acct.alerted and not acct.blocked and not acct.limited_rps and (
+            granted <= 0 or used < granted and used * 100 < min(acct.thresholds, default=1001) * granted):
         return []  # below every threshold, nothing fired, not blocked: nothing changes (the usual case)
     outputs: list[Output] = []
+    critical = _critical_threshold(acct)
     for threshold in acct.thresholds:
         crossed = granted > 0 and used * 100 >= threshold * granted
         if crossed == (threshold in acct.alerted):
@@ -807,6 +853,12 @@ def _check_budget(state: Tenant, acct: Account, event: Event) -> list[Output]:
         else:
             acct.alerted.remove(threshold)
         hard_block = crossed and threshold >= 100 and acct.cap == "hard"
+        if hard_block:
+            action = {"type": "block"}
+        elif crossed and threshold == critical and acct.critical_rps:
+            action = {"type": "rate_limit", "params": {"scope": "non-prod", "max_rps": acct.critical_rps}}
+        else:
+            action = None
         outputs.append(out.Alert(
             event=out.ALERT_EVENT,
             id=f"{event.cause_id}/{acct.id}/threshold/{threshold}/{'firing' if crossed else 'resolved'}",
@@ -814,17 +866,43 @@ def _check_budget(state: Tenant, acct: Account, event: Event) -> list[Output]:
             severity=_severity(threshold) if crossed else "info", threshold=threshold,
             current_usage=credits_str(used), monthly_allocation=credits_str(granted), ts=event.ts,
             status="firing" if crossed else "resolved", period=acct.period,
-            action={"type": "block"} if hard_block else None))
+            action=action))
     blocked = acct.hard_capped(state.clock or event.ts) and granted > 0 and used >= granted
-    if blocked != acct.blocked:
+    limited = acct.critical_rps if critical is not None and critical in acct.alerted else 0
+    if blocked != acct.blocked or limited != acct.limited_rps:
         acct.blocked = blocked
-        keys = sorted(k for k, owner in state.keys.items()
-                      if any(a.id == acct.id for a in state.ancestors(state.accounts[owner])))
-        reason = "hard cap reached" if blocked else "within budget"
-        outputs.append(out.Enforcement(tenant_id=state.tenant_id, account_id=acct.id,
-                                       state="blocked" if blocked else "open", reason=reason,
-                                       api_key_ids=keys, ts=event.ts))
+        acct.limited_rps = limited
+        outputs.append(_enforcement(state, acct, event.ts))
     return outputs
+
+
+
+def _critical_threshold(acct: Account) -> int | None:
+    """The threshold whose alert carries the account's critical action: its lowest critical one (>= 90 %)."""
+    return min((t for t in acct.thresholds if t >= 90), default=None)
+
+
+def _enforcement(state: Tenant, acct: Account, ts: datetime) -> out.Enforcement:
+    """The ``finops.enforcement.v1`` record of ``acct`` now: blocked or open, the keys bound under
+    it, and, while its critical action is in force, the rate limit of each key whose registry
+    ``env`` is not ``prod`` (a key without an ``env`` tag counts as non-prod)."""
+    keys = sorted(k for k, owner in state.keys.items()
+                  if any(a.id == acct.id for a in state.ancestors(state.accounts[owner])))
+    rate_limits = None
+    if acct.limited_rps:
+        key_tags = state.key_tags
+        rate_limits = {k: acct.limited_rps for k in keys if key_tags.get(k, _NO_TAGS).get("env") != "prod"}
+    if acct.blocked:
+        reason = "hard cap reached"
+    elif rate_limits is not None:
+        reason = "critical threshold reached: non-prod keys rate-limited"
+    else:
+        reason = "within budget"
+    return out.Enforcement(tenant_id=state.tenant_id, account_id=acct.id, state="blocked" if acct.blocked else "open",
+                           reason=reason, api_key_ids=keys, ts=ts, rate_limits=rate_limits)
+
+
+_NO_TAGS: dict[str, str] = {}
 
 
 def _record_usage(state: Tenant, charged: Account, amount: int, event: Event) -> list[Output]:
@@ -1078,6 +1156,8 @@ def _(event: Allocated, state: Tenant) -> list[Output]:
                inherited=event.inherited)
     if event.cap is not None:
         child.cap = event.cap
+    if event.on_critical is not None:
+        child.critical_rps = event.on_critical
     child.thresholds = event.thresholds
     state.touched.add(child.id)
     if recurrence is not None:
@@ -1212,8 +1292,36 @@ def _(event: MembersSet, state: Tenant) -> list[Output]:
 
 @_applies(KeyBound)
 def _(event: KeyBound, state: Tenant) -> list[Output]:
-    state.keys[event.api_key_id] = event.account_id
-    state.dirty.add(("key", event.api_key_id))
+    key = event.api_key_id
+    before = state.keys.get(key)
+    old_tags = state.key_tags.get(key)
+    state.keys[key] = event.account_id
+    if event.tags:
+        state.key_tags[key] = dict(event.tags)
+    else:
+        state.key_tags.pop(key, None)
+    state.dirty.add(("key", key))
+    if before == event.account_id and old_tags == state.key_tags.get(key):
+        return []
+    # The key joins (or leaves, or changes env under) blocked or rate-limited accounts: their
+    # enforcement records name their keys, so they are published again.
+    outputs: list[Output] = []
+    seen: set[str] = set()
+    for owner in (before, event.account_id):
+        if owner is None:
+            continue
+        for acct in state.ancestors(state.accounts[owner]):
+            if acct.id not in seen and (acct.blocked or acct.limited_rps):
+                seen.add(acct.id)
+                outputs.append(_enforcement(state, acct, event.ts))
+    return outputs
+
+
+@_applies(PolicySet)
+def _(event: PolicySet, state: Tenant) -> list[Output]:
+    if event.require_key_registry is not None:
+        state.policy.require_key_registry = event.require_key_registry
+    state.dirty.add(("policy", ""))
     return []
 
 

@@ -86,6 +86,11 @@ class Account:
     alerted: list[int] = field(default_factory=list)  # thresholds fired in this period
     override_until: datetime | None = None
     blocked: bool = False
+    # The seed's critical action (wire-v1.md additions): ``critical_rps`` is the max_rps its
+    # allocation asks for non-prod keys when the critical threshold fires (0: no action);
+    # ``limited_rps`` the limit in force now, as published on finops.enforcement.v1 (0: none).
+    critical_rps: int = 0
+    limited_rps: int = 0
     # rate key -> (exact total of rate-card charges, micro-credits charged), both less the same even
     # number: what rounding the running total once needs (its fraction, its parity)
     remainders: dict[str, tuple[Decimal, int]] = field(default_factory=dict)
@@ -191,6 +196,13 @@ DEFAULT_RULES = Rules()
 
 
 @dataclass(slots=True)
+class Policy:
+    """A tenant's settings (``set_policy``); every field has a default, so old stores read."""
+
+    require_key_registry: bool = False
+
+
+@dataclass(slots=True)
 class Held:
     """A usage waiting for its account (``ref`` = ``"a:<account>"`` or ``"k:<api key>"``), as it was sent."""
 
@@ -227,6 +239,8 @@ class Tenant:
     # id -> (content fingerprint, event time as epoch seconds); remembered for rules.id_horizon_s
     ids: MemoryIds = field(default_factory=MemoryIds)
     keys: dict[str, str] = field(default_factory=dict)  # api_key_id -> account_id
+    key_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # api_key_id -> registry tags (tagged keys)
+    policy: Policy = field(default_factory=Policy)
     rates: dict[str, Decimal] = field(default_factory=dict)  # "model\x1foperation" -> credits/unit
     recurring: dict[str, Recurring] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)
@@ -245,7 +259,7 @@ class Tenant:
     spend_stored: set[str] = field(default_factory=set)  # its keys the store holds (a flush removes them)
     # ---- changes since the last drain (see drain_changes); not state
     touched: set[str] = field(default_factory=set)  # accounts changed (their balances are published too)
-    dirty: set[tuple[str, str]] = field(default_factory=set)  # ("hold"|"recurring"|"key"|"rates", id)
+    dirty: set[tuple[str, str]] = field(default_factory=set)  # ("hold"|"recurring"|"key"|"rates"|"policy", id)
     timer_changes: dict[tuple[datetime, int], tuple | None] = field(default_factory=dict)  # added / removed
     held_changes: dict[int, Held | None] = field(default_factory=dict)  # held seq -> added / removed
     spend_dirty: set[str] = field(default_factory=set)  # keys of ``spend`` changed or published

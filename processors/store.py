@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Iterator
 import msgspec
 from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
-from .state import Account, Held, Hold, Recurring, Rules, Tenant, Totals
+from .state import Account, Held, Hold, Policy, Recurring, Rules, Tenant, Totals
 
 log = logging.getLogger("finops.ledger.store")
 
@@ -53,15 +53,16 @@ HEADER = b"T"  # clock, seq, totals, pruned_at
 ACCOUNT = b"A"  # one account with its grants
 HOLD = b"H"
 RECURRING = b"C"
-KEY = b"K"  # api key -> account
+KEY = b"K"  # api key -> account id (str), or a KeyEntry when the key has registry tags
 RATES = b"R"  # the whole rate card of a tenant (configuration-sized)
 TIMER = b"M"  # rest: event time in µs (8 bytes, biased) + seq (8 bytes): ordered
 HELD = b"P"  # rest: seq (8 bytes)
+POLICY = b"Y"  # the tenant's settings (set_policy)
 SPEND = b"S"  # rest: "<account id>\x1f<hour start>": usage spend not yet published on finops.spend.v1
 IDS = b"I"  # rest: BLAKE2b-128 of the message id
 CLOSED = b"X"  # rest: BLAKE2b-128 of the reservation id
 INDEX = b"x"  # local only, not in the changelog: (memory kind, event time µs, digest) for pruning
-KINDS = (HEADER, ACCOUNT, HOLD, RECURRING, KEY, RATES, TIMER, HELD, SPEND, IDS, CLOSED)
+KINDS = (HEADER, ACCOUNT, HOLD, RECURRING, KEY, RATES, POLICY, TIMER, HELD, SPEND, IDS, CLOSED)
 _CHECKPOINT = b"\x00checkpoint"  # local only: the next changelog offset not yet in the store, and when written
 # A store last written longer ago than this (wall time) is not trusted to catch up from its
 # checkpoint: compaction may have removed tombstones it never saw (the changelog keeps them
@@ -69,7 +70,17 @@ _CHECKPOINT = b"\x00checkpoint"  # local only: the next changelog offset not yet
 TRUST_CHECKPOINT_S = 3 * 86400.0
 _TIME_BIAS = 1 << 62  # µs since 1970 + bias: sortable big-endian for any year msgspec can read
 
+class KeyEntry(msgspec.Struct, frozen=True):
+    """A KEY value of a key with registry tags. A key without tags is stored as its account id
+    alone, as before the registry: an older store reads, and so does an older reader."""
+
+    account_id: str
+    tags: dict[str, str]
+
+
 _enc = msgspec.msgpack.Encoder()
+_key = msgspec.msgpack.Decoder(str | KeyEntry)
+_policy = msgspec.msgpack.Decoder(Policy)
 _header = msgspec.msgpack.Decoder(tuple[datetime | None, int, Totals, float])
 _account = msgspec.msgpack.Decoder(Account)
 _hold = msgspec.msgpack.Decoder(Hold)
@@ -214,7 +225,13 @@ def drain_changes(state: Tenant) -> tuple[list[tuple[bytes, bytes | None]], list
             key = tenant_prefix(RECURRING, t) + ident.encode("utf-8", "surrogatepass")
         elif kind == "key":
             value = state.keys.get(ident)
+            tags = state.key_tags.get(ident)
+            if value is not None and tags:
+                value = KeyEntry(value, tags)
             key = tenant_prefix(KEY, t) + ident.encode("utf-8", "surrogatepass")
+        elif kind == "policy":
+            value = state.policy
+            key = tenant_prefix(POLICY, t)
         else:  # rates
             value = state.rates
             key = tenant_prefix(RATES, t)
@@ -254,6 +271,19 @@ REPLICA_KINDS = frozenset((HEADER, ACCOUNT, KEY, RATES, HOLD, RECURRING))
 _REPLICA_FIRST = frozenset(k[0] for k in REPLICA_KINDS)
 
 
+def decode_key(value: bytes) -> tuple[str, dict[str, str]]:
+    """(account id, registry tags) of a KEY value: a plain account id (no tags) or a :class:`KeyEntry`."""
+    decoded = _key.decode(value)
+    if type(decoded) is str:
+        return decoded, {}
+    return decoded.account_id, decoded.tags
+
+
+def key_account(value: bytes) -> str:
+    """The account id of a KEY value (what a read replica keeps of it)."""
+    return decode_key(value)[0]
+
+
 def replica_change(key: bytes, value: bytes | None) -> tuple[bytes, str, str, object] | None:
     """One changelog record as a read replica applies it, or None for a kind it skips.
 
@@ -273,7 +303,7 @@ def replica_change(key: bytes, value: bytes | None) -> tuple[bytes, str, str, ob
     elif kind == HEADER:
         decoded = _header.decode(value)
     elif kind == KEY:
-        decoded = msgspec.msgpack.decode(value)
+        decoded = key_account(value)
     elif kind == RATES:
         decoded = _rates.decode(value)
     elif kind == HOLD:
@@ -418,8 +448,8 @@ class PartitionStore:
         for key, value in self._small_state():
             kind, tenant_id, rest = split_key(key)
             part = parts.setdefault(tenant_id, {"accounts": {}, "holds": {}, "recurring": {}, "keys": {},
-                                                "rates": {}, "timers": [], "held": [], "spend": {},
-                                                "header": None})
+                                                "key_tags": {}, "rates": {}, "policy": Policy(), "timers": [],
+                                                "held": [], "spend": {}, "header": None})
             if kind == HEADER:
                 part["header"] = _header.decode(value)
             elif kind == ACCOUNT:
@@ -432,7 +462,13 @@ class PartitionStore:
                 rec = _recurring.decode(value)
                 part["recurring"][rec.id] = rec
             elif kind == KEY:
-                part["keys"][rest.decode("utf-8", "surrogatepass")] = msgspec.msgpack.decode(value)
+                api_key_id = rest.decode("utf-8", "surrogatepass")
+                account_id, tags = decode_key(value)
+                part["keys"][api_key_id] = account_id
+                if tags:
+                    part["key_tags"][api_key_id] = tags
+            elif kind == POLICY:
+                part["policy"] = _policy.decode(value)
             elif kind == RATES:
                 part["rates"] = _rates.decode(value)
             elif kind == TIMER:
@@ -452,7 +488,8 @@ class PartitionStore:
             for h in sorted(part["held"], key=lambda h: h.seq):
                 held.setdefault(h.ref, []).append(h)
             state = self.new_tenant(tenant_id, rules, accounts=part["accounts"], holds=part["holds"],
-                                    recurring=part["recurring"], keys=part["keys"], rates=part["rates"],
+                                    recurring=part["recurring"], keys=part["keys"], key_tags=part["key_tags"],
+                                    rates=part["rates"], policy=part["policy"],
                                     timers=timers, held=held, clock=clock, seq=seq, totals=totals,
                                     pruned_at=pruned_at, spend=part["spend"], spend_stored=set(part["spend"]))
             tenants[tenant_id] = state
@@ -466,7 +503,7 @@ class PartitionStore:
 
     def _small_state(self) -> Iterator[tuple[bytes, bytes]]:
         """Every key but the id memories and their index (which stay on disk)."""
-        for kind in (HEADER, ACCOUNT, HOLD, RECURRING, KEY, RATES, TIMER, HELD, SPEND):
+        for kind in (HEADER, ACCOUNT, HOLD, RECURRING, KEY, RATES, POLICY, TIMER, HELD, SPEND):
             for key, value in self.db.items(from_key=kind):
                 if not key.startswith(kind):
                     break

@@ -234,6 +234,11 @@ class CommandClient:
     def set_rates(self, tenant_id: str, rates: list[Mapping[str, Any]], **fields: Any) -> Outcome | Pending:
         return self._command("set_rates", tenant_id, rates=rates, **fields)
 
+    def set_policy(self, tenant_id: str, *, require_key_registry: bool | None = None,
+                   **fields: Any) -> Outcome | Pending:
+        """Tenant settings (wire-v1.md additions): a setting left out (None) is kept."""
+        return self._command("set_policy", tenant_id, require_key_registry=require_key_registry, **fields)
+
     def reserve(self, tenant_id: str, account_id: str, credits: Any, expires_at: str,
                 **fields: Any) -> Outcome | Pending:
         return self._command("reserve", tenant_id, account_id=account_id, credits=credits, expires_at=expires_at,

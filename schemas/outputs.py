@@ -56,6 +56,12 @@ class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     operation_type: str | None = None
     api_key_id: str | None = None
     usage_labels: dict[str, str] | None = None
+    # Added to v1 (optional), the key registry: when the usage's key has registry tags, its
+    # ``usage_labels`` are the caller's with the registry's tags over them, and
+    # ``caller_labels`` are what the caller sent ({} for none), present only when they differ.
+    # ``untagged`` when the tenant requires registered keys and the key has no registry entry.
+    caller_labels: dict[str, str] | None = None
+    untagged: bool = False
 
 
 class Balance(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,8 +109,13 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=Fa
     notify: list[str] | None = None
 
 
-class Enforcement(msgspec.Struct, frozen=True, kw_only=True):
-    """What a gateway must refuse now, on compacted ``finops.enforcement.v1`` (key ``tenant_id/account_id``)."""
+class Enforcement(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a gateway must refuse now, on compacted ``finops.enforcement.v1`` (key ``tenant_id/account_id``).
+
+    ``rate_limits`` (added to v1, optional): while the account's critical threshold alert asks
+    for a rate limit, the most requests per second of each key under the account whose
+    registry ``env`` is not ``prod``; absent when no limit is in force.
+    """
 
     tenant_id: str
     account_id: str
@@ -112,6 +123,7 @@ class Enforcement(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     api_key_ids: list[str]
     ts: datetime
+    rate_limits: dict[str, int] | None = None
 
 
 class Spend(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -56,6 +56,24 @@ class Recurrence(msgspec.Struct, frozen=True):
     rollover_pct: Percent = 0
 
 
+class RateLimitParams(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Addition to wire v1: what the seed's critical action limits (only ``non-prod`` keys for now)."""
+
+    scope: Literal["non-prod"] = "non-prod"
+    max_rps: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class RateLimitAction(msgspec.Struct, frozen=True, tag="rate_limit", tag_field="type", kw_only=True):
+    """``{"type": "rate_limit", "params": {"scope": "non-prod", "max_rps": N}}``: when the account's
+    critical threshold fires, the keys under it whose registry ``env`` is not ``prod`` are limited."""
+
+    params: RateLimitParams
+
+
+class NoAction(msgspec.Struct, frozen=True, tag="none", tag_field="type"):
+    """``{"type": "none"}``: the account's critical threshold asks for no action (clears one)."""
+
+
 class Allocate(_Message, tag="allocate", frozen=True, kw_only=True):
     from_account: NonEmpty
     to_account: NonEmpty
@@ -69,6 +87,9 @@ class Allocate(_Message, tag="allocate", frozen=True, kw_only=True):
     # account keeps its cap (a new account starts soft).
     cap: Literal["soft", "hard"] | None = None
     thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS
+    # Addition to wire v1: the action of the account's critical (90 %) threshold alert. Given,
+    # it sets the account's action; absent, the account keeps it ({"type": "none"} clears it).
+    on_critical: RateLimitAction | NoAction | None = None
 
 
 class Reclaim(_Message, tag="reclaim", frozen=True, kw_only=True):
@@ -86,6 +107,16 @@ class SetMembers(_Message, tag="set_members", frozen=True, kw_only=True):
 class BindKey(_Message, tag="bind_key", frozen=True, kw_only=True):
     api_key_id: NonEmpty
     account_id: NonEmpty
+    # Addition to wire v1: the key registry. The tags given here are the key's labels: the
+    # ledger stamps them on the key's usage over what the caller sent (a later bind_key of the
+    # key replaces its whole entry).
+    cost_center: NonEmpty | None = None
+    team: NonEmpty | None = None
+    project: NonEmpty | None = None
+    env: NonEmpty | None = None
+
+
+KEY_TAGS = ("cost_center", "team", "project", "env")  # the registry tags of a bind_key, in label order
 
 
 class Reserve(_Message, tag="reserve", frozen=True, kw_only=True):
@@ -128,6 +159,15 @@ class SetRates(_Message, tag="set_rates", frozen=True, kw_only=True):
     rates: tuple[Rate, ...]
 
 
+class SetPolicy(_Message, tag="set_policy", frozen=True, kw_only=True):
+    """Addition to wire v1: tenant settings. A field given sets it; an absent one keeps it.
+
+    ``require_key_registry``: usage whose key has no registry entry (no ``bind_key`` with a
+    tag) is still charged, and its ledger entries are flagged ``untagged``."""
+
+    require_key_registry: bool | None = None
+
+
 # ----------------------------------------------------------------------------- usage
 
 
@@ -148,7 +188,7 @@ class Usage(_Message, tag="usage", frozen=True, kw_only=True):
 
 Command = Union[
     Purchase, OpenAccount, Allocate, Reclaim, SetMembers, BindKey, Reserve, Settle,
-    OverrideCap, Tick, SetRates,
+    OverrideCap, Tick, SetRates, SetPolicy,
 ]
 Message = Union[Usage, Command]
 

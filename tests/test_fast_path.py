@@ -1,7 +1,7 @@
 """The usage fast path (``ledger.charge_common_usage``) against the general path.
 
 Given random usage-heavy workloads (bursts of usage a few seconds apart, on funded and
-unfunded accounts, through keys and rate cards, with resends, conflicts, late and
+unfunded accounts, through keys (tagged in the key registry or not) and rate cards, with resends, conflicts, late and
 far-future usage, usage before its account, caps, thresholds and commands in between),
 when the same input is planned once with the fast path and once with every message on the
 general path (``Book(fast=False)``), then every output record, every state change for the
@@ -27,6 +27,8 @@ from test_state_store import Shell
 EXAMPLES = int(os.environ.get("FINOPS_HYPOTHESIS_EXAMPLES", "500"))
 ACCOUNTS = ["org", "team", "alice", "bob", "pool"]
 PARENTS = {"org": None, "team": "org", "alice": "team", "bob": "team", "pool": "org"}
+TAGS_DEV = {"team": "search", "cost_center": "cc-7", "env": "dev"}
+TAGS_PROD = {"team": "search", "project": "ranker", "env": "prod"}
 
 
 @st.composite
@@ -43,8 +45,14 @@ def usage_heavy(draw) -> list[bytes]:
             lines.append(s.allocate(PARENTS[child] or s.tenant, child, draw(st.integers(0, 100)), ts=at(),
                                     cap=draw(st.sampled_from(["soft", "hard"])),
                                     **({"recurrence": {"every": "month", "rollover_pct": 50}}
+                                       if draw(st.booleans()) else {}),
+                                    **({"on_critical": {"type": "rate_limit", "params": {"max_rps": 5}}}
                                        if draw(st.booleans()) else {})))
-        lines.append(s.msg("bind_key", api_key_id="key-1", account_id="alice", ts=at()))
+        lines.append(s.msg("bind_key", api_key_id="key-1", account_id="alice", ts=at(),
+                           **draw(st.sampled_from([{}, TAGS_DEV, TAGS_PROD]))))
+        lines.append(s.msg("bind_key", api_key_id="key-3", account_id="team", ts=at(), **TAGS_PROD))
+        if draw(st.booleans()):
+            lines.append(s.msg("set_policy", require_key_registry=True, ts=at()))
         lines.append(s.msg("set_rates", rates=[{"model_name": "gpt-4o", "operation_type": "chat",
                                                 "credits_per_unit": "0.000003"}], ts=at()))
     seconds = 1.0
@@ -53,7 +61,8 @@ def usage_heavy(draw) -> list[bytes]:
         s = draw(st.sampled_from(scripts))
         seconds += draw(st.sampled_from([0, 0.5, 1, 1, 2, 2, 5, 5, 30, 3600, 86400 * 3]))
         ts = at(seconds=seconds - draw(st.sampled_from([0] * 14 + [5, 3600 * 24 * 40])))
-        kind = draw(st.sampled_from(["use"] * 16 + ["resend", "conflict", "future", "key", "rate", "command"]))
+        kind = draw(st.sampled_from(["use"] * 16 + ["resend", "conflict", "future", "key", "key", "rate",
+                                                    "command"]))
         if kind == "use":
             line = s.use(draw(st.sampled_from(ACCOUNTS + ["nobody", s.tenant])),
                          draw(st.integers(0, 40) | st.decimals(0, 40, places=6).map(str)), ts=ts,
@@ -66,7 +75,11 @@ def usage_heavy(draw) -> list[bytes]:
         elif kind == "future":
             line = s.use("bob", 1, ts=(T0 + timedelta(days=400)).isoformat())
         elif kind == "key":
-            line = s.use(None, draw(st.integers(0, 20)), ts=ts, api_key_id=draw(st.sampled_from(["key-1", "key-2"])))
+            line = s.use(draw(st.sampled_from([None, None, "bob"])), draw(st.integers(0, 20)), ts=ts,
+                         api_key_id=draw(st.sampled_from(["key-1", "key-2", "key-3", "key-4"])),
+                         **({"usage_labels": draw(st.sampled_from([{"team": "ads"}, {"team": "search", "env": "prod"},
+                                                                    {"feature": "x"}]))}
+                            if draw(st.booleans()) else {}))
         elif kind == "rate":
             line = s.use("bob", None, ts=ts, units_consumed=draw(st.integers(0, 10**6)))
         else:
@@ -75,6 +88,12 @@ def usage_heavy(draw) -> list[bytes]:
                 s.msg("override_cap", account_id="alice", until=at(seconds=seconds + 600), ts=ts),
                 s.msg("tick", ts=ts),
                 s.msg("bind_key", api_key_id="key-2", account_id="bob", ts=ts),
+                s.msg("bind_key", api_key_id="key-4", account_id="alice", ts=ts, **TAGS_DEV),
+                s.msg("bind_key", api_key_id="key-1", account_id="bob", ts=ts, **TAGS_PROD),
+                s.msg("set_policy", require_key_registry=draw(st.booleans()), ts=ts),
+                s.allocate("org", "team", draw(st.integers(0, 50)), ts=ts,
+                           on_critical=draw(st.sampled_from([{"type": "none"},
+                                                             {"type": "rate_limit", "params": {"max_rps": 2}}]))),
                 s.open("carol", "team", ts=ts),
                 s.msg("reserve", account_id="alice", credits=draw(st.integers(0, 20)), ts=ts,
                       expires_at=at(seconds=seconds + 60)),
@@ -134,3 +153,30 @@ def test_usual_usage_does_take_the_fast_path(monkeypatch):
     for line in lines:
         assert book.handle(wire.decode(line), line)[1] is None
     assert taken >= 45  # the first usage prunes the id memories (a fresh tenant): the general path
+
+
+def test_usage_of_a_registered_key_takes_the_fast_path_stamped(monkeypatch):
+    """The key registry's stamping runs on the fast path too (the properties above compare it)."""
+    s = Script("acme")
+    lines = [s.purchase(100, ts=at()), s.open("team", "acme", ts=at()),
+             s.msg("bind_key", api_key_id="key-1", account_id="team", ts=at(), **TAGS_DEV),
+             s.msg("set_policy", require_key_registry=True, ts=at())]
+    lines += [s.use(None, "0.5", ts=at(seconds=n), usage_labels={"team": "ads"}) for n in range(1, 50)]
+    book = Book()
+    taken = 0
+    original = ledger.charge_common_usage
+
+    def counting(state, message):
+        nonlocal taken
+        produced = original(state, message)
+        taken += produced is not None
+        return produced
+
+    monkeypatch.setattr(ledger, "charge_common_usage", counting)
+    stamped = []
+    for line in lines:
+        produced, refused = book.handle(wire.decode(line), line)
+        assert refused is None
+        stamped += [(o.usage_labels, o.caller_labels, o.untagged) for o in produced if getattr(o, "kind", "") == "consume"]
+    assert taken >= 45
+    assert len(stamped) == 49 and all(entry == (TAGS_DEV, {"team": "ads"}, False) for entry in stamped)
