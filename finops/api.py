@@ -455,20 +455,27 @@ def create_app(backends: Backends) -> FastAPI:
         micros = _credits(credits)
         when = _time(at, "at") or datetime.now(timezone.utc)
 
-        def judge(tenants, _enforcement):
+        def judge(tenants, records):
             state = tenant_of(tenants, tenant)
             account_id = account if account is not None else state.keys.get(api_key)
             acct = state.accounts.get(account_id) if account_id is not None else None
             if acct is None:
                 raise Problem(404, "not-found", "Not Found", "no such account or api key for this token",
                               reason="unknown_account")
-            return state, entitlement(state, acct, micros, when)
+            limit = None
+            if api_key is not None and records:  # the strictest limit on this key from its account's chain
+                for a in state.ancestors(acct):
+                    record = records.get((tenant, a.id))
+                    rps = record.rate_limits.get(api_key) if record is not None and record.rate_limits else None
+                    if rps is not None and (limit is None or rps < limit):
+                        limit = rps
+            return state, entitlement(state, acct, micros, when), limit
 
-        state, judged = view.read(judge)
+        state, judged, limit = view.read(judge)
         return _json({"tenant_id": tenant, "account_id": judged.account_id, "allow": judged.allow,
                       "reason": judged.reason, **_money("credits", micros),
                       **_money("effective_available", judged.effective_available),
-                      "blocked_by": list(judged.blocked_by), **freshness(state)})
+                      "blocked_by": list(judged.blocked_by), "rate_limit_rps": limit, **freshness(state)})
 
     @app.get("/v1/whoami", tags=["accounts"])
     async def whoami(who: Who) -> Response:
@@ -500,17 +507,21 @@ def create_app(backends: Backends) -> FastAPI:
 
     @app.get("/v1/tenants/{tenant_id}/enforcement", tags=["entitlement"])
     async def enforcement(who: Who, tenant_id: str) -> Response:
-        """The accounts a gateway must refuse now (``finops.enforcement.v1``), with the keys under them."""
+        """What a gateway must enforce now (``finops.enforcement.v1``): the blocked accounts with the keys
+        under them (``blocked``), and the per-key rate limits in force (``rate_limited``: requests per
+        second of each non-prod key under an account whose critical threshold asked for it)."""
         readable(who, tenant_id)
 
-        def blocked(tenants, records):
+        def enforced(tenants, records):
             state = tenant_of(tenants, tenant_id)
+            mine = [r for (t, _a), r in sorted(records.items()) if t == tenant_id]
             return state, [{"account_id": r.account_id, "state": r.state, "reason": r.reason,
-                            "api_key_ids": r.api_key_ids, "ts": _iso(r.ts)}
-                           for (t, _a), r in sorted(records.items()) if t == tenant_id and r.state == "blocked"]
+                            "api_key_ids": r.api_key_ids, "ts": _iso(r.ts)} for r in mine if r.state == "blocked"], \
+                [{"account_id": r.account_id, "reason": r.reason, "rate_limits": r.rate_limits, "ts": _iso(r.ts)}
+                 for r in mine if r.rate_limits]
 
-        state, items = view.read(blocked)
-        return _json({"tenant_id": tenant_id, "blocked": items, **freshness(state)})
+        state, blocked, limited = view.read(enforced)
+        return _json({"tenant_id": tenant_id, "blocked": blocked, "rate_limited": limited, **freshness(state)})
 
     def known_tenant(tenant_id: str) -> None:
         if not view.read(lambda t, _e: tenant_id in t):

@@ -450,3 +450,28 @@ def test_every_report_answers_over_http_as_the_cli_prints_it(settings, served, m
         assert printed.exit_code == 0, (name, printed.output)
         answer = client.get(f"/v1/tenants/{tenant}/reports/{name}", params={"to": "2026-11-05", "format": "csv"})
         assert answer.text.replace("\r\n", "\n") == printed.stdout.replace("\r\n", "\n"), name
+
+
+def test_a_critical_rate_limit_reaches_the_check_of_each_non_prod_key(settings, served):
+    # given a team whose allocation asks for a rate limit at its critical threshold, a dev and a prod key
+    pipeline, tokens = served
+    tenant = f"limit-{uuid.uuid4().hex[:8]}"
+    s = Script(tenant)
+    s.purchase(100, ts=at(0))
+    s.open("team", tenant, ts=at(0, minutes=1))
+    s.allocate(tenant, "team", 10, ts=at(0, minutes=2),
+               on_critical={"type": "rate_limit", "params": {"scope": "non-prod", "max_rps": 5}})
+    s.msg("bind_key", api_key_id="k-dev", account_id="team", env="dev", ts=at(0, minutes=3))
+    s.msg("bind_key", api_key_id="k-prod", account_id="team", env="prod", ts=at(0, minutes=4))
+    # when its use passes 90 %
+    s.use("team", "9.5", api_key_id="k-prod", ts=at(0, minutes=5))
+    assert publish_lines(settings, s.lines).failed == 0
+    _id, token = tokens.add(tenant, "read")
+    client = httpx.Client(base_url=pipeline.api.url, headers=bearer(token), timeout=60)
+    settled(settings, pipeline, client)
+    # then the check of the dev key carries the limit, the prod key's does not, and enforcement lists it
+    check = {key: client.get("/v1/check", params={"tenant": tenant, "api_key": key, "credits": "0.1"}).json()
+             for key in ("k-dev", "k-prod")}
+    assert (check["k-dev"]["rate_limit_rps"], check["k-prod"]["rate_limit_rps"]) == (5, None)
+    limited = client.get(f"/v1/tenants/{tenant}/enforcement").json()["rate_limited"]
+    assert [(r["account_id"], r["rate_limits"]) for r in limited] == [("team", {"k-dev": 5})]
