@@ -710,8 +710,8 @@ def create_app(backends: Backends) -> FastAPI:
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                   "type": "object", "required": ["type"], "additionalProperties": True,
                   "description": "One wire-v1 command (docs/wire-v1.md): purchase, open_account, allocate, "
-                                 "reclaim, set_members, bind_key, set_rates, reserve, settle, override_cap, "
-                                 "tick. id and ts are filled in when both are absent.",
+                                 "reclaim, set_members, bind_key, set_rates, set_policy, reserve, settle, "
+                                 "override_cap, tick. id and ts are filled in when both are absent.",
                   "example": {"type": "allocate", "from_account": "org", "to_account": "team-search",
                               "credits": "25.5"}}}}}})
     async def command(request: Request, who: Who, tenant_id: str, wait: bool = True,
