@@ -105,12 +105,12 @@ def _time(text: str | None, name: str) -> datetime | None:
     """An RFC 3339 time with an offset (as wire v1 writes times), in UTC; 400 otherwise."""
     if text is None:
         return None
-    message = wire.decode(_encode({"type": "tick", "id": "-", "tenant_id": "-", "ts": text}))
-    if isinstance(message, wire.Rejection):
+    when = wire.parse_time(text)
+    if when is None:
         raise Problem(400, "invalid-parameter", "Bad Request",
                       f"{name} {text!r} is not an RFC 3339 time with an offset, e.g. 2026-11-30T12:00:00Z",
                       reason="invalid_timestamp")
-    return message.ts
+    return when
 
 
 def _credits(text: str, name: str = "credits") -> int:
@@ -722,7 +722,7 @@ def create_app(backends: Backends) -> FastAPI:
         applied again as a no-op."""
         writable(who, tenant_id)
         fields = _body_object(await _body(request), tenant_id)
-        return await _in_thread(lambda: _send_command(backends, fields, wait, timeout))
+        return await run_in_threadpool(_send_command, backends, fields, wait, timeout)
 
     @app.post("/v1/tenants/{tenant_id}/usage", tags=["writes"], status_code=202,
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -747,7 +747,7 @@ def create_app(backends: Backends) -> FastAPI:
             raise Problem(400, "invalid-body", "Bad Request",
                           f"send 1 to {MAX_USAGE_BATCH} usage events, not {len(items)}", reason="invalid")
         events = [_body_object(bytes(item), tenant_id, index=i) for i, item in enumerate(items)]
-        return await _in_thread(lambda: _send_usage(backends, events))
+        return await run_in_threadpool(_send_usage, backends, events)
 
     from .console import mount
 
@@ -780,10 +780,6 @@ def _check_query(request: Request) -> tuple[str, str | None, str | None, str, st
     if tenant is None:
         raise Problem(422, "invalid-request", "Unprocessable Content", "tenant is required", reason="invalid")
     return tenant, query.get("account"), query.get("api_key"), query.get("credits", "0"), query.get("at")
-
-
-async def _in_thread(fn: Callable[[], Response]) -> Response:
-    return await run_in_threadpool(fn)
 
 
 async def _body(request: Request) -> bytes:

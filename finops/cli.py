@@ -924,15 +924,13 @@ def fold(file: str = typer.Argument(..., help="A JSONL file of wire-v1 messages,
 
 def _parse_time(text: str, option: str):
     """An RFC 3339 time with an offset, in UTC; exit 2 with one line otherwise."""
-    from datetime import timezone
-
     from .schemas import wire
 
-    message = wire.decode(json.dumps({"type": "tick", "id": "-", "tenant_id": "-", "ts": text}))
-    if isinstance(message, wire.Rejection):
+    when = wire.parse_time(text)
+    if when is None:
         err.print(f"error: {option} {text!r} is not an RFC 3339 time with an offset, e.g. 2026-11-30T12:00:00Z")
         raise typer.Exit(2)
-    return message.ts.astimezone(timezone.utc)
+    return when
 
 
 def _rules(settings):

@@ -25,6 +25,8 @@ from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from .schemas.money import credits_str
+
 COOKIE = "finops_token"
 TABLE_REPORTS = ("chargeback", "showback")
 _templates = Jinja2Templates(directory=str(__import__("pathlib").Path(__file__).parent / "templates"))
@@ -213,8 +215,8 @@ def mount(app: FastAPI) -> None:
             "purchased": listing["totals"]["purchased"],
             "overage": listing["totals"]["overage"],
             "expired": listing["totals"]["expired"],
-            "available": _sum(a["available_micros"] for a in accounts),
-            "reserved": _sum(a["reserved_micros"] for a in accounts),
+            "available": credits_str(sum(a["available_micros"] for a in accounts)),
+            "reserved": credits_str(sum(a["reserved_micros"] for a in accounts)),
             "consumed": listing["totals"]["consumed"],
             "month_to_date": month["month_to_date"] if month else "0",
             "forecast": month["forecast_month_end"] if month else None,
@@ -337,9 +339,3 @@ def _depths(accounts: list[dict]) -> dict[str, int]:
         depth[a["account_id"]] = depth.get(a["parent_id"], -1) + 1 if a["parent_id"] is not None else 0
     return depth
 
-
-def _sum(micros) -> str:
-    total = sum(micros)
-    whole, frac = divmod(abs(total), 1_000_000)
-    text = f"{whole}.{frac:06d}".rstrip("0").rstrip(".")
-    return f"-{text}" if total < 0 else text

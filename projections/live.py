@@ -63,6 +63,18 @@ class ViewStats:
     batches: int = 0
 
 
+# The keyed parts of a tenant's state a changelog record replaces one entry of: kind -> Tenant attribute.
+_KEYED = {ACCOUNT: "accounts", KEY: "keys", HOLD: "holds", RECURRING: "recurring"}
+
+
+def _put(table: dict, key, value) -> None:
+    """A changelog record's effect on one entry: its new value, or gone for a tombstone (None)."""
+    if value is None:
+        table.pop(key, None)
+    else:
+        table[key] = value
+
+
 class LedgerProgress:
     """How far the ledger is behind its input: asked of Kafka every ``every_s`` (wall time) in a thread.
 
@@ -255,10 +267,7 @@ class LiveView(Service):
     def _apply(self, change: tuple) -> None:
         kind, tenant_id, rest, value = change
         if kind == "enforcement":
-            if value is None:
-                self.enforcement.pop((tenant_id, rest), None)
-            else:
-                self.enforcement[(tenant_id, rest)] = value
+            _put(self.enforcement, (tenant_id, rest), value)
             return
         state = self.tenants.get(tenant_id)
         if state is None:
@@ -266,31 +275,13 @@ class LiveView(Service):
                 return
             state = self.tenants[tenant_id] = Tenant(tenant_id)
             state.touched.clear()
-        if kind == ACCOUNT:
-            if value is None:
-                state.accounts.pop(rest, None)
-            else:
-                state.accounts[rest] = value  # type: ignore[assignment]
-        elif kind == HEADER:
+        if kind == HEADER:
             if value is not None:
                 state.clock, state.seq, state.totals, state.pruned_at = value  # type: ignore[misc]
-        elif kind == KEY:
-            if value is None:
-                state.keys.pop(rest, None)
-            else:
-                state.keys[rest] = value  # type: ignore[assignment]
         elif kind == RATES:
             state.rates = value or {}  # type: ignore[assignment]
-        elif kind == HOLD:
-            if value is None:
-                state.holds.pop(rest, None)
-            else:
-                state.holds[rest] = value  # type: ignore[assignment]
-        elif kind == RECURRING:
-            if value is None:
-                state.recurring.pop(rest, None)
-            else:
-                state.recurring[rest] = value  # type: ignore[assignment]
+        else:  # one entry of a keyed part of the state
+            _put(getattr(state, _KEYED[kind]), rest, value)
 
     def close(self) -> None:
         try:

@@ -444,6 +444,13 @@ def raw_fields(raw: bytes | str, limit: int = 100_000) -> dict:
                 "input_base64": base64.b64encode(raw[:limit]).decode()}
 
 
+def parse_time(text: str) -> datetime | None:
+    """A time written as wire v1 writes them (RFC 3339 with an offset), in UTC; None when it is not
+    one. The same rules as a message's ``ts`` (read by :func:`decode`, so the two never differ)."""
+    message = decode(msgspec.json.encode({"type": "tick", "id": "-", "tenant_id": "-", "ts": text}))
+    return None if isinstance(message, Rejection) else message.ts
+
+
 def reject_unreadable(raw: bytes | str, exc: Exception) -> Rejection:
     """Classify a decoding error into a reason; keep id and tenant when they can be read."""
     ident: str | None = None

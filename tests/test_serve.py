@@ -25,6 +25,7 @@ from finops.processors.ledger import entitlement
 from finops.producers.publish import publish_lines
 from finops.projections.balances import read_balances
 from finops.schemas import topics
+from finops.schemas.money import credits
 from finops.schemas.outputs import LedgerEntry
 from finops.tokens import TokenStore
 from finops.waiting import wait_processed
@@ -78,10 +79,13 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def micros(text: str) -> int:
-    whole, _, frac = text.partition(".")
-    sign = -1 if whole.startswith("-") else 1
-    return sign * (abs(int(whole)) * 1_000_000 + int(frac.ljust(6, "0") or 0))
+def cli_uses(settings, monkeypatch) -> None:
+    """Point the `finops` CLI (run in-process) at this test's broker, ClickHouse and groups."""
+    for key, value in (("FINOPS_KAFKA_PORT", str(settings.kafka_port)), ("FINOPS_DATA_DIR", str(settings.data_dir)),
+                       ("FINOPS_CLICKHOUSE_URL", settings.clickhouse_dsn),
+                       ("FINOPS_CLICKHOUSE_DATABASE", settings.clickhouse_database),
+                       ("FINOPS_GROUP_PREFIX", settings.group_prefix)):
+        monkeypatch.setenv(key, value)
 
 
 def test_every_endpoint_answers_what_fold_balance_and_report_answer(settings, served, monkeypatch):
@@ -105,7 +109,7 @@ def test_every_endpoint_answers_what_fold_balance_and_report_answer(settings, se
         acct = state.accounts[item["account_id"]]
         want = summary[acct.id]
         for name in ("available", "consumed", "reserved", "overage"):
-            assert item[name] == want[name] and item[f"{name}_micros"] == micros(want[name]), (acct.id, name)
+            assert item[name] == want[name] and item[f"{name}_micros"] == credits(want[name]), (acct.id, name)
         balance = published[(tenant, acct.id)]
         assert (item["available_micros"], item["consumed_micros"]) == (balance.available_micros,
                                                                        balance.consumed_micros)
@@ -117,10 +121,10 @@ def test_every_endpoint_answers_what_fold_balance_and_report_answer(settings, se
     assert one["api_key_ids"] == ["key-ann"] and one["available"] == summary["ann"]["available"]
 
     # check: by account and by key, the same judgement as the fold's state; a block shows who blocks
-    for account_id, credits in (("ann", "1"), ("ann", "10000"), ("bob", "1"), ("team-a", "0.000001")):
-        got = client.get("/v1/check", params={"tenant": tenant, "account": account_id, "credits": credits,
+    for account_id, amount in (("ann", "1"), ("ann", "10000"), ("bob", "1"), ("team-a", "0.000001")):
+        got = client.get("/v1/check", params={"tenant": tenant, "account": account_id, "credits": amount,
                                               "at": AT}).json()
-        want = entitlement(state, state.accounts[account_id], micros(credits), datetime.fromisoformat(AT))
+        want = entitlement(state, state.accounts[account_id], credits(amount), datetime.fromisoformat(AT))
         assert (got["allow"], got["reason"], got["effective_available_micros"], got["blocked_by"]) == (
             want.allow, want.reason, want.effective_available, list(want.blocked_by)), account_id
     by_key = client.get("/v1/check", params={"tenant": tenant, "api_key": "key-ann", "credits": "1", "at": AT})
@@ -158,11 +162,7 @@ def test_every_endpoint_answers_what_fold_balance_and_report_answer(settings, se
                 (acct.available, acct.consumed, acct.overage) if acct else (0, 0, 0)), (account_id, cut)
 
     # reports: what `finops report NAME --format json` prints, for the same parameters
-    for key, value in (("FINOPS_KAFKA_PORT", str(settings.kafka_port)), ("FINOPS_DATA_DIR", str(settings.data_dir)),
-                       ("FINOPS_CLICKHOUSE_URL", settings.clickhouse_dsn),
-                       ("FINOPS_CLICKHOUSE_DATABASE", settings.clickhouse_database),
-                       ("FINOPS_GROUP_PREFIX", settings.group_prefix)):
-        monkeypatch.setenv(key, value)
+    cli_uses(settings, monkeypatch)
     for name in ("burn-rate", "showback", "top-drivers", "runway"):
         printed = CliRunner().invoke(cli, ["report", name, "--tenant", tenant, "--to", "2026-11-05",
                                            "--format", "json"])
@@ -189,9 +189,9 @@ def test_every_endpoint_answers_what_fold_balance_and_report_answer(settings, se
     assert sent.status_code == 202 and sent.json()["accepted"] == 1
     settled(settings, pipeline, client)
     after = client.get(f"/v1/tenants/{tenant}/accounts/ann").json()
-    assert after["consumed_micros"] == micros(summary["ann"]["consumed"]) + 1
+    assert after["consumed_micros"] == credits(summary["ann"]["consumed"]) + 1
     root = client.get(f"/v1/tenants/{tenant}/accounts/{tenant}").json()
-    assert root["available_micros"] == micros(summary[tenant]["available"]) + 1_500_000
+    assert root["available_micros"] == credits(summary[tenant]["available"]) + 1_500_000
 
     # bad input is 400/422 with a problem body, never a 500
     for method, path, kwargs in (
@@ -429,11 +429,7 @@ def test_every_report_answers_over_http_as_the_cli_prints_it(settings, served, m
     _id, token = tokens.add(tenant, "read")
     client = httpx.Client(base_url=pipeline.api.url, headers=bearer(token), timeout=60)
     settled(settings, pipeline, client)
-    for key, value in (("FINOPS_KAFKA_PORT", str(settings.kafka_port)), ("FINOPS_DATA_DIR", str(settings.data_dir)),
-                       ("FINOPS_CLICKHOUSE_URL", settings.clickhouse_dsn),
-                       ("FINOPS_CLICKHOUSE_DATABASE", settings.clickhouse_database),
-                       ("FINOPS_GROUP_PREFIX", settings.group_prefix)):
-        monkeypatch.setenv(key, value)
+    cli_uses(settings, monkeypatch)
     from finops.projections.reports import REPORTS
 
     for name in REPORTS:
