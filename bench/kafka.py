@@ -8,7 +8,7 @@
 
 The helpers for a ledger child process (:class:`LedgerRun`, :class:`CommittedProbe`,
 :func:`feed_running_ledger`, :func:`check_against_fold`) are shared with
-tests/test_busy_tenant.py.
+tests/integration/test_busy_tenant.py.
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ def sdk(events: int = 200_000, repeats: int = 3, tenants: int = 50) -> dict:
 # Issue 13's acceptance: one busy tenant published into a running ledger (a `finops run
 # ledger` child process), killed with -9 at about half-way and restarted, against 50 small
 # tenants of the same shape measured in the same run. The helpers below are shared with
-# tests/test_busy_tenant.py (the short version).
+# tests/integration/test_busy_tenant.py (the short version).
 
 _BUSY_COSTS = ("0.0125", "0.0031", "0.2", "0.05")  # credits per usage, in turn
 _BUSY_MODELS = (("gpt-4o", "chat"), ("gpt-4o-mini", "chat"), ("text-embedding-3-small", "embedding"))

@@ -570,7 +570,7 @@ def charge_common_usage(state: Tenant, message: wire.Usage) -> list[Output] | No
     then, its id new. Then ``advance`` + ``decide`` + ``apply`` would fire nothing and
     refuse nothing, so this applies the same rule functions (``_cascade``,
     ``_draw_entries``, ``_charge``) directly, without the event objects: the same outputs
-    and the same state (``tests/test_fast_path.py`` holds them equal on random workloads).
+    and the same state (``tests/unit/test_fast_path.py`` holds them equal on random workloads).
     Anything else returns None before changing anything, and :meth:`Book.handle` takes the
     general path.
     """

@@ -1,5 +1,5 @@
 """The examples of wire-v1.md's "v1 rules made precise" that run both through `finops fold`
-(tests/test_ledger.py) and through Kafka (tests/test_rules_through_kafka.py): one builder per
+(tests/unit/test_ledger.py) and through Kafka (tests/integration/test_rules_through_kafka.py): one builder per
 example, for any tenant and year (Kafka refuses event times ahead of the broker's clock, so
 the Kafka run uses a past year)."""
 

@@ -1,6 +1,6 @@
 """Writes the bad-input corpus of this directory (``cases.json``, ``cases/*.jsonl``, ``control.jsonl``).
 
-The written files are the source of truth (tests/test_bad_input_corpus.py reads only them);
+The written files are the source of truth (tests/integration/test_bad_input_corpus.py reads only them);
 this script is how they were made, kept so the corpus can be extended and rewritten
 byte-for-byte: ``python tests/data/bad-input/generate.py``.
 
@@ -1133,7 +1133,7 @@ def main() -> None:
     doc = {
         "about": "Bad-input corpus (issue 14): every case file holds raw lines of one tenant; line `bad_line` "
                  "(0-based) must be rejected with `reason` and its raw input, every other line accepted. "
-                 "See generate.py and tests/test_bad_input_corpus.py.",
+                 "See generate.py and tests/integration/test_bad_input_corpus.py.",
         "control": {"file": "control.jsonl", "tenant": "bi-control", **expected},
         "cases": manifest,
     }

@@ -25,7 +25,7 @@ from finops.producers.publish import publish_lines
 from finops.producers.workload import generate
 from finops.projections.balances import read_balances
 from finops.schemas import outputs, topics
-from test_pipeline import wait_until
+from support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -195,7 +195,7 @@ class TestBadInputThroughKafka:
         """Rows 9-12 and 14 through the broker: overdraft, windows and expiry by event time,
         unreadable input, another tenant's account, a late usage: the rejected topic and the
         balances say exactly what `finops fold` says of the same bytes."""
-        from test_bad_input import BAD, GOOD
+        from bad_lines import BAD, GOOD
 
         run = uuid.uuid4().hex[:8]
 

@@ -17,7 +17,7 @@ import bench
 from bench.all import run_all
 from finops import cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ from finops.processors.fold import fold_lines
 from finops.producers.publish import publish_lines
 from finops.projections.balances import read_balances
 from finops.schemas import topics
-from test_pipeline import wait_until
+from support import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ from finops.producers.simulate import Simulation, parse_spike, run
 from finops.errors import FinopsError
 from finops.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CARD = RateCard.per_1k({"gpt-4o": ("0.0025", "0.01"), "gpt-4o-mini": ("0.00015", "0.0006"), "gpt-4": ("0.03", "0.06")})
 
 

@@ -9,7 +9,6 @@ time; and no token reaches another tenant.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from datetime import datetime, timezone
 
@@ -28,9 +27,8 @@ from finops.schemas import topics
 from finops.schemas.money import credits
 from finops.schemas.outputs import LedgerEntry
 from finops.tokens import TokenStore
-from finops.waiting import wait_processed
 from ledger_helpers import Script, at
-from test_pipeline import wait_until
+from support import bearer, settled, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -65,18 +63,6 @@ def served(settings, tmp_path):
     with Pipeline(settings, ("ledger", "sink", "serve"), serve={"port": 0, "tokens": tokens}) as running:
         wait_until(lambda: running.api.server.started, 60, "the API server", running)
         yield running, tokens
-
-
-def settled(settings, pipeline: Pipeline, client: httpx.Client) -> None:
-    """Wait until the ledger committed everything published and ClickHouse and the live view hold it."""
-    wait_processed(settings, timeout=120, sink=True)
-    committed_at = time.time()
-    view = pipeline.api.view
-    wait_until(lambda: view._fresh_at is not None and view._fresh_at > committed_at, 30, "the live view", pipeline)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def cli_uses(settings, monkeypatch) -> None:

@@ -20,7 +20,7 @@ from finops.producers.publish import publish_lines
 from finops.projections.balances import read_balances
 from finops.schemas import topics
 from finops.schemas.money import credits_str
-from test_pipeline import wait_until
+from support import wait_until
 
 pytestmark = pytest.mark.integration
 

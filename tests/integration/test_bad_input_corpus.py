@@ -38,7 +38,7 @@ import pytest
 from finops.processors.fold import fold_lines
 from finops.schemas import reasons as vocabulary
 
-CORPUS = Path(__file__).parent / "data" / "bad-input"
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad-input"
 MANIFEST = json.loads((CORPUS / "cases.json").read_text())
 CASES: list[dict] = MANIFEST["cases"]
 CONTROL: dict = MANIFEST["control"]
@@ -239,7 +239,7 @@ def kafka_run(kafka_settings) -> KafkaRun:
     from finops.producers.publish import publish_lines
     from finops.projections.balances import read_balances
     from finops.schemas import topics
-    from test_pipeline import wait_until
+    from support import wait_until
 
     run = uuid.uuid4().hex[:8]
     settings = kafka_settings.model_copy(update={"group_prefix": f"test-{run}"})

@@ -18,7 +18,7 @@ from finops import clients
 from finops.pipeline import Pipeline
 from finops.producers.publish import publish_lines
 from finops.schemas import topics
-from test_pipeline import wait_until
+from support import wait_until
 
 pytestmark = pytest.mark.integration
 

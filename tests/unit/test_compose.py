@@ -26,7 +26,7 @@ from finops.projections import clickhouse
 from finops.settings import Settings
 from report_data import History, noon
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
 GRAFANA = ROOT / "deploy" / "grafana"
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "clickhouse.yaml"

@@ -22,7 +22,7 @@ from finops.projections import clickhouse, sink as sink_mod
 from finops.projections.query import RemoteReader, endpoint_file
 from finops.projections.sink import Sink, Slice
 from finops.schemas import topics
-from test_pipeline import wait_until
+from support import wait_until
 
 pytestmark = pytest.mark.integration
 

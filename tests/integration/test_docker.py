@@ -1,7 +1,7 @@
 """The thin slice against containers (testcontainers): apache/kafka and clickhouse-server.
 
 Runs where a Docker engine answers; elsewhere it is skipped with the reason. The same
-check as tests/test_pipeline.py runs against the local broker and chdb everywhere.
+check as tests/e2e/test_pipeline.py runs against the local broker and chdb everywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from finops import stack
 from finops.settings import Settings
 from ch_backends import CLICKHOUSE_IMAGE, docker_engine_problem
-from test_pipeline import check_thin_slice
+from support import check_thin_slice
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 

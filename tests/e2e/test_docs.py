@@ -31,7 +31,7 @@ from finops import stack
 from finops.schemas import wire
 from finops.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "quickstart.md",
         *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "quickstart.md")]
 RUN = {"sh", "bash", "python", "sql"}

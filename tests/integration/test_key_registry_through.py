@@ -20,7 +20,7 @@ from finops.projections import clickhouse, reports
 from finops.projections.query import LocalReader
 from finops.schemas import topics
 from report_data import through_the_ledger
-from test_pipeline import wait_until
+from support import wait_until
 
 
 def _lines(tenant: str, year: int = 2026) -> list[bytes]:

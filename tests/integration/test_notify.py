@@ -25,8 +25,8 @@ from finops.producers.notify import (Notifier, RoutesError, email_message, incid
                                      parse_routes, slack_payload)
 from finops.producers.webhooks import verify
 from finops.schemas import outputs, topics
-from test_pipeline import wait_until
-from test_webhooks import free_port
+from support import wait_until
+from support import free_port
 
 SECRET = "hook-secret-for-tests"
 PD_KEY = "pd-routing-key-for-tests"

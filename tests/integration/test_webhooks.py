@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -19,7 +18,7 @@ from finops.producers.publish import publish_lines
 from finops.producers.webhooks import WebhookForwarder, sign, slack_text, verify
 from finops.producers.workload import generate
 from finops.schemas import topics
-from test_pipeline import wait_until
+from support import free_port, wait_until
 
 SECRET = "s3cret-for-tests"
 
@@ -78,12 +77,6 @@ class Receiver:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 import uuid
 from datetime import datetime, timezone
 
@@ -15,65 +11,12 @@ import pytest
 from finops import clients
 from finops.demo import fold_differences
 from finops.pipeline import Pipeline
-from finops.processors.fold import fold_lines
-from finops.schemas.outputs import LedgerEntry
 from finops.producers.publish import publish_lines
 from finops.producers.workload import generate
+from support import check_thin_slice, wait_until
 from finops.projections.balances import read_balances
 
 pytestmark = pytest.mark.integration
-
-
-def wait_until(condition, timeout: float, what: str, pipeline: Pipeline | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if pipeline is not None:
-            pipeline.raise_failure()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def ledger_entry_count(lines: list[bytes]) -> int:
-    return sum(isinstance(o, LedgerEntry) for o in fold_lines(lines, keep_outputs=True).outputs)
-
-
-def tenant_count(pipeline: Pipeline, table: str, tenants: list[str]) -> int:
-    sql = f"SELECT count() FROM {table} WHERE tenant_id IN {{tenants:Array(String)}}"
-    return int(pipeline.sink.query(sql, {"tenants": tenants})[1][0][0])
-
-
-def check_thin_slice(settings) -> None:
-    """Publish a workload, run ledger + sink, check balances (topic and CLI) and ClickHouse rows."""
-    workload = generate(tenants=2, usage=2000, suffix=f"-{uuid.uuid4().hex[:6]}")
-    report = publish_lines(settings, workload.lines)
-    assert (report.sent, report.failed) == (len(workload.lines), 0)
-    with Pipeline(settings) as pipeline:
-        ends = clients.input_ends(settings)
-        wait_until(lambda: pipeline.ledger.caught_up(ends), 60, "the ledger", pipeline)
-        wait_until(lambda: tenant_count(pipeline, "usage_events", workload.tenants) >= 2000, 60,
-                   "usage rows in ClickHouse", pipeline)
-        expected_entries = ledger_entry_count(workload.lines)
-        wait_until(lambda: tenant_count(pipeline, "ledger_entries", workload.tenants) >= expected_entries,
-                   60, "ledger rows in ClickHouse", pipeline)
-        assert tenant_count(pipeline, "usage_events", workload.tenants) == 2000
-        assert tenant_count(pipeline, "ledger_entries", workload.tenants) == expected_entries
-
-    latest = {}
-    for tenant in workload.tenants:
-        latest.update(read_balances(settings, tenant_id=tenant))
-    assert fold_differences(latest, workload) == {}
-
-    # and the CLI answers the same, as a program would read it
-    tenant = workload.tenants[0]
-    env = {**os.environ, "FINOPS_KAFKA_BOOTSTRAP": settings.bootstrap}
-    out = subprocess.run([sys.executable, "-m", "finops.cli", "balance", "search", "--tenant", tenant, "--json"],
-                         capture_output=True, text=True, env=env, timeout=60)
-    assert out.returncode == 0, out.stderr
-    shown = json.loads(out.stdout)
-    b = latest[(tenant, "search")]
-    assert (shown["available"], shown["consumed"], shown["reserved"], shown["overage"]) == (
-        b.available, b.consumed, b.reserved, b.overage)
 
 
 class TestThinSlice:

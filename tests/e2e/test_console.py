@@ -21,13 +21,13 @@ import pytest
 from finops.pipeline import Pipeline
 from finops.producers.publish import publish_lines
 from finops.tokens import TokenStore
-from test_pipeline import wait_until
-from test_serve import bearer, settled
+from support import wait_until
+from support import bearer, settled
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "build" / "test-artifacts" / "console"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts" / "console"
 
 
 def recent_workload(tenant: str) -> list[bytes]:
