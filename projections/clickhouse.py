@@ -47,12 +47,15 @@ def connect(settings: Settings, *, migrate: bool = True, lock_wait_s: float = 0.
 
 
 def migrations() -> list[tuple[str, str]]:
+    """``(version, SQL text)`` of each file in ``migrations/``, in version order."""
     folder = resources.files(__package__) / "migrations"
     files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
     return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
 
 
 def apply_migrations(client) -> list[str]:
+    """Apply every migration not yet recorded in ``schema_migrations``; the versions applied now.
+    A statement ClickHouse refuses propagates as the driver's error."""
     client.command(
         f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (version String, applied_at DateTime64(3, 'UTC') "
         "DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version")
@@ -88,6 +91,7 @@ def query(client, sql: str, parameters: dict[str, Any] | None = None) -> tuple[l
 
 
 def first_line(exc: Exception) -> str:
+    """The first non-blank line of an error's text (at most 300 characters), or its type's name."""
     text = str(exc).strip()
     for line in text.splitlines():
         line = line.strip()

@@ -18,6 +18,11 @@ MAX_LINES = 8
 
 
 def plot(report: Report, path: str, reader=None) -> None:
+    """Draw ``report`` into the image file ``path`` (its type from the suffix: .png, .svg, .pdf, ...).
+
+    burn-rate and anomalies read the daily spend through ``reader`` (a
+    :class:`~finops.projections.query.Reader`). Raises :class:`FinopsError` for a report with no
+    plot, without a reader where one is needed, or when the file cannot be written."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -37,11 +37,18 @@ ARROW_SETTINGS = {"output_format_arrow_string_as_string": 1, "output_format_arro
 
 
 class Reader(Protocol):
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]: ...
+    """What reports and ``finops sql`` read ClickHouse through: :class:`LocalReader` or :class:`RemoteReader`
+    (from :func:`open_reader`). Every method raises :class:`~finops.projections.clickhouse.ClickHouseError`
+    with one line."""
 
-    def raw(self, sql: str, parameters: dict[str, Any] | None = None, fmt: str = "CSVWithNames") -> bytes: ...
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        """Run ``sql`` with ClickHouse ``{name:Type}`` ``parameters``: (column names, rows as tuples)."""
 
-    def close(self) -> None: ...
+    def raw(self, sql: str, parameters: dict[str, Any] | None = None, fmt: str = "CSVWithNames") -> bytes:
+        """Run ``sql`` and return the answer as bytes in ClickHouse output format ``fmt`` (CSV, Parquet, ...)."""
+
+    def close(self) -> None:
+        """Release the client, if this reader owns one."""
 
 
 class LocalReader:
@@ -53,11 +60,14 @@ class LocalReader:
         self.owned = owned
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        """(column names, rows) of ``sql``, one statement at a time under the lock."""
         with self.lock:
             return clickhouse.query(self.client, sql, parameters)
 
     def raw(self, sql: str, parameters: dict[str, Any] | None = None, fmt: str = "CSVWithNames",
             settings: dict | None = None) -> bytes:
+        """The answer to ``sql`` in output format ``fmt``; a driver error becomes a one-line
+        :class:`~finops.projections.clickhouse.ClickHouseError`."""
         with self.lock:
             try:
                 return self.client.raw_query(sql, parameters=parameters, fmt=fmt, settings=settings)
@@ -65,6 +75,7 @@ class LocalReader:
                 raise clickhouse.ClickHouseError(clickhouse.first_line(exc)) from exc
 
     def close(self) -> None:
+        """Close the client when this reader owns it (``owned``); a shared one stays open."""
         if self.owned:
             self.client.close()
 
@@ -79,6 +90,9 @@ class RemoteReader:
 
     def raw(self, sql: str, parameters: dict[str, Any] | None = None, fmt: str = "CSVWithNames",
             settings: dict | None = None) -> bytes:
+        """POST ``sql`` to the owner's ``/query``; the answer in output format ``fmt``. Raises
+        :class:`~finops.projections.clickhouse.ClickHouseError` with the owner's message, or when it does
+        not answer within ``timeout`` seconds."""
         body = json.dumps({"sql": sql, "parameters": parameters or {}, "format": fmt,
                            "settings": settings or {}}, default=str).encode()
         req = urlrequest.Request(f"{self.url}/query", data=body, method="POST",
@@ -94,6 +108,7 @@ class RemoteReader:
                                              f"answer: {exc}") from exc
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        """(column names, rows) of ``sql``, sent as Arrow so the values come back typed."""
         data = self.raw(sql, parameters, "ArrowStream", ARROW_SETTINGS)
         if not data:
             return [], []
@@ -102,7 +117,7 @@ class RemoteReader:
         return list(table.column_names), list(zip(*columns)) if columns else []
 
     def close(self) -> None:
-        pass
+        """Nothing to release: every request is its own HTTP connection."""
 
 
 def endpoint_file(settings: Settings) -> Path | None:
@@ -148,6 +163,7 @@ class QueryServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="finops-query", daemon=True)
 
     def start(self) -> QueryServer:
+        """Start serving and advertise the address and token in the endpoint file (mode 0600)."""
         self.thread.start()
         if self.path is not None:
             tmp = self.path.with_suffix(".tmp")
@@ -159,6 +175,7 @@ class QueryServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving; remove the endpoint file if this process wrote it."""
         if self.path is not None:
             try:
                 info = json.loads(self.path.read_text())

@@ -40,6 +40,11 @@ MICROS = 1_000_000
 
 @dataclass
 class Params:
+    """What a report is asked for: ``tenant`` and ``account`` ('' = all), the UTC days ``start`` ..
+    ``end`` (both included; None until :meth:`resolved`), and each report's own knobs: ``mapping``
+    (chargeback), ``z`` and ``min_days`` (anomalies), ``currency`` and ``credit_price`` (what one
+    credit costs, for focus), ``method``, ``budget`` (credits) and ``reserve_pct`` (plan)."""
+
     tenant: str = ""
     account: str = ""
     start: date | None = None
@@ -54,6 +59,8 @@ class Params:
     reserve_pct: Decimal = DEFAULT_RESERVE_PCT  # plan, hybrid: % of the budget kept at the parent
 
     def resolved(self, today: date) -> Params:
+        """These params with the days filled in: ``end`` defaults to ``today``, ``start`` to
+        ``DEFAULT_DAYS`` days ending at ``end``. Raises :class:`FinopsError` when ``start`` is after ``end``."""
         end = self.end or today
         start = self.start or end - timedelta(days=DEFAULT_DAYS - 1)
         if start > end:
@@ -61,6 +68,8 @@ class Params:
         return dataclasses.replace(self, start=start, end=end)
 
     def sql_parameters(self) -> dict[str, Any]:
+        """The ClickHouse query parameters every SQL file may use (``{tenant:String}``,
+        ``{from:Date}``, ...); needs resolved days."""
         return {"tenant": self.tenant, "account": self.account, "from": self.start.isoformat(),
                 "to": self.end.isoformat(), "cost_centers": list(self.mapping),
                 "gl_accounts": list(self.mapping.values()),
@@ -70,6 +79,9 @@ class Params:
 
 @dataclass
 class Report:
+    """A report's result: column names and rows as the SQL (and Python's columns) gave them, the
+    params it ran with, and for forecast the daily spend (credits, by ``(tenant, account)``) for plots."""
+
     name: str
     columns: list[str]
     rows: list[tuple]
@@ -78,6 +90,7 @@ class Report:
 
 
 def sql_text(name: str) -> str:
+    """The SQL of report ``name`` (``sql/<name>.sql``). Raises :class:`FinopsError` for an unknown report."""
     path = resources.files(__package__) / "sql" / f"{name}.sql"
     if not path.is_file():
         raise FinopsError(f"unknown report {name!r}; choose one of {', '.join(REPORTS)}")
@@ -85,6 +98,7 @@ def sql_text(name: str) -> str:
 
 
 def sql_path(name: str) -> Path:
+    """Where the SQL file of report ``name`` lies in the installed package (it may not exist)."""
     return Path(str(resources.files(__package__) / "sql" / f"{name}.sql"))
 
 

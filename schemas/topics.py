@@ -20,6 +20,8 @@ ALERTS_DEADLETTER = "finops.alerts.deadletter.v1"
 
 
 class TopicSpec(NamedTuple):
+    """One Kafka topic as ``finops stack up`` creates it; :func:`topic_config` turns it into topic configs."""
+
     name: str
     compacted: bool = False
     max_message_bytes: int | None = None  # above the broker's 1 MB default, where records can be big
@@ -61,6 +63,8 @@ def changelog_name(ledger_group: str) -> str:
 
 
 def changelog_spec(name: str) -> TopicSpec:
+    """The spec of a ledger state-store changelog: compacted, records up to ``CHANGELOG_MAX_BYTES``,
+    tombstones kept ``CHANGELOG_TOMBSTONES_MS`` (processors/store.py)."""
     return TopicSpec(name, compacted=True, max_message_bytes=CHANGELOG_MAX_BYTES,
                      tombstones_ms=CHANGELOG_TOMBSTONES_MS)
 
@@ -79,3 +83,7 @@ def topic_config(spec: TopicSpec) -> dict[str, str]:
     return config
 
 INPUTS = (USAGE, COMMANDS)
+# What the ledger processor writes in its transactions (spend aside: published on its own cadence).
+LEDGER_OUTPUTS = (LEDGER, BALANCES, ENFORCEMENT, ALERTS, REJECTED)
+# What the ClickHouse sink stores, one table per topic (projections/sink.py, TABLES).
+SINK_TOPICS = (USAGE, LEDGER, ALERTS, BALANCES, COMMANDS)

@@ -39,11 +39,21 @@ class _Message(msgspec.Struct, frozen=True, tag_field="type", kw_only=True, omit
 
 
 class Purchase(_Message, tag="purchase", frozen=True, kw_only=True):
+    """Credits bought by the tenant: they enter the root pool (the account whose id is the tenant id).
+
+    ``credits`` in micro-credits; at ``expires_at`` (event time) what is left leaves as ``expired``
+    (wire-v1.md, "Commands")."""
+
     credits: Micros
     expires_at: Timestamp | None = None
 
 
 class OpenAccount(_Message, tag="open_account", frozen=True, kw_only=True):
+    """A scoped account under ``parent_id`` (wire-v1.md, "Accounts"); it starts with nothing in it.
+
+    ``fallback`` lets its usage draw from the parent when its own grants run dry. Reopening an
+    id is ``account_exists``, an unopened parent ``unknown_parent``."""
+
     account_id: NonEmpty
     kind: NonEmpty
     parent_id: NonEmpty
@@ -52,6 +62,10 @@ class OpenAccount(_Message, tag="open_account", frozen=True, kw_only=True):
 
 
 class Recurrence(msgspec.Struct, frozen=True):
+    """``{"every": "month", "rollover_pct": 0..100}`` of an ``allocate``: the same amount again each
+    calendar month (UTC); of the unspent remainder, up to ``rollover_pct`` % of the amount carries
+    over and the rest returns to the parent (wire-v1.md, "Commands")."""
+
     every: Literal["month"]
     rollover_pct: Percent = 0
 
@@ -75,6 +89,14 @@ class NoAction(msgspec.Struct, frozen=True, tag="none", tag_field="type"):
 
 
 class Allocate(_Message, tag="allocate", frozen=True, kw_only=True):
+    """Credits moved from a parent to its child as a grant (wire-v1.md, "Commands").
+
+    ``credits`` in micro-credits. ``starts_at``/``ends_at`` is the spend window and
+    ``expires_at`` the grant's expiry (event time); ``on_expiry`` says whether the remainder
+    then leaves as ``expired`` or returns to the parent. ``thresholds`` are percent of the
+    period budget at which alerts fire. Refused ``insufficient_funds``, ``not_parent`` or
+    ``unknown_account``."""
+
     from_account: NonEmpty
     to_account: NonEmpty
     credits: Micros
@@ -93,6 +115,9 @@ class Allocate(_Message, tag="allocate", frozen=True, kw_only=True):
 
 
 class Reclaim(_Message, tag="reclaim", frozen=True, kw_only=True):
+    """Unspent credits returned from a child to its parent: ``credits`` (micro-credits), or
+    everything the child can spend with ``all`` true (wire-v1.md, "Commands")."""
+
     from_account: NonEmpty
     to_account: NonEmpty
     credits: Micros | None = None
@@ -100,11 +125,19 @@ class Reclaim(_Message, tag="reclaim", frozen=True, kw_only=True):
 
 
 class SetMembers(_Message, tag="set_members", frozen=True, kw_only=True):
+    """Restricts who may draw from a pool account to ``members`` and their descendants; for anyone
+    else the fallback cascade stops below the pool (wire-v1.md, "Commands")."""
+
     account_id: NonEmpty
     members: tuple[NonEmpty, ...]
 
 
 class BindKey(_Message, tag="bind_key", frozen=True, kw_only=True):
+    """Binds an API key to an account: usage with this key and no ``account_id`` is charged to it.
+
+    The optional tags are the key registry (an addition to wire v1, docs/ledger.md "The key registry"); a later
+    ``bind_key`` of the same key replaces its whole entry."""
+
     api_key_id: NonEmpty
     account_id: NonEmpty
     # Addition to wire v1: the key registry. The tags given here are the key's labels: the
@@ -120,24 +153,35 @@ KEY_TAGS = ("cost_center", "team", "project", "env")  # the registry tags of a b
 
 
 class Reserve(_Message, tag="reserve", frozen=True, kw_only=True):
+    """Holds ``credits`` (micro-credits) on an account for an in-flight request; the hold is released
+    at ``expires_at`` (event time) unless settled first (wire-v1.md, "Commands")."""
+
     account_id: NonEmpty
     credits: Micros
     expires_at: Timestamp
 
 
 class Settle(_Message, tag="settle", frozen=True, kw_only=True):
+    """Turns the hold ``reservation_id`` into consumption of ``credits`` (micro-credits) and releases
+    the rest. After the hold ended it is still charged, like usage; a second settle of the same
+    hold is ``reservation_closed`` (wire-v1.md, "A settle after its hold ended")."""
+
     reservation_id: NonEmpty
     credits: Micros
 
 
 class OverrideCap(_Message, tag="override_cap", frozen=True, kw_only=True):
+    """Lifts an account's hard cap until ``until`` (event time); needs two distinct ``approvals``
+    (compared after NFC, case folding and trimming: wire-v1.md, "Approvers")."""
+
     account_id: NonEmpty
     until: Timestamp
     approvals: tuple[NonEmpty, ...]
 
 
 class Tick(_Message, tag="tick", frozen=True, kw_only=True):
-    pass
+    """Only the common fields: advances the tenant's event time so expiries, window ends and monthly
+    renewals happen when no other traffic arrives."""
 
 
 class Price(Decimal):
@@ -172,6 +216,12 @@ class SetPolicy(_Message, tag="set_policy", frozen=True, kw_only=True):
 
 
 class Usage(_Message, tag="usage", frozen=True, kw_only=True):
+    """One metered request, a fact that is never refused for want of funds (wire-v1.md, "Usage").
+
+    ``credits_consumed`` in micro-credits, else priced from the tenant's rate card by
+    ``units_consumed``; ``account_id``, else the account bound to ``api_key_id``.
+    ``response_latency_ms`` in milliseconds. ``ts`` is event time."""
+
     api_key_id: NonEmpty
     model_name: NonEmpty
     operation_type: NonEmpty
@@ -214,6 +264,8 @@ _PRICE = re.compile(r"[0-9]+(\.[0-9]{1,12})?")
 
 
 def dec_hook(kind: type, obj: object) -> object:
+    """msgspec's decode hook: a wire amount to :class:`Micros` (a bool is refused), a rate-card price
+    to :class:`Price`. Raises :class:`AmountError`, which the decoder reports as a validation error."""
     if kind is Micros:
         if type(obj) is bool:
             raise AmountError("amount must be a number or a decimal string, not bool")
@@ -242,6 +294,8 @@ def to_price(obj: object) -> Price:
 
 
 def enc_hook(obj: object) -> object:
+    """msgspec's encode hook: :class:`Micros` back to a decimal credit string, a :class:`Price` to
+    its shortest decimal text."""
     if type(obj) is Micros or isinstance(obj, Micros):
         return credits_str(obj)
     if isinstance(obj, Price):
@@ -430,6 +484,7 @@ def _label_texts(labels) -> dict[str, str]:
 
 
 def encode(message: Message) -> bytes:
+    """A v1 message as JSON bytes, amounts as decimal credit strings: ``decode(encode(m)) == m``."""
     return _encoder.encode(message)
 
 
