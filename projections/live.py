@@ -97,12 +97,16 @@ class LedgerProgress:
         self._thread = threading.Thread(target=self._run, name="finops-ledger-progress", daemon=True)
 
     def start(self) -> None:
+        """Start asking Kafka, every ``every_s`` wall seconds, in a daemon thread."""
         self._thread.start()
 
     def stop(self) -> None:
+        """Ask the thread to end before its next look (it does not wait for it)."""
         self._stop.set()
 
     def stalled_s(self) -> float:
+        """Wall seconds since the ledger's committed input offsets last moved while input was
+        pending; 0.0 when nothing is pending (or before the first look)."""
         if not self.pending:
             return 0.0
         return max(0.0, time.time() - self._moved_at)
@@ -177,6 +181,8 @@ class LiveView(Service):
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
+        """Read until :meth:`~finops.service.Service.stop`, watching the ledger's progress meanwhile;
+        closes the consumer at the end."""
         self.ledger.start()
         try:
             super().run()
@@ -184,6 +190,9 @@ class LiveView(Service):
             self.ledger.stop()
 
     def step(self) -> int:
+        """Read one batch (up to 20,000 records, waiting at most 0.05 s for the first) and apply it under
+        the lock; the number of records read. Raises :class:`KafkaException` for an error other than
+        a partition's end or a topic not there yet."""
         if not self._has_changelog and time.monotonic() - self._looked_at > _FIND_TOPICS_EVERY_S:
             self._find_topics()  # until the ledger has made its changelog
         if not self._assigned:
@@ -284,6 +293,7 @@ class LiveView(Service):
             _put(getattr(state, _KEYED[kind]), rest, value)
 
     def close(self) -> None:
+        """Close the consumer (errors on the way out are ignored)."""
         try:
             self.consumer.close()
         except (KafkaException, RuntimeError):
