@@ -66,6 +66,9 @@ class _Model(BaseModel):
 
 
 class Retry(_Model):
+    """How a channel retries (docs/notify.md): ``max_attempts`` before the alert is dead-lettered, backoff
+    from ``backoff_initial_s`` doubling to ``backoff_max_s`` and ``timeout_s`` per attempt (wall seconds)."""
+
     max_attempts: int = Field(10, ge=1)
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)
@@ -83,17 +86,22 @@ def _http_url(value: str) -> str:
 
 
 class SlackChannel(_Channel):
+    """A Slack incoming webhook; its ``url`` is a secret and never printed."""
+
     type: Literal["slack"]
     url: SecretStr  # a Slack incoming-webhook URL is itself a secret
 
     @field_validator("url")
     @classmethod
     def check_url(cls, value: SecretStr) -> SecretStr:
+        """Refuses a URL that is not http(s) (pydantic reports the ValueError with its field)."""
         _http_url(value.get_secret_value())
         return value
 
 
 class WebhookChannel(_Channel):
+    """A signed HTTP webhook (docs/webhooks.md), signed with ``secret`` or else FINOPS_WEBHOOK_SECRET."""
+
     type: Literal["webhook"]
     url: str
     secret: SecretStr | None = None  # default: FINOPS_WEBHOOK_SECRET
@@ -101,10 +109,14 @@ class WebhookChannel(_Channel):
     @field_validator("url")
     @classmethod
     def check_url(cls, value: str) -> str:
+        """Refuses a URL that is not http(s)."""
         return _http_url(value)
 
 
 class EmailChannel(_Channel):
+    """Email over SMTP to ``to`` (one address or a list); ``subject`` is a template over
+    ``TEMPLATE_FIELDS``. ``starttls`` upgrades a plain connection, ``ssl`` is implicit TLS: not both."""
+
     type: Literal["email"]
     host: str
     port: int = Field(25, ge=1, le=65535)
@@ -119,11 +131,13 @@ class EmailChannel(_Channel):
     @field_validator("to", mode="before")
     @classmethod
     def one_or_many(cls, value):
+        """One address written as a string is a list of one."""
         return [value] if isinstance(value, str) else value
 
     @field_validator("subject")
     @classmethod
     def check_template(cls, value: str) -> str:
+        """Refuses a subject that names a field outside ``TEMPLATE_FIELDS`` or is no format string."""
         try:
             value.format_map({f: "" for f in TEMPLATE_FIELDS})
         except KeyError as exc:
@@ -134,6 +148,7 @@ class EmailChannel(_Channel):
 
     @model_validator(mode="after")
     def check_tls(self) -> EmailChannel:
+        """Refuses ``starttls`` with ``ssl``, and a password without a username."""
         if self.starttls and self.ssl:
             raise ValueError("choose starttls or ssl, not both")
         if self.password is not None and not self.username:
@@ -142,6 +157,9 @@ class EmailChannel(_Channel):
 
 
 class PagerDutyChannel(_Channel):
+    """PagerDuty Events API v2; firing alerts trigger and resolved ones resolve the incident of one
+    ``dedup_key`` (:func:`incident_key`)."""
+
     type: Literal["pagerduty"]
     url: str = PAGERDUTY_URL
     routing_key: SecretStr
@@ -149,6 +167,7 @@ class PagerDutyChannel(_Channel):
     @field_validator("url")
     @classmethod
     def check_url(cls, value: str) -> str:
+        """Refuses a URL that is not http(s)."""
         return _http_url(value)
 
 
@@ -169,6 +188,7 @@ class Match(_Model):
     labels: dict[str, OneOrMany] = Field(default_factory=dict)
 
     def matches(self, alert: Mapping[str, Any]) -> bool:
+        """Does ``alert`` (a decoded ``finops.alerts.v1`` record) meet every condition given?"""
         def one_of(wanted, value) -> bool:
             return wanted is None or value in ([wanted] if isinstance(wanted, str) else wanted)
 
@@ -182,12 +202,18 @@ class Match(_Model):
 
 
 class Route(_Model):
+    """Alerts that ``match`` go to ``channels``; with ``continue`` the routes after it are tried too
+    (Alertmanager's semantics)."""
+
     match: Match = Field(default_factory=Match)  # no match: every alert (a catch-all)
     channels: list[str] = Field(min_length=1)
     continue_: bool = Field(False, alias="continue")
 
 
 class Routes(_Model):
+    """A validated routes file (:func:`parse_routes`): ``channels`` by name, ``routes`` in file order, and
+    the default ``retry``."""
+
     retry: Retry = Field(default_factory=Retry)
     channels: dict[str, Channel] = Field(min_length=1)
     routes: list[Route] = Field(min_length=1)
@@ -195,6 +221,7 @@ class Routes(_Model):
 
     @property
     def source(self) -> str:
+        """The file (or name) it was read from, for messages."""
         return self._source
 
     def channels_for(self, alert: Mapping[str, Any]) -> list[str]:
@@ -208,6 +235,7 @@ class Routes(_Model):
         return chosen
 
     def retry_of(self, name: str) -> Retry:
+        """The retry settings of channel ``name``: its own, else the file's top-level ``retry``."""
         return self.channels[name].retry or self.retry
 
 
@@ -321,6 +349,8 @@ def parse_routes(text: str, source: str = "routes", environ: Mapping[str, str] |
 
 
 def load_routes(path: str | Path, environ: Mapping[str, str] | None = None) -> Routes:
+    """Read and validate a routes file; ``${NAME}`` in values comes from ``environ`` (default:
+    the process's). Raises :class:`RoutesError` (one line: file, line, field, problem)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -376,6 +406,8 @@ def pagerduty_payload(alert: Mapping[str, Any], routing_key: str) -> dict:
 
 
 def email_message(alert: Mapping[str, Any], channel: EmailChannel) -> EmailMessage:
+    """The email for ``alert`` on ``channel``: the subject from its template, the summary and the alert
+    as JSON in the body, and a ``Message-ID`` derived from the alert id (the same on every repeat)."""
     fields = {f: alert.get(f, "") for f in TEMPLATE_FIELDS}
     fields["text"] = slack_text(dict(alert))
     msg = EmailMessage()
@@ -436,6 +468,9 @@ def deliver(name: str, channel: Any, alert: Mapping[str, Any], attempt: int, set
 
 @dataclass
 class NotifyProgress:
+    """Counters of ``finops run notify``: alerts consumed and matching no route, and per channel the
+    alerts delivered, dead-lettered, and the failed attempts."""
+
     consumed: int = 0
     unrouted: int = 0  # matched no route
     delivered: dict[str, int] = field(default_factory=dict)
@@ -443,6 +478,7 @@ class NotifyProgress:
     failed_attempts: dict[str, int] = field(default_factory=dict)
 
     def add(self, counter: str, channel: str, n: int = 1) -> None:
+        """Add ``n`` to ``counter`` (``delivered``, ``dead_lettered`` or ``failed_attempts``) of ``channel``."""
         counts = getattr(self, counter)
         counts[channel] = counts.get(channel, 0) + n
 
@@ -577,6 +613,9 @@ class Notifier(Service):
         self.offsets.revoke([(p.topic, p.partition) for p in partitions])
 
     def step(self) -> int:
+        """Read up to 500 alerts (waiting at most 0.2 s), queue each to its channels, and commit the
+        positions every channel is done with; the number of records read. Re-raises the error of a
+        channel worker that stopped."""
         if self._failure is not None:
             raise self._failure
         self._pause_if_full()
@@ -629,6 +668,8 @@ class Notifier(Service):
         self.offsets.committed_to(positions)
 
     def close(self) -> None:
+        """Stop the channel workers (waiting up to 60 s each), commit what they finished, close the
+        consumer and flush the dead-letter producer."""
         self._stop.set()
         for worker in self.workers:
             worker.join(60)
@@ -639,6 +680,7 @@ class Notifier(Service):
             self.producer.flush(10)
 
     def metrics(self) -> dict:
+        """The counters plus each channel's queue length, as plain dicts (``channel -> count``)."""
         p = self.progress
         return {"consumed": p.consumed, "unrouted": p.unrouted, "delivered": dict(p.delivered),
                 "dead_lettered": dict(p.dead_lettered), "failed_attempts": dict(p.failed_attempts),

@@ -37,6 +37,9 @@ class PublishError(FinopsError):
 
 @dataclass
 class PublishReport:
+    """What a publish did: lines acknowledged by Kafka (per topic), lines that failed with the first 20
+    reasons (``"line N: reason"``), and how often usage waited for its tenant's commands."""
+
     sent: int = 0
     failed: int = 0
     by_topic: dict[str, int] = field(default_factory=dict)
@@ -44,6 +47,7 @@ class PublishReport:
     command_waits: int = 0  # times usage waited for its tenant's commands to be acknowledged
 
     def fail(self, text: str) -> None:
+        """Count one failed line; keep its reason among the first 20."""
         self.failed += 1
         if len(self.errors) < 20:
             self.errors.append(text)
@@ -170,10 +174,13 @@ class Publisher:
             self._producer.flush(min(left, 0.1))  # sends at once (no linger) and serves delivery reports
 
     def send_all(self, lines: Iterable[bytes]) -> None:
+        """:meth:`send` each line, in order (no line numbers in the report)."""
         for line in lines:
             self.send(line)
 
     def close(self, timeout: float = 40.0) -> PublishReport:
+        """Wait up to ``timeout`` seconds for every queued line's delivery report; the report. Raises
+        :class:`PublishError` when some were still undelivered."""
         remaining = self._producer.flush(timeout)
         if remaining:
             raise PublishError(f"{remaining} messages were not delivered to {self.settings.bootstrap} in time")

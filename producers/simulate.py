@@ -61,12 +61,16 @@ BAD_KINDS = ("not_json", "missing_field", "negative_amount", "unknown_account", 
 
 @dataclass(frozen=True)
 class Spike:
+    """One ``--spike``: the traffic of ``account`` is multiplied by ``factor`` from ``at`` seconds of event
+    time after the start, for the simulation's ``spike_length``; ``text`` is what was written."""
+
     account: str  # "tenant/account" or "account" (that account in every tenant)
     factor: float
     at: float  # seconds of event time after the start
     text: str
 
     def matches(self, tenant: str, account: str) -> bool:
+        """Does this spike name ``account`` of ``tenant`` (as ``account`` or ``tenant/account``)?"""
         return self.account in (account, f"{tenant}/{account}")
 
 
@@ -109,6 +113,9 @@ def daily_cycle(t: datetime) -> float:
 
 @dataclass(frozen=True)
 class User:
+    """A simulated user account: its team, relative activity ``weight`` (a few heavy users) and the
+    projects it labels its requests with."""
+
     tenant: str
     account: str
     team: str
@@ -118,6 +125,9 @@ class User:
 
 @dataclass
 class Report:
+    """What a simulation sent: counts of accounts, commands, usage and bad lines, requests per model, the
+    wall seconds it took and the first and last event time (RFC 3339)."""
+
     tenants: list[str]
     accounts: int = 0
     commands: int = 0
@@ -131,9 +141,11 @@ class Report:
 
     @property
     def messages(self) -> int:
+        """Every line sent: commands, usage and bad input."""
         return self.commands + self.usage + self.bad
 
     def as_dict(self) -> dict:
+        """The report as JSON-ready values (``finops simulate`` prints it), with messages per wall second."""
         return {"tenants": self.tenants, "accounts": self.accounts, "commands": self.commands, "usage": self.usage,
                 "bad": self.bad, "spiked": self.spiked, "messages": self.messages, "seconds": round(self.seconds, 2),
                 "messages_per_s": round(self.messages / self.seconds) if self.seconds else None,

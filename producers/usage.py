@@ -45,6 +45,8 @@ class InvalidEvent(FinopsError, ValueError):
 
 @dataclass(frozen=True)
 class DeliveryFailure:
+    """A message Kafka did not take: its ``id`` (None when unreadable), the topic and Kafka's error."""
+
     id: str | None
     topic: str
     error: str
@@ -59,6 +61,7 @@ def resolve_settings(settings: Settings | None, bootstrap: str | None) -> Settin
 
 
 def now_iso() -> str:
+    """This machine's wall time, UTC, as RFC 3339 with microseconds and ``Z`` (a wire-v1 ``ts``)."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
@@ -221,9 +224,13 @@ class RateCard:
 
     @classmethod
     def per_1k(cls, prices: Mapping[str, tuple[str | int | Decimal, str | int | Decimal]]) -> RateCard:
+        """A rate card from ``{model: (input, output)}`` prices in credits per 1,000 tokens, each
+        an exact decimal (a string is best: ``"0.0025"``)."""
         return cls({m: ModelPrice(Decimal(str(i)), Decimal(str(o))) for m, (i, o) in prices.items()})
 
     def price(self, model: str) -> ModelPrice:
+        """The price of ``model`` (the longest priced prefix of a versioned name). Raises
+        :class:`InvalidEvent` ``no_rate`` when none matches."""
         best = max((name for name in self.prices if model == name or model.startswith(name + "-")),
                    key=len, default=None)
         if best is None:
@@ -246,6 +253,8 @@ class Latency:
     error: str | None = None
 
     def elapsed_ms(self) -> int:
+        """Milliseconds (wall, monotonic clock) since the start: the final ``ms`` once the block
+        ended, else the time so far."""
         return self.ms if self.ms is not None else round((time.perf_counter() - self.started) * 1000)
 
 

@@ -44,6 +44,8 @@ def severity_rank(severity: str | None) -> int:
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``X-Finops-Signature`` value: ``sha256=`` + hex HMAC-SHA256 of ``"<timestamp>.<body>"`` with
+    ``secret``; ``timestamp`` in Unix seconds (wall time)."""
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return f"sha256={mac.hexdigest()}"
 
@@ -104,6 +106,9 @@ def post_signed(url: str, body: bytes, secret: str, idempotency_key: str, attemp
 
 @dataclass
 class Delivery:
+    """Counters of ``finops run webhooks``: alerts delivered, dead-lettered, attempts that failed, and
+    alerts skipped by the tenant and severity filter."""
+
     delivered: int = 0
     dead_lettered: int = 0
     failed_attempts: int = 0
@@ -136,10 +141,13 @@ class WebhookForwarder(Service):
         self.producer = clients.producer(settings)
 
     def close(self) -> None:
+        """Close the consumer and flush the dead-letter producer (10 s at most)."""
         self.consumer.close()
         self.producer.flush(10)
 
     def step(self) -> int:
+        """Read up to 500 alerts (waiting at most 0.2 s), forward each in order and commit the
+        offsets of those delivered or dead-lettered; the number of records read."""
         messages = self.consumer.consume(500, 0.2)
         done: dict[tuple[str, int], int] = {}
         for m in messages:
@@ -244,6 +252,7 @@ class Receiver:
 
     @property
     def address(self) -> tuple[str, int]:
+        """``(host, port)`` the receiver listens on (the port is the real one when 0 was asked for)."""
         return self.server.server_address[:2]
 
     def take(self, body: bytes, headers) -> tuple[int, dict | None]:

@@ -22,6 +22,9 @@ NAMES = ("acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "ty
 
 @dataclass(frozen=True)
 class Workload:
+    """A generated workload: the JSONL ``lines`` (commands and usage, in event-time order), the tenant
+    ids, and how many of the lines are usage and commands."""
+
     lines: list[bytes]
     tenants: list[str]
     usage_count: int
