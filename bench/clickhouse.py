@@ -325,34 +325,34 @@ def sink(events: int = 500_000, repeats: int = 3, slice_rows: int = 50_000) -> d
             out.append(batch)
         return out
 
-    def slices_of(batch) -> list:
-        slices: dict[tuple[str, int], sink_mod.Slice] = {}
+    def checkpoints_of(batch) -> list:
+        checkpoints: dict[tuple[str, int], sink_mod.SinkCheckpoint] = {}
         for topic, partition, offset, value in batch:  # as Sink.step does
-            s = slices.get((topic, partition))
+            s = checkpoints.get((topic, partition))
             if s is None:
-                s = slices[(topic, partition)] = sink_mod.Slice(topic, partition, offset, offset)
+                s = checkpoints[(topic, partition)] = sink_mod.SinkCheckpoint(topic, partition, offset, offset)
             s.last = offset
             row = tables[topic].build(value, partition, offset)
             if row is not None:
                 s.rows.append(row)
-        return list(slices.values())
+        return list(checkpoints.values())
 
     def through_sink(writer, consumed) -> tuple[float, float, int]:
         build_s = write_s = 0.0
         rows = 0
         for batch in consumed:
             started = time.perf_counter()
-            slices = slices_of(batch)
+            checkpoints = checkpoints_of(batch)
             built = time.perf_counter()
-            writer._write_once(slices)
+            writer._write_once(checkpoints)
             write_s += time.perf_counter() - built
             build_s += built - started
-            rows += sum(len(s.rows) for s in slices)
+            rows += sum(len(s.rows) for s in checkpoints)
         return build_s, write_s, rows
 
     def raw_only(client, consumed) -> tuple[float, int]:
         prepared = [(tables[s.topic].name, sink_mod.encode_rows(s.rows), s.token, len(s.rows))
-                    for batch in consumed for s in slices_of(batch)]
+                    for batch in consumed for s in checkpoints_of(batch)]
         started = time.perf_counter()
         for table, data, token, _ in prepared:
             client.raw_insert(table, None, data, fmt="JSONEachRow",

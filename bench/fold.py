@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import msgspec
 
 from finops.processors.fold import FoldResult
-from finops.processors.ledger import Book
+from finops.processors.ledger import Ledger
 from finops.schemas import wire
 
 from .common import machine, now_iso, rate
@@ -47,9 +47,9 @@ def fold(events: int = 200_000, repeats: int = 3) -> dict:
     decoded = [(wire.decode(line), line) for line in lines]
 
     def ledger_only() -> None:
-        book = Book()
+        ledger = Ledger()
         for message, raw in decoded:
-            book.handle(message, raw)
+            ledger.handle(message, raw)
 
     def decode_only() -> None:
         for line in lines:
@@ -58,7 +58,7 @@ def fold(events: int = 200_000, repeats: int = 3) -> dict:
     check = FoldResult()
     for line in lines:
         check.feed(line)
-    user = check.book.tenants["bench"].accounts["user"]
+    user = check.ledger.tenants["bench"].accounts["user"]
     if user.consumed != events * 12_500 or check.rejected:
         raise RuntimeError("the benchmark folded wrongly")
 

@@ -692,7 +692,7 @@ def check_against_fold(settings, workload, *, timeout: float = 900.0) -> dict:
     expected = Counter((e.tenant_id, e.entry_id, e.kind, e.account_id, e.amount_micros, e.balance_micros)
                        for e in fold.outputs if type(e) is outputs.LedgerEntry)
     folded = {(t, a.id): (a.available, a.consumed, a.reserved, a.overage)
-              for t in workload.tenants for a in fold.book.tenants[t].accounts.values()}
+              for t in workload.tenants for a in fold.ledger.tenants[t].accounts.values()}
     fold_rejected = len(fold.rejected)
     del fold
     published = {key: (b.available_micros, b.consumed_micros, b.reserved_micros, b.overage_micros)

@@ -23,7 +23,7 @@ import time
 from typing import Callable
 
 from finops.processors import ledger
-from finops.processors.ledger import Book
+from finops.processors.ledger import Ledger
 from finops.processors.plan import _encoder
 from finops.processors.state import MemoryIds
 from finops.schemas import outputs, wire
@@ -42,10 +42,10 @@ def fast_path_steps(lines: list[bytes]) -> dict:
     count = len(usage_lines)
     messages = [wire.decode(line) for line in usage_lines]
 
-    book = Book()
+    setup_ledger = Ledger()
     for line in setup:
-        book.handle(wire.decode(line), line)
-    state = book.tenants["bench"]
+        setup_ledger.handle(wire.decode(line), line)
+    state = setup_ledger.tenants["bench"]
     charged = state.accounts["user"]
 
     def decode() -> None:
@@ -97,7 +97,7 @@ def fast_path_steps(lines: list[bytes]) -> dict:
         produce.elapsed = elapsed  # type: ignore[attr-defined]
 
     def whole_fold_step() -> None:
-        fresh = Book()
+        fresh = Ledger()
         for line in setup:
             fresh.handle(wire.decode(line), line)
         for m, line in zip(messages, usage_lines):

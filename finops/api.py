@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import FinopsError
 from .processors.ledger import entitlement
-from .processors.state import Account, Tenant
+from .processors.state import Account, TenantState
 from .projections import reports
 from .projections.live import LiveView
 from .schemas import wire
@@ -123,7 +123,7 @@ def _credits(text: str, name: str = "credits") -> int:
 # ----------------------------------------------------------------------------- views of the state
 
 
-def account_view(state: Tenant, acct: Account, now: datetime) -> dict[str, Any]:
+def account_view(state: TenantState, acct: Account, now: datetime) -> dict[str, Any]:
     """One account as the API shows it: own balances, effective available through the cascade
     (``processors.ledger.entitlement``), cap state, period budget and use, grants."""
     judged = entitlement(state, acct, 0, now)
@@ -143,7 +143,7 @@ def account_view(state: Tenant, acct: Account, now: datetime) -> dict[str, Any]:
     }
 
 
-def tree_order(state: Tenant) -> list[Account]:
+def tree_order(state: TenantState) -> list[Account]:
     """Every account, depth first from the root, children by id."""
     children: dict[str | None, list[Account]] = {}
     for acct in state.accounts.values():
@@ -396,13 +396,13 @@ def create_app(backends: Backends) -> FastAPI:
             raise Problem(403, "forbidden", "Forbidden", f"this token's role ({who.role}) cannot write")
         return who
 
-    def tenant_of(tenants: dict[str, Tenant], tenant_id: str) -> Tenant:
+    def tenant_of(tenants: dict[str, TenantState], tenant_id: str) -> TenantState:
         state = tenants.get(tenant_id)
         if state is None:
             raise _not_found()
         return state
 
-    def freshness(state: Tenant | None) -> dict[str, Any]:
+    def freshness(state: TenantState | None) -> dict[str, Any]:
         """``as_of``: the tenant's ledger clock (event time); ``lag_ms``: wall ms since the view last held
         all the ledger had committed; ``ledger_pending``: input records the ledger has not committed yet
         and ``ledger_stalled_s`` how long (wall seconds) it has not moved on them (a stopped ledger)."""

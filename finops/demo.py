@@ -136,7 +136,7 @@ def _run(settings: Settings, *, usage: int, tenants: int, days: float, log: Log,
 
         wait_for(lambda: usage_rows() >= workload.usage_count, timeout=timeout,
                  what="ClickHouse to hold every usage row", pipeline=pipeline)
-        consumed = sum(a.consumed for t in workload.tenants for a in fold_lines(workload.lines).book.tenants[t]
+        consumed = sum(a.consumed for t in workload.tenants for a in fold_lines(workload.lines).ledger.tenants[t]
                        .accounts.values())
         spend_sql = "SELECT sum(credits_micros) FROM mv_credits_by_team WHERE tenant_id IN {tenants:Array(String)}"
         wait_for(lambda: int(pipeline.sink.query(spend_sql, params)[1][0][0] or 0) >= consumed, timeout=timeout,
@@ -210,9 +210,9 @@ def fold_differences(latest: dict, workload: Workload) -> dict:
     """Accounts whose published balance differs from ``finops fold`` of the same input:
     {(tenant, account): (published, folded)} as (available, consumed, reserved, overage)
     micro-credits; an account missing on either side shows None there. Empty: they agree."""
-    book = fold_lines(workload.lines).book
+    ledger = fold_lines(workload.lines).ledger
     expected = {(t, a.id): (a.available, a.consumed, a.reserved, a.overage)
-                for t in workload.tenants for a in book.tenants[t].accounts.values()}
+                for t in workload.tenants for a in ledger.tenants[t].accounts.values()}
     actual = {key: (b.available_micros, b.consumed_micros, b.reserved_micros, b.overage_micros)
               for key, b in latest.items()}
     return {key: (actual.get(key), expected.get(key)) for key in actual.keys() | expected.keys()

@@ -45,7 +45,7 @@ class TimerEvent(Event, frozen=True, kw_only=True):
     """An event that time caused: the timer ``(when, seq, kind, ref, ref2)`` came due, and ``ts`` is its
     ``when``. Applying one pops the timer and moves the tenant clock to ``ts``."""
 
-    timer: Timer | None  # None: caused by the end of the input, not a timer (Book.finish)
+    timer: Timer | None  # None: caused by the end of the input, not a timer (Ledger.finish)
 
 
 class TimerDropped(TimerEvent, frozen=True, kw_only=True):
@@ -220,7 +220,7 @@ class Settled(Event, frozen=True, kw_only=True):
 
 
 class HoldClosed(Event, frozen=True, kw_only=True):
-    """A reservation released at its expiry was settled after all (its credits are charged
+    """A hold released at its expiry was settled after all (its credits are charged
     like usage): a second settle of it is ``reservation_closed``."""
 
     hold_id: str

@@ -7,12 +7,12 @@ from typing import Iterable
 
 from ..schemas import outputs, wire
 from ..schemas.money import credits_str
-from .ledger import Book, Output
+from .ledger import Ledger, Output
 from .state import DEFAULT_RULES, Rules
 
 
 class FoldResult:
-    """A folded book plus what was refused, in input order.
+    """A folded ledger plus what was refused, in input order.
 
     ``now``: judge every line as if Kafka had stored it at this time (the far-future rule,
     ``ts_in_future``); None skips that rule. Call :meth:`finish` after the last line: the end
@@ -21,7 +21,7 @@ class FoldResult:
 
     def __init__(self, keep_outputs: bool = False, *, now: datetime | None = None,
                  rules: Rules = DEFAULT_RULES) -> None:
-        self.book = Book(rules)
+        self.ledger = Ledger(rules)
         self.rejected: list[wire.Rejection] = []
         self.keep_outputs = keep_outputs
         self.outputs: list[Output] = []  # alerts; every output (entries too) with keep_outputs
@@ -46,7 +46,7 @@ class FoldResult:
         if isinstance(message, wire.Rejection):
             self.rejected.append(message)
             return
-        produced, refused = self.book.handle(message, raw if isinstance(raw, bytes) else raw.encode(), self.now)
+        produced, refused = self.ledger.handle(message, raw if isinstance(raw, bytes) else raw.encode(), self.now)
         self._keep(produced)
         if refused is not None:
             self.rejected.append(wire.Rejection(id=message.id, tenant_id=message.tenant_id, reason=refused.reason,
@@ -54,14 +54,14 @@ class FoldResult:
 
     def finish(self) -> None:
         """End of input: usage still held for an account that never opened is rejected ``unknown_account``."""
-        self._keep(self.book.finish())
+        self._keep(self.ledger.finish())
 
     def summary(self) -> dict:
         """The wire-v1 ``finops fold`` object (amounts as exact decimal credit strings)."""
         accounts: dict[str, dict] = {}
         totals = {"purchased": 0, "consumed": 0, "expired": 0, "overage": 0}
-        multi = len(self.book.tenants) > 1
-        for tenant_id, state in sorted(self.book.tenants.items()):
+        multi = len(self.ledger.tenants) > 1
+        for tenant_id, state in sorted(self.ledger.tenants.items()):
             for acct in state.accounts.values():
                 key = f"{tenant_id}/{acct.id}" if multi else acct.id
                 accounts[key] = {"available": credits_str(acct.available), "consumed": credits_str(acct.consumed),

@@ -1,6 +1,6 @@
 """The pure ledger: ``decide(state, message) -> events``, ``apply(state, event) -> outputs``.
 
-No clock, no I/O, no randomness: time comes from the messages. One :class:`Tenant` holds
+No clock, no I/O, no randomness: time comes from the messages. One :class:`TenantState` holds
 one tenant's accounts, and every message is routed to the state of its own ``tenant_id``,
 so nothing a tenant sends can touch another tenant's accounts.
 
@@ -52,14 +52,14 @@ from .events import (
 )
 from .state import (
     DEFAULT_RULES, GRANT_END, HELD_END, HOLD_END, NO_END, OVERRIDE_END, RENEW, Account, Grant, Held, Hold,
-    Recurring, Rejected, Rules, Tenant, rate_key,
+    Recurring, Rejected, Rules, TenantState, rate_key,
 )
 
 # What folding a message makes: ledger entries, alerts, enforcement changes, and rejections
 # that time causes (a held usage whose grace ended).
 Output = out.LedgerEntry | out.Alert | out.Enforcement | wire.Rejection
 
-__all__ = ["Book", "Rejected", "Rules", "Tenant", "Output", "decide", "apply", "advance", "balance_of", "Entitlement",
+__all__ = ["Ledger", "Rejected", "Rules", "TenantState", "Output", "decide", "apply", "advance", "balance_of", "Entitlement",
            "entitlement"]
 
 
@@ -76,7 +76,7 @@ def next_month(t: datetime) -> datetime:
     return datetime(t.year + (t.month == 12), t.month % 12 + 1, 1, tzinfo=timezone.utc)
 
 
-def advance(state: Tenant, t: datetime) -> list[Output]:
+def advance(state: TenantState, t: datetime) -> list[Output]:
     """Let time pass up to ``t``: fire every due timer in time order, then move the clock."""
     outputs: list[Output] = []
     if state.clock is not None and t <= state.clock:
@@ -91,7 +91,7 @@ def advance(state: Tenant, t: datetime) -> list[Output]:
     return outputs
 
 
-# How a closed reservation is remembered: "settled", or RELEASED + the charged account (released
+# How a closed hold is remembered: "settled", or RELEASED + the charged account (released
 # at its expiry: a settle after that still charges the account, wire-v1.md).
 RELEASED = "released:"
 
@@ -101,15 +101,15 @@ RELEASED = "released:"
 PRUNE_EVERY_S = 3600.0
 
 
-def prune_memory(state: Tenant, now: float) -> None:
-    """Forget ids (and closed reservations) older than the idempotency horizon before ``now`` (epoch s)."""
+def prune_memory(state: TenantState, now: float) -> None:
+    """Forget ids (and closed holds) older than the idempotency horizon before ``now`` (epoch s)."""
     before = now - state.rules.id_horizon_s
     state.ids.prune(before)
     state.closed_holds.prune(before)
     state.pruned_at = now
 
 
-def _decide_timer(state: Tenant, timer) -> TimerEvent:
+def _decide_timer(state: TenantState, timer) -> TimerEvent:
     when, _seq, kind, ref, _ref2 = timer
     if kind == GRANT_END:
         acct = state.accounts[ref]
@@ -149,7 +149,7 @@ def _grant_ended(acct: Account, grant: Grant, when: datetime, timer, recurrence:
                       carried_expiry=_carried(grant, when) if returns else None)
 
 
-def _renewal(state: Tenant, rec: Recurring, when: datetime, timer) -> TimerEvent:
+def _renewal(state: TenantState, rec: Recurring, when: datetime, timer) -> TimerEvent:
     child = state.accounts[rec.child]
     grant = child.grant(rec.grant_id)
     last_month = when.year == 9999 and when.month == 12  # no month after this one: it ends here
@@ -204,7 +204,7 @@ def fingerprint(message: wire.Message, raw: bytes | None = None) -> int:
     return int.from_bytes(hashlib.blake2b(_fingerprint_encoder.encode(message), digest_size=8).digest(), "big")
 
 
-def decide(state: Tenant, message: wire.Message, raw: bytes | None = None) -> list[Event]:
+def decide(state: TenantState, message: wire.Message, raw: bytes | None = None) -> list[Event]:
     """The events ``message`` causes (time already advanced to it), or :class:`Rejected`.
 
     Idempotency (wire-v1.md, "Idempotency horizon"): an id is remembered for
@@ -254,7 +254,7 @@ def _applies(kind: type) -> Callable:
     return register
 
 
-def _decide(message: wire.Message, state: Tenant, now: datetime, late: bool, raw: bytes | None = None) -> list[Event]:
+def _decide(message: wire.Message, state: TenantState, now: datetime, late: bool, raw: bytes | None = None) -> list[Event]:
     if type(message) is wire.Usage:
         return _decide_usage(message, state, now, late, raw)
     decider = _DECIDERS.get(type(message))
@@ -273,12 +273,12 @@ def _insufficient(acct: Account, amount: int, unpaid: int, verb: str = "spend") 
 
 
 @_decides(wire.Tick)
-def _(message: wire.Tick, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _(message: wire.Tick, state: TenantState, now: datetime, late: bool) -> list[Event]:
     return []
 
 
 @_decides(wire.Purchase)
-def _(message: wire.Purchase, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _(message: wire.Purchase, state: TenantState, now: datetime, late: bool) -> list[Event]:
     if message.expires_at is not None and message.expires_at <= now:
         raise Rejected(reasons.INVALID_WINDOW, "expires_at is not after the purchase time")
     amount = int(message.credits)
@@ -287,7 +287,7 @@ def _(message: wire.Purchase, state: Tenant, now: datetime, late: bool) -> list[
 
 
 @_decides(wire.OpenAccount)
-def _(message: wire.OpenAccount, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _(message: wire.OpenAccount, state: TenantState, now: datetime, late: bool) -> list[Event]:
     if message.account_id in state.accounts:
         raise Rejected(reasons.ACCOUNT_EXISTS, f"account {message.account_id!r} is already open")
     if message.parent_id not in state.accounts:
@@ -296,7 +296,7 @@ def _(message: wire.OpenAccount, state: Tenant, now: datetime, late: bool) -> li
                           fallback=message.fallback, name=message.name, **_common(message, late))]
 
 
-def _parent_and_child(state: Tenant, parent_id: str, child_id: str) -> tuple[Account, Account]:
+def _parent_and_child(state: TenantState, parent_id: str, child_id: str) -> tuple[Account, Account]:
     parent, child = state.account(parent_id), state.account(child_id)
     if child.parent_id != parent.id:
         raise Rejected(reasons.NOT_PARENT, f"{parent_id!r} is not the parent of {child_id!r}")
@@ -304,7 +304,7 @@ def _parent_and_child(state: Tenant, parent_id: str, child_id: str) -> tuple[Acc
 
 
 @_decides(wire.Allocate)
-def _(message: wire.Allocate, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _(message: wire.Allocate, state: TenantState, now: datetime, late: bool) -> list[Event]:
     parent, _child = _parent_and_child(state, message.from_account, message.to_account)
     ends = [t for t in (message.ends_at, message.expires_at) if t is not None]
     final = min(ends) if ends else None
@@ -344,7 +344,7 @@ def _critical_rps(action: wire.RateLimitAction | wire.NoAction | None) -> int | 
 
 
 @_decides(wire.Reclaim)
-def _(message: wire.Reclaim, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _(message: wire.Reclaim, state: TenantState, now: datetime, late: bool) -> list[Event]:
     parent, child = _parent_and_child(state, message.to_account, message.from_account)
     if message.all:
         amount = child.spendable(now)
@@ -361,7 +361,7 @@ def _(message: wire.Reclaim, state: Tenant, now: datetime, late: bool) -> list[E
 
 
 @_decides(wire.SetMembers)
-def _(message: wire.SetMembers, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _(message: wire.SetMembers, state: TenantState, now: datetime, late: bool) -> list[Event]:
     state.account(message.account_id)
     for member in message.members:
         state.account(member)
@@ -369,7 +369,7 @@ def _(message: wire.SetMembers, state: Tenant, now: datetime, late: bool) -> lis
 
 
 @_decides(wire.BindKey)
-def _(message: wire.BindKey, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _(message: wire.BindKey, state: TenantState, now: datetime, late: bool) -> list[Event]:
     state.account(message.account_id)
     tags = {name: getattr(message, name) for name in wire.KEY_TAGS if getattr(message, name) is not None}
     return [KeyBound(api_key_id=message.api_key_id, account_id=message.account_id, tags=tags or None,
@@ -377,12 +377,12 @@ def _(message: wire.BindKey, state: Tenant, now: datetime, late: bool) -> list[E
 
 
 @_decides(wire.SetPolicy)
-def _(message: wire.SetPolicy, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _(message: wire.SetPolicy, state: TenantState, now: datetime, late: bool) -> list[Event]:
     return [PolicySet(require_key_registry=message.require_key_registry, **_common(message, late))]
 
 
 @_decides(wire.SetRates)
-def _(message: wire.SetRates, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _(message: wire.SetRates, state: TenantState, now: datetime, late: bool) -> list[Event]:
     rates = tuple((rate_key(r.model_name, r.operation_type), Decimal(r.credits_per_unit)) for r in message.rates)
     return [RatesSet(rates=rates, **_common(message, late))]
 
@@ -394,7 +394,7 @@ def approver_key(approver: str) -> str:
 
 
 @_decides(wire.OverrideCap)
-def _(message: wire.OverrideCap, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _(message: wire.OverrideCap, state: TenantState, now: datetime, late: bool) -> list[Event]:
     state.account(message.account_id)
     approvers = {approver_key(a) for a in message.approvals} - {""}
     if len(approvers) < 2:
@@ -405,7 +405,7 @@ def _(message: wire.OverrideCap, state: Tenant, now: datetime, late: bool) -> li
     return [CapOverridden(account_id=message.account_id, until=message.until, **_common(message, late))]
 
 
-def _cascade(state: Tenant, charged: Account, amount: int, now: datetime) -> tuple[list[Draw], int]:
+def _cascade(state: TenantState, charged: Account, amount: int, now: datetime) -> tuple[list[Draw], int]:
     """Who pays ``amount`` charged to ``charged``: the account, then up the fallback chain."""
     draws: list[Draw] = []
     unpaid = amount
@@ -444,7 +444,7 @@ class Entitlement:
     blocked_by: tuple[str, ...] = ()
 
 
-def entitlement(state: Tenant, acct: Account, credits: int, at: datetime) -> Entitlement:
+def entitlement(state: TenantState, acct: Account, credits: int, at: datetime) -> Entitlement:
     """Judge a usage of ``credits`` micro-credits charged to ``acct`` at event time ``at``.
 
     The ledger judges a usage older than its clock at the clock (late usage), so ``at``
@@ -466,7 +466,7 @@ def entitlement(state: Tenant, acct: Account, credits: int, at: datetime) -> Ent
     return Entitlement(acct.id, True, None, effective)
 
 
-def _chain(state: Tenant, charged: Account, top: Account) -> list[str]:
+def _chain(state: TenantState, charged: Account, top: Account) -> list[str]:
     """The ids from ``charged`` up to ``top``: who a pool's members must include for a draw."""
     chain = []
     for acct in state.ancestors(charged):
@@ -476,7 +476,7 @@ def _chain(state: Tenant, charged: Account, top: Account) -> list[str]:
     return chain
 
 
-def usage_credits(state: Tenant, message: wire.Usage, charged: Account | None = None
+def usage_credits(state: TenantState, message: wire.Usage, charged: Account | None = None
                   ) -> tuple[int, tuple[str, tuple[Decimal, int]] | None]:
     """(micro-credits, the charged account's new rate remainder or None) of a usage.
 
@@ -516,7 +516,7 @@ def _fits(*totals: int) -> None:
                                                    f"micro-credits")
 
 
-def _decide_usage(message: wire.Usage, state: Tenant, now: datetime, late: bool, raw: bytes | None) -> list[Event]:
+def _decide_usage(message: wire.Usage, state: TenantState, now: datetime, late: bool, raw: bytes | None) -> list[Event]:
     """Charge a usage through the cascade; hold it while its account is not open (or its key not bound) yet.
 
     wire-v1.md, "Usage before its account": held for ``rules.unknown_account_grace_s`` of
@@ -540,7 +540,7 @@ def _decide_usage(message: wire.Usage, state: Tenant, now: datetime, late: bool,
     return _charge_usage(message, state, state.accounts[account_id], now, late)
 
 
-def _charge_usage(message: wire.Usage, state: Tenant, charged: Account, now: datetime, late: bool) -> list[Event]:
+def _charge_usage(message: wire.Usage, state: TenantState, charged: Account, now: datetime, late: bool) -> list[Event]:
     amount, remainder = usage_credits(state, message, charged)
     _fits(state.totals.consumed + amount, charged.consumed + amount)
     draws, unpaid = _cascade(state, charged, amount, now)
@@ -562,7 +562,7 @@ class _Cause:
         self.late = False
 
 
-def charge_common_usage(state: Tenant, message: wire.Usage) -> list[Output] | None:
+def charge_common_usage(state: TenantState, message: wire.Usage) -> list[Output] | None:
     """The usual usage, charged in one step; None when it is not the usual case.
 
     The usual case: ``credits_consumed`` given, its account open (or its key bound), its
@@ -571,7 +571,7 @@ def charge_common_usage(state: Tenant, message: wire.Usage) -> list[Output] | No
     refuse nothing, so this applies the same rule functions (``_cascade``,
     ``_draw_entries``, ``_charge``) directly, without the event objects: the same outputs
     and the same state (``tests/unit/test_fast_path.py`` holds them equal on random workloads).
-    Anything else returns None before changing anything, and :meth:`Book.handle` takes the
+    Anything else returns None before changing anything, and :meth:`Ledger.handle` takes the
     general path.
     """
     ts = message.ts
@@ -601,7 +601,7 @@ def charge_common_usage(state: Tenant, message: wire.Usage) -> list[Output] | No
     draws, unpaid = _cascade(state, charged, amount, ts)
     # _draw_entries + _entry, for a usage's consume entries
     accounts = state.accounts
-    touched = state.touched
+    balance_outbox = state.balance_outbox
     tenant_id = state.tenant_id
     cause_id = message.id
     charged_id = charged.id
@@ -622,7 +622,7 @@ def charge_common_usage(state: Tenant, message: wire.Usage) -> list[Output] | No
         acct = accounts[account_id]
         acct.take(grant_id, take)
         acct.updated = ts
-        touched.add(account_id)
+        balance_outbox.add(account_id)
         available = acct.available
         outputs.append(_LedgerEntry(
             entry_id=f"{cause_id}#{n}", kind=_CONSUME, tenant_id=tenant_id, account_id=account_id,
@@ -642,14 +642,14 @@ _LedgerEntry = out.LedgerEntry
 _CONSUME = out.CONSUME
 
 
-def _find_held(state: Tenant, ref: str, seq: int) -> Held | None:
+def _find_held(state: TenantState, ref: str, seq: int) -> Held | None:
     for held in state.held.get(ref, ()):
         if held.seq == seq:
             return held
     return None
 
 
-def _release_held(state: Tenant, ref: str, now: datetime) -> list[Output]:
+def _release_held(state: TenantState, ref: str, now: datetime) -> list[Output]:
     """Apply the usage held for ``ref`` (its account just opened or its key was bound), in arrival order.
 
     Each is judged at ``now`` like a late usage; one that is refused now (e.g. ``no_rate``)
@@ -674,7 +674,7 @@ def _release_held(state: Tenant, ref: str, now: datetime) -> list[Output]:
     return outputs
 
 
-def expire_all_held(state: Tenant) -> list[Output]:
+def expire_all_held(state: TenantState) -> list[Output]:
     """End every grace now (``finops fold`` at the end of its input): held usage is rejected ``unknown_account``."""
     outputs: list[Output] = []
     for ref in sorted(state.held, key=lambda r: state.held[r][0].seq):
@@ -684,7 +684,7 @@ def expire_all_held(state: Tenant) -> list[Output]:
     return outputs
 
 
-def _usage_dims(state: Tenant, message: wire.Usage) -> dict:
+def _usage_dims(state: TenantState, message: wire.Usage) -> dict:
     """What a usage's ``consume`` and ``overage`` entries carry: model, operation, key, labels.
 
     The key registry (wire-v1.md additions): when the key has registry tags, the labels are
@@ -707,7 +707,7 @@ def _usage_dims(state: Tenant, message: wire.Usage) -> dict:
 
 
 @_decides(wire.Reserve)
-def _(message: wire.Reserve, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _(message: wire.Reserve, state: TenantState, now: datetime, late: bool) -> list[Event]:
     charged = state.account(message.account_id)
     if message.expires_at <= now:
         raise Rejected(reasons.INVALID_WINDOW, "expires_at is not after the reservation time")
@@ -720,7 +720,7 @@ def _(message: wire.Reserve, state: Tenant, now: datetime, late: bool) -> list[E
 
 
 @_decides(wire.Settle)
-def _(message: wire.Settle, state: Tenant, now: datetime, late: bool) -> list[Event]:
+def _(message: wire.Settle, state: TenantState, now: datetime, late: bool) -> list[Event]:
     hold = state.holds.get(message.reservation_id)
     if hold is None:
         closed = state.closed_holds.get(message.reservation_id)
@@ -757,27 +757,27 @@ def _(message: wire.Settle, state: Tenant, now: datetime, late: bool) -> list[Ev
 # ----------------------------------------------------------------------------- apply
 
 
-def apply(state: Tenant, event: Event) -> list[Output]:
+def apply(state: TenantState, event: Event) -> list[Output]:
     """Fold one event into the state; returns the outputs it makes (entries, alerts, blocks)."""
     return _APPLIERS[type(event)](event, state)
 
 
-def _entry(state: Tenant, event: Event, n: int, kind: str, acct: Account, amount: int, **extra) -> out.LedgerEntry:
+def _entry(state: TenantState, event: Event, n: int, kind: str, acct: Account, amount: int, **extra) -> out.LedgerEntry:
     acct.updated = event.ts
-    state.touched.add(acct.id)
+    state.balance_outbox.add(acct.id)
     return out.LedgerEntry(entry_id=f"{event.cause_id}#{n}", kind=kind, tenant_id=state.tenant_id,
                            account_id=acct.id, cause_id=event.cause_id, cause_type=event.cause_type, ts=event.ts,
                            amount_micros=amount, balance_micros=acct.available, amount=Micros(amount),
                            balance=Micros(acct.available), late=event.late, **extra)
 
 
-def _push_timer(state: Tenant, when: datetime, kind: str, ref: str, ref2: str = "") -> None:
+def _push_timer(state: TenantState, when: datetime, kind: str, ref: str, ref2: str = "") -> None:
     timer = (when, state.next_seq(), kind, ref, ref2)
     heapq.heappush(state.timers, timer)
     state.timer_changes[(when, timer[1])] = timer
 
 
-def _pop_timer(state: Tenant, event: TimerEvent) -> None:
+def _pop_timer(state: TenantState, event: TimerEvent) -> None:
     if event.timer is None:  # not caused by a timer (expire_all_held)
         return
     popped = heapq.heappop(state.timers)
@@ -787,7 +787,7 @@ def _pop_timer(state: Tenant, event: TimerEvent) -> None:
         state.clock = event.ts
 
 
-def _new_grant(state: Tenant, acct: Account, grant_id: str, amount: int, *, starts_at=None, ends_at=None,
+def _new_grant(state: TenantState, acct: Account, grant_id: str, amount: int, *, starts_at=None, ends_at=None,
                on_expiry: str = "expire", source: str | None = None, recurrence: str | None = None,
                expiry: datetime | None = None, inherited: datetime | None = None) -> None:
     """A new grant; ``ends_at`` is the end of its window (or period), ``expiry`` its own expires_at,
@@ -835,10 +835,10 @@ def _severity(threshold: int) -> str:
     return "info" if threshold < 70 else "warning" if threshold < 90 else "critical"
 
 
-def _check_budget(state: Tenant, acct: Account, event: Event) -> list[Output]:
+def _check_budget(state: TenantState, acct: Account, event: Event) -> list[Output]:
     """Fire or resolve threshold alerts and block or open a hard cap, after ``acct``'s period changed."""
     used, granted = acct.period_used, acct.period_granted
-    state.touched.add(acct.id)
+    state.balance_outbox.add(acct.id)
     if not acct.alerted and not acct.blocked and not acct.limited_rps and (
             granted <= 0 or used < granted and used * 100 < min(acct.thresholds, default=1001) * granted):
         return []  # below every threshold, nothing fired, not blocked: nothing changes (the usual case)
@@ -882,7 +882,7 @@ def _critical_threshold(acct: Account) -> int | None:
     return min((t for t in acct.thresholds if t >= 90), default=None)
 
 
-def _enforcement(state: Tenant, acct: Account, ts: datetime) -> out.Enforcement:
+def _enforcement(state: TenantState, acct: Account, ts: datetime) -> out.Enforcement:
     """The ``finops.enforcement.v1`` record of ``acct`` now: blocked or open, the keys bound under
     it, and, while its critical action is in force, the rate limit of each key whose registry
     ``env`` is not ``prod`` (a key without an ``env`` tag counts as non-prod)."""
@@ -905,14 +905,14 @@ def _enforcement(state: Tenant, acct: Account, ts: datetime) -> out.Enforcement:
 _NO_TAGS: dict[str, str] = {}
 
 
-def _record_usage(state: Tenant, charged: Account, amount: int, event: Event) -> list[Output]:
+def _record_usage(state: TenantState, charged: Account, amount: int, event: Event) -> list[Output]:
     outputs: list[Output] = []
     accounts = state.accounts
     acct: Account | None = charged
-    touched = state.touched
+    balance_outbox = state.balance_outbox
     while acct is not None:
         acct.period_used += amount
-        touched.add(acct.id)
+        balance_outbox.add(acct.id)
         if acct.period_granted or acct.alerted:
             outputs.extend(_check_budget(state, acct, event))
         acct = accounts[acct.parent_id] if acct.parent_id is not None else None
@@ -935,19 +935,19 @@ def _start_period(acct: Account, period: str, granted: int) -> None:
 
 
 @_applies(IdRecorded)
-def _(event: IdRecorded, state: Tenant) -> list[Output]:
+def _(event: IdRecorded, state: TenantState) -> list[Output]:
     state.ids[event.cause_id] = (event.fingerprint, event.ts.timestamp())
     return []
 
 
 @_applies(IdForgotten)
-def _(event: IdForgotten, state: Tenant) -> list[Output]:
+def _(event: IdForgotten, state: TenantState) -> list[Output]:
     state.ids.pop(event.cause_id, None)
     return []
 
 
 @_applies(UsageHeld)
-def _(event: UsageHeld, state: Tenant) -> list[Output]:
+def _(event: UsageHeld, state: TenantState) -> list[Output]:
     held = Held(ref=event.ref, seq=state.next_seq(), ts=event.ts, raw=event.raw)
     state.held.setdefault(event.ref, []).append(held)
     state.held_changes[held.seq] = held
@@ -955,7 +955,7 @@ def _(event: UsageHeld, state: Tenant) -> list[Output]:
     return []
 
 
-def _unhold(state: Tenant, ref: str, seq: int) -> Held:
+def _unhold(state: TenantState, ref: str, seq: int) -> Held:
     queue = state.held[ref]
     for i, held in enumerate(queue):
         if held.seq == seq:
@@ -970,13 +970,13 @@ def _unhold(state: Tenant, ref: str, seq: int) -> Held:
 
 
 @_applies(HeldTaken)
-def _(event: HeldTaken, state: Tenant) -> list[Output]:
+def _(event: HeldTaken, state: TenantState) -> list[Output]:
     _unhold(state, event.ref, event.seq)
     return []
 
 
 @_applies(HeldExpired)
-def _(event: HeldExpired, state: Tenant) -> list[Output]:
+def _(event: HeldExpired, state: TenantState) -> list[Output]:
     _pop_timer(state, event)
     held = _unhold(state, event.ref, event.seq)
     message = wire.decode(held.raw)
@@ -989,13 +989,13 @@ def _(event: HeldExpired, state: Tenant) -> list[Output]:
 
 
 @_applies(TimerDropped)
-def _(event: TimerDropped, state: Tenant) -> list[Output]:
+def _(event: TimerDropped, state: TenantState) -> list[Output]:
     _pop_timer(state, event)
     return []
 
 
 @_applies(GrantEnded)
-def _(event: GrantEnded, state: Tenant) -> list[Output]:
+def _(event: GrantEnded, state: TenantState) -> list[Output]:
     _pop_timer(state, event)
     acct = state.accounts[event.account_id]
     if event.recurrence is not None:
@@ -1015,7 +1015,7 @@ def _(event: GrantEnded, state: Tenant) -> list[Output]:
 
 
 @_applies(PeriodRenewed)
-def _(event: PeriodRenewed, state: Tenant) -> list[Output]:
+def _(event: PeriodRenewed, state: TenantState) -> list[Output]:
     _pop_timer(state, event)
     rec = state.recurring[event.recurrence]
     child, parent = state.accounts[rec.child], state.accounts[rec.parent]
@@ -1051,24 +1051,24 @@ def _(event: PeriodRenewed, state: Tenant) -> list[Output]:
         _start_period(child, event.period, child.spendable(event.ts))
     else:
         child.period_granted += event.carry + drawn
-    state.touched.add(child.id)
+    state.balance_outbox.add(child.id)
     outputs.extend(_check_budget(state, child, event))
     return outputs
 
 
 @_applies(HoldReleased)
-def _(event: HoldReleased, state: Tenant) -> list[Output]:
+def _(event: HoldReleased, state: TenantState) -> list[Output]:
     _pop_timer(state, event)
     hold = state.holds.pop(event.hold_id)
     state.dirty.add(("hold", hold.id))
     state.closed_holds[hold.id] = (f"{RELEASED}{hold.account}", event.ts.timestamp())
     charged = state.accounts[hold.account]
     charged.reserved -= hold.amount
-    state.touched.add(charged.id)
+    state.balance_outbox.add(charged.id)
     return _give_back(state, event, hold.draws, hold, first=0)
 
 
-def _give_back(state: Tenant, event: Event, draws, hold: Hold, first: int) -> list[Output]:
+def _give_back(state: TenantState, event: Event, draws, hold: Hold, first: int) -> list[Output]:
     """Released credits of a hold go back to the grants they were taken from (wire-v1.md,
     "Credits never outlive their source"), under those grants' windows and expiry: into the
     grant if it still holds credits, into the grant made again with its terms if it was
@@ -1103,7 +1103,7 @@ def _give_back(state: Tenant, event: Event, draws, hold: Hold, first: int) -> li
     return outputs
 
 
-def _ended_release(state: Tenant, event: Event, acct: Account, term: Grant, amount: int, n: int) -> list[Output]:
+def _ended_release(state: TenantState, event: Event, acct: Account, term: Grant, amount: int, n: int) -> list[Output]:
     """Credits given back to a grant that has ended: they expire at once, or return to its source."""
     outputs: list[Output] = [_entry(state, event, n, out.EXPIRE, acct, amount, grant_id=term.id)]
     returns = term.on_expiry == "return" and term.source is not None and not _source_expired(term, event.ts)
@@ -1118,11 +1118,11 @@ def _ended_release(state: Tenant, event: Event, acct: Account, term: Grant, amou
 
 
 @_applies(OverrideEnded)
-def _(event: OverrideEnded, state: Tenant) -> list[Output]:
+def _(event: OverrideEnded, state: TenantState) -> list[Output]:
     _pop_timer(state, event)
     acct = state.accounts[event.account_id]
     acct.override_until = None
-    state.touched.add(acct.id)
+    state.balance_outbox.add(acct.id)
     return _check_budget(state, acct, event)
 
 
@@ -1130,7 +1130,7 @@ def _(event: OverrideEnded, state: Tenant) -> list[Output]:
 
 
 @_applies(Purchased)
-def _(event: Purchased, state: Tenant) -> list[Output]:
+def _(event: Purchased, state: TenantState) -> list[Output]:
     root = state.accounts[state.tenant_id]
     _new_grant(state, root, event.cause_id, event.amount, expiry=event.expires_at)
     state.totals.purchased += event.amount
@@ -1138,15 +1138,15 @@ def _(event: Purchased, state: Tenant) -> list[Output]:
 
 
 @_applies(AccountOpened)
-def _(event: AccountOpened, state: Tenant) -> list[Output]:
+def _(event: AccountOpened, state: TenantState) -> list[Output]:
     state.accounts[event.account_id] = Account(event.account_id, event.kind, event.parent_id,
                                                fallback=event.fallback, name=event.name, updated=event.ts)
-    state.touched.add(event.account_id)
+    state.balance_outbox.add(event.account_id)
     return []
 
 
 @_applies(Allocated)
-def _(event: Allocated, state: Tenant) -> list[Output]:
+def _(event: Allocated, state: TenantState) -> list[Output]:
     parent, child = state.accounts[event.from_account], state.accounts[event.to_account]
     for grant_id, amount in event.draws:
         parent.take(grant_id, amount)
@@ -1159,7 +1159,7 @@ def _(event: Allocated, state: Tenant) -> list[Output]:
     if event.on_critical is not None:
         child.critical_rps = event.on_critical
     child.thresholds = event.thresholds
-    state.touched.add(child.id)
+    state.balance_outbox.add(child.id)
     if recurrence is not None:
         state.recurring[recurrence] = Recurring(
             id=recurrence, parent=parent.id, child=child.id, amount=event.amount,
@@ -1180,7 +1180,7 @@ def _(event: Allocated, state: Tenant) -> list[Output]:
 
 
 @_applies(Reclaimed)
-def _(event: Reclaimed, state: Tenant) -> list[Output]:
+def _(event: Reclaimed, state: TenantState) -> list[Output]:
     child, parent = state.accounts[event.from_account], state.accounts[event.to_account]
     for grant_id, amount in event.draws:
         child.take(grant_id, amount)
@@ -1189,7 +1189,7 @@ def _(event: Reclaimed, state: Tenant) -> list[Output]:
             _entry(state, event, 1, out.CREDIT, parent, event.amount, grant_id=event.cause_id)]
 
 
-def _draw_entries(state: Tenant, event: Event, draws, charged: Account, kind: str, first: int,
+def _draw_entries(state: TenantState, event: Event, draws, charged: Account, kind: str, first: int,
                   hold_id: str | None = None, take: bool = True, dims: dict | None = None) -> list[Output]:
     outputs: list[Output] = []
     accounts = state.accounts
@@ -1203,12 +1203,12 @@ def _draw_entries(state: Tenant, event: Event, draws, charged: Account, kind: st
     return outputs
 
 
-def _charge(state: Tenant, event: Event, charged: Account, amount: int, overage: int, n: int,
+def _charge(state: TenantState, event: Event, charged: Account, amount: int, overage: int, n: int,
             dims: dict | None = None) -> list[Output]:
     """Book ``amount`` as consumed by ``charged`` (``overage`` of it unfunded); entry ``n`` is next."""
     charged.consumed += amount
     charged.updated = event.ts
-    state.touched.add(charged.id)  # its consumed changed, wherever the credits came from
+    state.balance_outbox.add(charged.id)  # its consumed changed, wherever the credits came from
     state.totals.consumed += amount
     outputs: list[Output] = []
     if overage:
@@ -1218,20 +1218,20 @@ def _charge(state: Tenant, event: Event, charged: Account, amount: int, overage:
     outputs.extend(_record_usage(state, charged, amount, event))
     at = event.ts.timestamp()
     key = f"{charged.id}\x1f{int(at // 3600 * 3600)}"
-    pending = state.spend.get(key)
+    pending = state.spend_outbox.get(key)
     if pending is None:
-        state.spend[key] = [amount, 1, at]
+        state.spend_outbox[key] = [amount, 1, at]
     else:
         pending[0] += amount
         pending[1] += 1
         if at > pending[2]:
             pending[2] = at
-    state.spend_dirty.add(key)
+    state.spend_outbox_dirty.add(key)
     return outputs
 
 
 @_applies(UsageCharged)
-def _(event: UsageCharged, state: Tenant) -> list[Output]:
+def _(event: UsageCharged, state: TenantState) -> list[Output]:
     charged = state.accounts[event.account_id]
     if event.remainder is not None:
         charged.remainders[event.remainder[0]] = event.remainder[1]
@@ -1241,7 +1241,7 @@ def _(event: UsageCharged, state: Tenant) -> list[Output]:
 
 
 @_applies(Reserved)
-def _(event: Reserved, state: Tenant) -> list[Output]:
+def _(event: Reserved, state: TenantState) -> list[Output]:
     charged = state.accounts[event.account_id]
     terms = []
     for account_id, grant_id, _amount in event.draws:
@@ -1252,7 +1252,7 @@ def _(event: Reserved, state: Tenant) -> list[Output]:
             terms.append(term)
     outputs = _draw_entries(state, event, event.draws, charged, out.RESERVE, 0, hold_id=event.cause_id)
     charged.reserved += event.amount
-    state.touched.add(charged.id)
+    state.balance_outbox.add(charged.id)
     state.holds[event.cause_id] = Hold(id=event.cause_id, account=charged.id, amount=event.amount,
                                        draws=list(event.draws), expires_at=event.expires_at, terms=terms)
     state.dirty.add(("hold", event.cause_id))
@@ -1261,7 +1261,7 @@ def _(event: Reserved, state: Tenant) -> list[Output]:
 
 
 @_applies(Settled)
-def _(event: Settled, state: Tenant) -> list[Output]:
+def _(event: Settled, state: TenantState) -> list[Output]:
     hold = state.holds.pop(event.hold_id)
     state.dirty.add(("hold", hold.id))
     state.closed_holds[hold.id] = ("settled", event.ts.timestamp())
@@ -1278,20 +1278,20 @@ def _(event: Settled, state: Tenant) -> list[Output]:
 
 
 @_applies(HoldClosed)
-def _(event: HoldClosed, state: Tenant) -> list[Output]:
+def _(event: HoldClosed, state: TenantState) -> list[Output]:
     state.closed_holds[event.hold_id] = ("settled", event.ts.timestamp())
     return []
 
 
 @_applies(MembersSet)
-def _(event: MembersSet, state: Tenant) -> list[Output]:
+def _(event: MembersSet, state: TenantState) -> list[Output]:
     state.accounts[event.account_id].members = frozenset(event.members)
-    state.touched.add(event.account_id)
+    state.balance_outbox.add(event.account_id)
     return []
 
 
 @_applies(KeyBound)
-def _(event: KeyBound, state: Tenant) -> list[Output]:
+def _(event: KeyBound, state: TenantState) -> list[Output]:
     key = event.api_key_id
     before = state.keys.get(key)
     old_tags = state.key_tags.get(key)
@@ -1318,7 +1318,7 @@ def _(event: KeyBound, state: Tenant) -> list[Output]:
 
 
 @_applies(PolicySet)
-def _(event: PolicySet, state: Tenant) -> list[Output]:
+def _(event: PolicySet, state: TenantState) -> list[Output]:
     if event.require_key_registry is not None:
         state.policy.require_key_registry = event.require_key_registry
     state.dirty.add(("policy", ""))
@@ -1326,25 +1326,25 @@ def _(event: PolicySet, state: Tenant) -> list[Output]:
 
 
 @_applies(RatesSet)
-def _(event: RatesSet, state: Tenant) -> list[Output]:
+def _(event: RatesSet, state: TenantState) -> list[Output]:
     state.rates.update(event.rates)
     state.dirty.add(("rates", ""))
     return []
 
 
 @_applies(CapOverridden)
-def _(event: CapOverridden, state: Tenant) -> list[Output]:
+def _(event: CapOverridden, state: TenantState) -> list[Output]:
     acct = state.accounts[event.account_id]
     acct.override_until = event.until
-    state.touched.add(acct.id)
+    state.balance_outbox.add(acct.id)
     _push_timer(state, event.until, OVERRIDE_END, acct.id)
     return _check_budget(state, acct, event)
 
 
-# ----------------------------------------------------------------------------- the book
+# ----------------------------------------------------------------------------- the ledger
 
 
-class Book:
+class Ledger:
     """All tenants' states; the one entry point for folding messages (fold and the runner).
 
     ``new_tenant`` makes the state of a tenant seen for the first time (the runner's gives
@@ -1354,16 +1354,16 @@ class Book:
     __slots__ = ("tenants", "rules", "new_tenant", "fast")
 
     def __init__(self, rules: Rules = DEFAULT_RULES,
-                 new_tenant: Callable[[str], Tenant] | None = None, *, fast: bool = True) -> None:
-        self.tenants: dict[str, Tenant] = {}
+                 new_tenant: Callable[[str], TenantState] | None = None, *, fast: bool = True) -> None:
+        self.tenants: dict[str, TenantState] = {}
         self.rules = rules
         self.new_tenant = new_tenant
         self.fast = fast  # False: every message takes the general path (the fast path's reference)
 
-    def tenant(self, tenant_id: str) -> Tenant:
+    def tenant(self, tenant_id: str) -> TenantState:
         state = self.tenants.get(tenant_id)
         if state is None:
-            state = self.new_tenant(tenant_id) if self.new_tenant is not None else Tenant(tenant_id)
+            state = self.new_tenant(tenant_id) if self.new_tenant is not None else TenantState(tenant_id)
             state.rules = self.rules
             self.tenants[tenant_id] = state
         return state
@@ -1421,7 +1421,7 @@ class Book:
         return outputs
 
 
-def balance_of(state: Tenant, acct: Account) -> out.Balance:
+def balance_of(state: TenantState, acct: Account) -> out.Balance:
     return out.Balance(
         tenant_id=state.tenant_id, account_id=acct.id, kind=acct.kind, parent_id=acct.parent_id,
         available_micros=acct.available, consumed_micros=acct.consumed, reserved_micros=acct.reserved,

@@ -7,9 +7,9 @@ the ledger must interleave ``finops.usage.v1[p]`` and ``finops.commands.v1[p]``.
   first: the record timestamp, which the input topics take from the broker
   (LogAppendTime), so each topic-partition is in that order already; on the same
   millisecond, the earlier event time, then commands before usage, then offset order;
-* when one of them is empty, the other goes on only if the empty one is *quiet*: the
+* when one of them is empty, the other goes on only if the empty one is *idle*: the
   caller decides, from its position and a high watermark asked after the waiting messages
-  arrived (``Merger.take(quiet=...)``); otherwise the partition waits for the next fetch.
+  arrived (``PartitionBuffer.take(idle=...)``); otherwise the partition waits for the next fetch.
 
 So the ledger applies a tenant's messages in the order they reached Kafka, live and in any
 replay alike (the record timestamp is part of the log), whatever event times other
@@ -48,7 +48,7 @@ class Item:
         return (self.stored_at or self.ts, self.ts, RANK[self.topic], self.offset)
 
 
-class Merger:
+class PartitionBuffer:
     """Per-partition buffers of both input topics; ``take`` hands out what may be applied now."""
 
     def __init__(self) -> None:
@@ -81,7 +81,7 @@ class Merger:
     def buffered(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
-    def take(self, quiet: Callable[[str, int, float], bool], now: float, limit: int) -> list[Item]:
+    def take(self, idle: Callable[[str, int, float], bool], now: float, limit: int) -> list[Item]:
         """Items in apply order, at most ``limit``; what must wait stays buffered."""
         out: list[Item] = []
         for p in sorted({k[1] for k in self.queues}):
@@ -97,8 +97,8 @@ class Merger:
                 else:
                     queue, empty_topic = (usage, topics.COMMANDS) if usage else (commands, topics.USAGE)
                     idle_for = now - self.last_arrival.get((empty_topic, p), now)
-                    if queue and quiet(empty_topic, p, idle_for):
-                        for _ in range(min(len(queue), limit - len(out))):  # quiet for this whole take
+                    if queue and idle(empty_topic, p, idle_for):
+                        for _ in range(min(len(queue), limit - len(out))):  # idle for this whole take
                             out.append(queue.popleft())
                     break
         return out

@@ -1,6 +1,6 @@
 """The ledger's pure step: a batch of input items and the state in, what one transaction writes out.
 
-:func:`plan` folds items (in merge order) into the :class:`~.ledger.Book` and returns a
+:func:`plan` folds items (in merge order) into the :class:`~.ledger.Ledger` and returns a
 :class:`Plan`: every output record in produce order, the state-store changes per partition
 (for the changelog and, after the commit, the local store) and the input offsets the
 transaction commits. No Kafka, no clock: the runner (:mod:`.runner`) is the I/O shell that
@@ -16,9 +16,9 @@ from typing import Callable
 import msgspec
 
 from ..schemas import outputs, topics, wire
-from .ledger import Book, balance_of
+from .ledger import Ledger, balance_of
 from .merge import Item
-from .state import Tenant
+from .state import TenantState
 from .store import drain_changes
 
 Record = tuple[str, bytes, bytes | None, int]  # (topic, value, key, partition)
@@ -47,9 +47,9 @@ class Plan:
     rejected: int = 0
 
 
-def plan(book: Book, items: list[Item], home: dict[str, int],
-         open_tenant: Callable[[str, int], Tenant] | None = None, *, publish_spend: bool = True) -> Plan:
-    """Apply ``items`` in order to ``book``; the records, state changes and offsets of one transaction.
+def plan(ledger: Ledger, items: list[Item], home: dict[str, int],
+         open_tenant: Callable[[str, int], TenantState] | None = None, *, publish_spend: bool = True) -> Plan:
+    """Apply ``items`` in order to ``ledger``; the records, state changes and offsets of one transaction.
 
     ``publish_spend``: also publish every tenant's usage spend not yet published
     (``finops.spend.v1``, :func:`spend_records`); otherwise it stays pending, in the state
@@ -64,8 +64,8 @@ def plan(book: Book, items: list[Item], home: dict[str, int],
     result = Plan()
     records = result.records
     offsets = result.offsets
-    handle = book.handle
-    tenants = book.tenants
+    handle = ledger.handle
+    tenants = ledger.tenants
     changed: set[str] = set()
     for item in items:
         offsets[(item.topic, item.partition)] = item.offset + 1
@@ -75,11 +75,11 @@ def plan(book: Book, items: list[Item], home: dict[str, int],
             rejection = message
         else:
             tenant_id = message.tenant_id
-            if tenant_id not in tenants and book.in_future(message, item.stored_at) is None:
+            if tenant_id not in tenants and ledger.in_future(message, item.stored_at) is None:
                 home[tenant_id] = partition
                 if open_tenant is not None:
                     state = open_tenant(tenant_id, partition)
-                    state.rules = book.rules
+                    state.rules = ledger.rules
                     tenants[tenant_id] = state
             changed.add(tenant_id)  # even a refused message may let time pass
             produced, refused = handle(message, item.raw, item.stored_at)
@@ -100,7 +100,7 @@ def plan(book: Book, items: list[Item], home: dict[str, int],
                         rejection.tenant_id.encode() if rejection.tenant_id else None, partition))
     result.applied = len(items) - result.rejected
     if publish_spend:
-        changed.update(tenant_id for tenant_id, state in tenants.items() if state.spend)
+        changed.update(tenant_id for tenant_id, state in tenants.items() if state.spend_outbox)
     for tenant_id in changed:
         state = tenants.get(tenant_id)
         if state is None:  # a message refused before its tenant had any state (ts_in_future)
@@ -112,22 +112,22 @@ def plan(book: Book, items: list[Item], home: dict[str, int],
         result.changelog.setdefault(partition, []).extend(changes)
         if local:
             result.local.setdefault(partition, []).extend(local)
-        for account_id in state.drain_touched():
+        for account_id in state.drain_balance_outbox():
             balance = balance_of(state, state.accounts[account_id])
             records.append((topics.BALANCES, _encoder.encode(balance),
                             outputs.balance_key(tenant_id, account_id).encode(), partition))
     return result
 
 
-def spend_records(state: Tenant, partition: int) -> list[Record]:
+def spend_records(state: TenantState, partition: int) -> list[Record]:
     """The tenant's usage spend not yet published, per account and event-time hour
     (``outputs.Spend`` on ``finops.spend.v1``: add up an account's records); clears it (the
     store drops its pending keys in the same transaction)."""
     records: list[Record] = []
-    if not state.spend:
+    if not state.spend_outbox:
         return records
     tenant_id = state.tenant_id
-    for key, (micros, requests, last) in sorted(state.spend.items()):  # one order, live or restored
+    for key, (micros, requests, last) in sorted(state.spend_outbox.items()):  # one order, live or restored
         account_id, hour = key.split("\x1f")
         acct = state.accounts[account_id]
         ends = [g.ends_at for g in acct.grants if g.ends_at is not None and g.remaining > 0]
@@ -138,6 +138,6 @@ def spend_records(state: Tenant, partition: int) -> list[Record]:
             granted_micros=acct.period_granted, period=acct.period, window_end=min(ends) if ends else None)
         records.append((topics.SPEND, _encoder.encode(record),
                         outputs.balance_key(tenant_id, account_id).encode(), partition))
-    state.spend_dirty.update(state.spend)
-    state.spend.clear()
+    state.spend_outbox_dirty.update(state.spend_outbox)
+    state.spend_outbox.clear()
     return records

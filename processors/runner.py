@@ -50,8 +50,8 @@ from ..errors import FinopsError
 from ..schemas import topics, wire
 from ..service import Service
 from ..settings import Settings
-from .ledger import Book
-from .merge import Item, Merger
+from .ledger import Ledger
+from .merge import Item, PartitionBuffer
 from .plan import Plan, plan
 from .state import Rules
 from .store import TRUST_CHECKPOINT_S, PartitionStore
@@ -97,7 +97,7 @@ class LedgerStats:
     decode_s: float = 0.0
     apply_s: float = 0.0
     commit_s: float = 0.0
-    watermark_s: float = 0.0  # of decode_s: asking the broker for high watermarks (the merge's quiet test)
+    watermark_s: float = 0.0  # of decode_s: asking the broker for high watermarks (the merge's idle test)
     committed: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset per input partition
     lag: int = 0  # input messages in Kafka not yet committed, on this instance's partitions
     changelog_records: int = 0  # state-store changes written to the changelog (committed transactions)
@@ -196,13 +196,13 @@ class LedgerProcessor(Service):
                            max_future_skew_s=settings.max_future_skew.total_seconds(),
                            unknown_account_grace_s=settings.unknown_account_grace.total_seconds())
         self._skew = settings.max_future_skew
-        self.book = Book(self.rules)
+        self.ledger = Ledger(self.rules)
         self.stats = LedgerStats()
-        self.merger = Merger()
+        self.buffer = PartitionBuffer()
         self.home: dict[str, int] = {}  # tenant -> the partition whose store holds its state
         self.stores: dict[int, PartitionStore] = {}
         self._owned: set[int] = set()  # input partition numbers assigned to this instance now
-        self._fetched: dict[tuple[str, int], int] = {}  # position: next offset after the last message consumed
+        self._position: dict[tuple[str, int], int] = {}  # position: next offset after the last message consumed
         self._fresh_high: dict[tuple[str, int], tuple[int, float]] = {}  # (high watermark, monotonic asked at)
         self._eof: dict[tuple[str, int], int] = {}  # end-of-partition offsets librdkafka reported (past markers)
         self._callback_error: Exception | None = None
@@ -255,10 +255,10 @@ class LedgerProcessor(Service):
         # Waits for transactional offsets still pending, so the changelog read next is theirs.
         for tp in clients.committed_offsets(consumer, partitions):
             self.stats.committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
-            self._fetched[(tp.topic, tp.partition)] = max(tp.offset, 0)
+            self._position[(tp.topic, tp.partition)] = max(tp.offset, 0)
             self._eof.pop((tp.topic, tp.partition), None)
         self._restore(numbers)
-        self.merger.assign(numbers, time.monotonic())
+        self.buffer.assign(numbers, time.monotonic())
         self._owned |= numbers
         log.info("assigned partitions %s", sorted(numbers))
 
@@ -266,14 +266,14 @@ class LedgerProcessor(Service):
         # No transaction is open here: callbacks run inside consume(), between batches.
         numbers = {tp.partition for tp in partitions}
         self._owned -= numbers
-        self.merger.revoke(numbers)
+        self.buffer.revoke(numbers)
         self._drop(numbers)
         for number in numbers:
             store = self.stores.pop(number, None)
             if store is not None:
                 store.close()
-        for key in [k for k in self._fetched if k[1] in numbers]:
-            del self._fetched[key]
+        for key in [k for k in self._position if k[1] in numbers]:
+            del self._position[key]
             self._eof.pop(key, None)
         log.info("revoked partitions %s", sorted(numbers))
 
@@ -291,7 +291,7 @@ class LedgerProcessor(Service):
         for tenant, partition in list(self.home.items()):
             if partition in numbers:
                 del self.home[tenant]
-                self.book.tenants.pop(tenant, None)
+                self.ledger.tenants.pop(tenant, None)
 
     def _restore(self, numbers: set[int]) -> None:
         """Bring each partition's store up to its changelog's end, then load its tenants."""
@@ -329,7 +329,7 @@ class LedgerProcessor(Service):
 
                 self.stats.restored_records += store.apply_changelog(records(), lambda: max(last, start))
             for tenant_id, state in store.load(self.rules).items():
-                self.book.tenants[tenant_id] = state
+                self.ledger.tenants[tenant_id] = state
                 self.home[tenant_id] = number
         self.stats.restore_s += time.perf_counter() - started
 
@@ -337,15 +337,15 @@ class LedgerProcessor(Service):
         """After an aborted transaction: reload the committed state from the stores, seek back."""
         assignment = self.consumer.assignment()
         self._drop(set(self.stores))
-        self.merger.clear()
+        self.buffer.clear()
         committed = clients.committed_offsets(self.consumer, assignment)
         for number, store in self.stores.items():
             for tenant_id, state in store.load(self.rules).items():
-                self.book.tenants[tenant_id] = state
+                self.ledger.tenants[tenant_id] = state
                 self.home[tenant_id] = number
         self._eof.clear()
         for tp in committed:
-            self._fetched[(tp.topic, tp.partition)] = max(tp.offset, 0)
+            self._position[(tp.topic, tp.partition)] = max(tp.offset, 0)
             self.consumer.seek(TopicPartition(tp.topic, tp.partition,
                                               tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
 
@@ -371,33 +371,33 @@ class LedgerProcessor(Service):
         return self._fresh_high[key][0] <= self._reached(key)
 
     def _reached(self, key: tuple[str, int]) -> int:
-        return max(self._fetched.get(key, 0), self._eof.get(key, 0))
+        return max(self._position.get(key, 0), self._eof.get(key, 0))
 
     def _stale(self, topic: str, partition: int, idle_for: float) -> bool:
-        """Must the quiet test of this topic-partition ask the broker again? Yes when its last
+        """Must the idle test of this topic-partition ask the broker again? Yes when its last
         high watermark was asked before the other topic's waiting messages arrived (or is
         older than ``_REFRESH_S`` of waiting and still ahead of what was fetched)."""
         key = (topic, partition)
         other = topics.USAGE if topic == topics.COMMANDS else topics.COMMANDS
         fresh = self._fresh_high.get(key)
-        return fresh is None or fresh[1] < self.merger.last_arrival.get((other, partition), 0.0) or \
+        return fresh is None or fresh[1] < self.buffer.last_arrival.get((other, partition), 0.0) or \
             (idle_for >= _REFRESH_S and fresh[0] > self._reached(key))
 
     def _ask_high_watermarks(self, now: float) -> None:
-        """Ask, in one request, every high watermark the merge's quiet test needs this step.
+        """Ask, in one request, every high watermark the merge's idle test needs this step.
 
         Measured at a steady 10k usage/s: one synchronous query per partition took half of the
-        ledger's time and most of a usage's latency. The quiet test (:meth:`_idle`) then finds
+        ledger's time and most of a usage's latency. The idle test (:meth:`_idle`) then finds
         them fresh; it still asks on its own for any this could not get.
         """
-        queues = self.merger.queues
+        queues = self.buffer.queues
         wanted = []
         for partition in self._owned:
             usage, commands = queues.get((topics.USAGE, partition)), queues.get((topics.COMMANDS, partition))
             if bool(usage) == bool(commands):
-                continue  # both waiting (the merge orders them) or neither: no quiet test
+                continue  # both waiting (the merge orders them) or neither: no idle test
             empty = topics.COMMANDS if usage else topics.USAGE
-            if self._stale(empty, partition, now - self.merger.last_arrival.get((empty, partition), now)):
+            if self._stale(empty, partition, now - self.buffer.last_arrival.get((empty, partition), now)):
                 wanted.append(TopicPartition(empty, partition))
         if len(wanted) < 2:
             return
@@ -410,7 +410,7 @@ class LedgerProcessor(Service):
             try:
                 self._fresh_high[(tp.topic, tp.partition)] = (future.result().offset, asked)
             except KafkaException:
-                continue  # the quiet test asks for this one itself
+                continue  # the idle test asks for this one itself
         self.stats.watermark_s += time.monotonic() - asked
 
     def step(self) -> int:
@@ -435,9 +435,9 @@ class LedgerProcessor(Service):
         self.stats.consume_s += t1 - t0
         now = time.monotonic()
         decode = wire.decode
-        add = self.merger.add
+        add = self.buffer.add
         rejection_type = wire.Rejection
-        fetched = self._fetched
+        position = self._position
         owned = self._owned
         skew = self._skew
         utc = timezone.utc
@@ -465,11 +465,11 @@ class LedgerProcessor(Service):
                 if stored_at is not None and ts - stored_at > skew:
                     ts = stored_at  # it will be refused ts_in_future: nothing to wait for
             add(Item(topic, partition, offset, ts, message, raw, stored_at), now)
-            fetched[(topic, partition)] = offset + 1
+            position[(topic, partition)] = offset + 1
             consumed += 1
         self.stats.consumed += consumed
         self._ask_high_watermarks(now)
-        items = self.merger.take(self._idle, now, self.batch_max)
+        items = self.buffer.take(self._idle, now, self.batch_max)
         t2 = time.perf_counter()
         self.stats.decode_s += t2 - t1
         self._flowing = bool(items)
@@ -481,7 +481,7 @@ class LedgerProcessor(Service):
         self._txn_since = time.monotonic()
         try:
             self.producer.begin_transaction()
-            batch = plan(self.book, items, self.home, self._open_tenant, publish_spend=publish_spend)
+            batch = plan(self.ledger, items, self.home, self._open_tenant, publish_spend=publish_spend)
             offsets = self._produce(batch)
             t3 = time.perf_counter()
             # Every transaction sends offsets, a transaction of spend alone too (the offsets
@@ -519,7 +519,7 @@ class LedgerProcessor(Service):
 
     def _spend_pending(self) -> bool:
         """Is there usage spend not yet published (an idle step then publishes it alone)?"""
-        return any(state.spend for state in self.book.tenants.values())
+        return any(state.spend_outbox for state in self.ledger.tenants.values())
 
     def _open_tenant(self, tenant_id: str, partition: int):
         return self.stores[partition].new_tenant(tenant_id, self.rules)
@@ -569,7 +569,7 @@ class LedgerProcessor(Service):
 
     def _lag(self) -> int:
         lag = 0
-        for (topic, partition), offset in self._fetched.items():
+        for (topic, partition), offset in self._position.items():
             _low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
             lag += max(high - self.stats.committed.get((topic, partition), offset), 0) if high >= 0 else 0
         return lag

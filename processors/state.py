@@ -3,7 +3,7 @@
 Only :mod:`.ledger` changes them, through ``apply``. Money is integer micro-credits;
 times are event time (timezone-aware UTC ``datetime``, or epoch seconds where noted).
 
-Every change is also recorded as *dirty* on the :class:`Tenant` (accounts in ``touched``,
+Every change is also recorded as *dirty* on the :class:`TenantState` (accounts in ``balance_outbox``,
 holds, recurring allocations, key bindings, the rate card, timers and held usage in their
 own change logs), so the runner can write exactly the keys a transaction changed to its
 state store and changelog (:mod:`.store`); ``drain_changes`` hands them over.
@@ -17,10 +17,10 @@ from decimal import Decimal
 
 from ..schemas import reasons
 
-# Timer kinds (``Tenant.timers`` entries are (when, seq, kind, ref, ref2)).
+# Timer kinds (``TenantState.timers`` entries are (when, seq, kind, ref, ref2)).
 GRANT_END = "grant"  # a one-time grant's window or expiry ends: (account, grant)
 RENEW = "renew"  # a recurring allocation's period ends: (recurrence id, "")
-HOLD_END = "hold"  # an unsettled reservation is released: (reservation id, "")
+HOLD_END = "hold"  # an unsettled hold is released: (hold id, "")
 OVERRIDE_END = "override"  # a cap override ends: (account, "")
 HELD_END = "held"  # the grace of a usage held for its account ends: (held ref, held seq as text)
 
@@ -215,7 +215,7 @@ class Held:
 class MemoryIds(dict):
     """An id memory in a dict: ``id -> (value, event time as epoch seconds)``, in arrival order.
 
-    The ledger uses two (message ids with their content fingerprint; closed reservations with
+    The ledger uses two (message ids with their content fingerprint; closed holds with
     how they closed). :mod:`.store` has the same interface on disk (``get``, item assignment,
     ``pop``, ``prune``); this one serves ``finops fold`` and the tests.
     """
@@ -231,7 +231,7 @@ class MemoryIds(dict):
 
 
 @dataclass(slots=True)
-class Tenant:
+class TenantState:
     """One tenant's ledger state. The root account's id is the tenant id."""
 
     tenant_id: str
@@ -255,19 +255,19 @@ class Tenant:
     # usage spend not yet published on finops.spend.v1 (the runner publishes it every
     # FINOPS_SPEND_EVERY of wall time; until then it is state, in the store and changelog):
     # "<account id>\x1f<hour start, epoch s>" -> [micro-credits, requests, latest event time, epoch s]
-    spend: dict[str, list] = field(default_factory=dict)
-    spend_stored: set[str] = field(default_factory=set)  # its keys the store holds (a flush removes them)
+    spend_outbox: dict[str, list] = field(default_factory=dict)
+    spend_outbox_stored: set[str] = field(default_factory=set)  # its keys the store holds (a flush removes them)
     # ---- changes since the last drain (see drain_changes); not state
-    touched: set[str] = field(default_factory=set)  # accounts changed (their balances are published too)
+    balance_outbox: set[str] = field(default_factory=set)  # accounts changed (their balances are published too)
     dirty: set[tuple[str, str]] = field(default_factory=set)  # ("hold"|"recurring"|"key"|"rates"|"policy", id)
     timer_changes: dict[tuple[datetime, int], tuple | None] = field(default_factory=dict)  # added / removed
     held_changes: dict[int, Held | None] = field(default_factory=dict)  # held seq -> added / removed
-    spend_dirty: set[str] = field(default_factory=set)  # keys of ``spend`` changed or published
+    spend_outbox_dirty: set[str] = field(default_factory=set)  # keys of ``spend_outbox`` changed or published
 
     def __post_init__(self) -> None:
         if self.tenant_id not in self.accounts:
             self.accounts[self.tenant_id] = Account(self.tenant_id, "tenant", None, fallback=False)
-            self.touched.add(self.tenant_id)
+            self.balance_outbox.add(self.tenant_id)
 
     def account(self, account_id: str) -> Account:
         acct = self.accounts.get(account_id)
@@ -286,17 +286,17 @@ class Tenant:
         self.seq += 1
         return self.seq
 
-    def drain_touched(self) -> set[str]:
-        touched, self.touched = self.touched, set()
-        return touched
+    def drain_balance_outbox(self) -> set[str]:
+        outbox, self.balance_outbox = self.balance_outbox, set()
+        return outbox
 
     def clear_changes(self) -> None:
         """Forget the change logs (a fold that keeps no store)."""
-        self.touched = set()
+        self.balance_outbox = set()
         self.dirty = set()
         self.timer_changes = {}
         self.held_changes = {}
-        self.spend_dirty = set()
+        self.spend_outbox_dirty = set()
 
 
 def rate_key(model_name: str, operation_type: str) -> str:

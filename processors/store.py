@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Iterator
 import msgspec
 from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
-from .state import Account, Held, Hold, Policy, Recurring, Rules, Tenant, Totals
+from .state import Account, Held, Hold, Policy, Recurring, Rules, TenantState, Totals
 
 log = logging.getLogger("finops.ledger.store")
 
@@ -60,7 +60,7 @@ HELD = b"P"  # rest: seq (8 bytes)
 POLICY = b"Y"  # the tenant's settings (set_policy)
 SPEND = b"S"  # rest: "<account id>\x1f<hour start>": usage spend not yet published on finops.spend.v1
 IDS = b"I"  # rest: BLAKE2b-128 of the message id
-CLOSED = b"X"  # rest: BLAKE2b-128 of the reservation id
+CLOSED = b"X"  # rest: BLAKE2b-128 of the hold id
 INDEX = b"x"  # local only, not in the changelog: (memory kind, event time µs, digest) for pruning
 KINDS = (HEADER, ACCOUNT, HOLD, RECURRING, KEY, RATES, POLICY, TIMER, HELD, SPEND, IDS, CLOSED)
 _CHECKPOINT = b"\x00checkpoint"  # local only: the next changelog offset not yet in the store, and when written
@@ -202,19 +202,19 @@ class StoredIds:
         self.index_removed = []
 
 
-def drain_changes(state: Tenant) -> tuple[list[tuple[bytes, bytes | None]], list[tuple[bytes, bytes | None]]]:
+def drain_changes(state: TenantState) -> tuple[list[tuple[bytes, bytes | None]], list[tuple[bytes, bytes | None]]]:
     """The keys ``state`` changed since the last drain, as (key, value or None for removed).
 
     Returns (changes, local): ``changes`` go to the changelog and the store, ``local`` (the
     time index of the id memories) to the store only. Clears the change logs; the accounts
-    that changed stay in ``state.touched`` for the runner to publish their balances.
+    that changed stay in ``state.balance_outbox`` for the runner to publish their balances.
     """
     t = state.tenant_id
     changes: list[tuple[bytes, bytes | None]] = [
         (tenant_prefix(HEADER, t), _enc.encode((state.clock, state.seq, state.totals, state.pruned_at)))]
     accounts = state.accounts
     prefix = tenant_prefix(ACCOUNT, t)
-    for account_id in state.touched:
+    for account_id in state.balance_outbox:
         changes.append((prefix + account_id.encode("utf-8", "surrogatepass"), _enc.encode(accounts[account_id])))
     for kind, ident in state.dirty:
         if kind == "hold":
@@ -242,10 +242,10 @@ def drain_changes(state: Tenant) -> tuple[list[tuple[bytes, bytes | None]], list
     prefix = tenant_prefix(HELD, t)
     for seq, held in state.held_changes.items():
         changes.append((prefix + _u64.pack(seq), None if held is None else _enc.encode(held)))
-    if state.spend_dirty:
+    if state.spend_outbox_dirty:
         prefix = tenant_prefix(SPEND, t)
-        spend, stored = state.spend, state.spend_stored
-        for key in state.spend_dirty:
+        spend, stored = state.spend_outbox, state.spend_outbox_stored
+        for key in state.spend_outbox_dirty:
             pending = spend.get(key)
             if pending is not None:
                 changes.append((prefix + key.encode("utf-8", "surrogatepass"), _enc.encode(pending)))
@@ -253,7 +253,7 @@ def drain_changes(state: Tenant) -> tuple[list[tuple[bytes, bytes | None]], list
             elif key in stored:  # published since it was stored
                 changes.append((prefix + key.encode("utf-8", "surrogatepass"), None))
                 stored.discard(key)
-        state.spend_dirty = set()
+        state.spend_outbox_dirty = set()
     local: list[tuple[bytes, bytes | None]] = []
     for memory in (state.ids, state.closed_holds):
         if isinstance(memory, StoredIds):
@@ -442,7 +442,7 @@ class PartitionStore:
 
     # ------------------------------------------------------------------ loading tenants
 
-    def load(self, rules: Rules) -> dict[str, Tenant]:
+    def load(self, rules: Rules) -> dict[str, TenantState]:
         """Every tenant of this partition, in memory but for the id memories (read from disk per lookup)."""
         parts: dict[str, dict] = {}
         for key, value in self._small_state():
@@ -491,13 +491,13 @@ class PartitionStore:
                                     recurring=part["recurring"], keys=part["keys"], key_tags=part["key_tags"],
                                     rates=part["rates"], policy=part["policy"],
                                     timers=timers, held=held, clock=clock, seq=seq, totals=totals,
-                                    pruned_at=pruned_at, spend=part["spend"], spend_stored=set(part["spend"]))
+                                    pruned_at=pruned_at, spend_outbox=part["spend"], spend_outbox_stored=set(part["spend"]))
             tenants[tenant_id] = state
         return tenants
 
-    def new_tenant(self, tenant_id: str, rules: Rules, **state) -> Tenant:
+    def new_tenant(self, tenant_id: str, rules: Rules, **state) -> TenantState:
         """A tenant whose id memories live in this store."""
-        tenant = Tenant(tenant_id, ids=StoredIds(self.db, tenant_id, IDS),  # type: ignore[arg-type]
+        tenant = TenantState(tenant_id, ids=StoredIds(self.db, tenant_id, IDS),  # type: ignore[arg-type]
                         closed_holds=StoredIds(self.db, tenant_id, CLOSED), rules=rules, **state)  # type: ignore[arg-type]
         return tenant
 

@@ -6,7 +6,7 @@ Read with ``read_committed``, the changelog is the ledger's state, a transaction
 the design of Kafka Streams' standby replicas and interactive queries. The view keeps, per
 tenant, the accounts with their grants (spend windows, pools, fallback, caps, period budget
 and use), the key bindings, the rate card, holds, recurring allocations and the ledger
-clock, as the ledger's own :class:`~finops.processors.state.Tenant` objects, so an
+clock, as the ledger's own :class:`~finops.processors.state.TenantState` objects, so an
 entitlement check runs the ledger's own cascade (``processors.ledger.entitlement``) on them.
 It also keeps the latest record of every account on the compacted ``finops.enforcement.v1``
 (what gateways must refuse, with the keys concerned).
@@ -35,7 +35,7 @@ import msgspec
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from .. import clients
-from ..processors.state import Tenant
+from ..processors.state import TenantState
 from ..processors.store import ACCOUNT, HEADER, HOLD, KEY, RATES, RECURRING, replica_change
 from ..schemas import outputs, topics
 from ..schemas.wire import dec_hook
@@ -63,7 +63,7 @@ class ViewStats:
     batches: int = 0
 
 
-# The keyed parts of a tenant's state a changelog record replaces one entry of: kind -> Tenant attribute.
+# The keyed parts of a tenant's state a changelog record replaces one entry of: kind -> TenantState attribute.
 _KEYED = {ACCOUNT: "accounts", KEY: "keys", HOLD: "holds", RECURRING: "recurring"}
 
 
@@ -154,7 +154,7 @@ class LiveView(Service):
         self.consumer = clients.consumer(settings, f"{settings.group_prefix}-view-{uuid.uuid4().hex[:8]}",
                                          **{"enable.partition.eof": True,
                                             "fetch.wait.max.ms": int(_FETCH_WAIT_S * 1000)})
-        self.tenants: dict[str, Tenant] = {}
+        self.tenants: dict[str, TenantState] = {}
         self.enforcement: dict[tuple[str, str], outputs.Enforcement] = {}
         self.stats = ViewStats()
         self.lock = threading.Lock()
@@ -167,7 +167,7 @@ class LiveView(Service):
 
     # ------------------------------------------------------------------ reading
 
-    def read(self, fn: Callable[[dict[str, Tenant], dict[tuple[str, str], outputs.Enforcement]], T]) -> T:
+    def read(self, fn: Callable[[dict[str, TenantState], dict[tuple[str, str], outputs.Enforcement]], T]) -> T:
         """``fn(tenants, enforcement)`` under the view's lock: a consistent read of both."""
         with self.lock:
             return fn(self.tenants, self.enforcement)
@@ -282,8 +282,8 @@ class LiveView(Service):
         if state is None:
             if value is None:
                 return
-            state = self.tenants[tenant_id] = Tenant(tenant_id)
-            state.touched.clear()
+            state = self.tenants[tenant_id] = TenantState(tenant_id)
+            state.balance_outbox.clear()
         if kind == HEADER:
             if value is not None:
                 state.clock, state.seq, state.totals, state.pruned_at = value  # type: ignore[misc]

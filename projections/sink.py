@@ -5,12 +5,12 @@ Topics and tables: usage -> ``usage_events``, ledger -> ``ledger_entries``, aler
 ``allocations``. The materialized views (``mv_*``) fill from those inserts.
 
 Exactly once, per batch:
-  1. log each (topic, partition) slice ``[first, last]`` in ``sink_batches``;
-  2. insert each slice's rows with ``insert_deduplication_token``
+  1. log each (topic, partition) checkpoint ``[first, last]`` in ``sink_batches``;
+  2. insert each checkpoint's rows with ``insert_deduplication_token``
      ``"<topic>:<partition>:<first>-<last>"`` (dependent views deduplicate too);
   3. commit the consumer offsets (for lag monitoring; ClickHouse holds the position).
-On assignment the sink resumes each partition at the newest logged slice and inserts that
-slice again, cut at exactly the same offsets, so a crash anywhere in 1-3 leaves one copy:
+On assignment the sink resumes each partition at the newest logged checkpoint and inserts its
+rows again, cut at exactly the same offsets, so a crash anywhere in 1-3 leaves one copy:
 ClickHouse drops a repeated block by its token (``non_replicated_deduplication_window``).
 A new consumer group, or a reset of offsets, resumes from ClickHouse too, so replaying a
 topic range into the same database changes nothing; a partition ClickHouse holds nothing
@@ -193,14 +193,17 @@ TABLES: dict[str, Table] = {
 
 
 def encode_rows(rows: list) -> bytes:
-    """JSONEachRow bytes for a slice: row structs encoded in one call, or lines as they are."""
+    """JSONEachRow bytes for a checkpoint's rows: row structs encoded in one call, or lines as they are."""
     if rows and isinstance(rows[0], bytes):
         return b"\n".join(rows) + b"\n"
     return _json.encode_lines(rows)
 
 
 @dataclass
-class Slice:
+class SinkCheckpoint:
+    """One (topic, partition) range of a batch, offsets ``first``..``last`` and their rows: logged in
+    ``sink_batches`` (the sink's checkpoint) before its rows are inserted with :attr:`token`."""
+
     topic: str
     partition: int
     first: int
@@ -235,7 +238,7 @@ class Sink(Service):
         self.retry_max_s = retry_max_s
         self.progress = SinkProgress()
         self.lock = threading.RLock()  # chdb: one client in this process, shared with readers
-        self.replay: dict[tuple[str, int], Slice] = {}  # the logged slice to insert again, per partition
+        self.replay: dict[tuple[str, int], SinkCheckpoint] = {}  # the logged checkpoint to insert again, per partition
         self.dropped: dict[tuple[str, int], int] = {}  # first offset dropped while paused, per partition
         self.consumer = clients.consumer(settings, group_id or f"{settings.group_prefix}-sink",
                                          **{"enable.partition.eof": True})
@@ -244,7 +247,7 @@ class Sink(Service):
     # ------------------------------------------------------------------ position
 
     def logged_positions(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int]]:
-        """The newest logged slice ``(first, last)`` of each wanted partition."""
+        """The newest logged checkpoint ``(first, last)`` of each wanted partition."""
         if not wanted:
             return {}
         _, rows = self.query(
@@ -261,7 +264,7 @@ class Sink(Service):
             position = logged.get((p.topic, p.partition))
             if position is not None:
                 p.offset = position[0]
-                self.replay[(p.topic, p.partition)] = Slice(p.topic, p.partition, position[0], position[1])
+                self.replay[(p.topic, p.partition)] = SinkCheckpoint(p.topic, p.partition, position[0], position[1])
             else:  # ClickHouse holds nothing of it: all of it (a new or dropped database is a rebuild)
                 p.offset = OFFSET_BEGINNING
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions))
@@ -283,18 +286,18 @@ class Sink(Service):
         self.consumer.close()
 
     def step(self) -> int:
-        """One batch: consume, log the slices, insert them, commit. Returns the messages consumed."""
+        """One batch: consume, log the checkpoints, insert them, commit. Returns the messages consumed."""
         messages = self.consumer.consume(self.batch_max, self.poll_s)
         if not messages:
             return 0
-        slices: dict[tuple[str, int], Slice] = {}
-        replayed: set[tuple[str, int]] = set()  # logged slices read whole again in this batch
+        checkpoints: dict[tuple[str, int], SinkCheckpoint] = {}
+        replayed: set[tuple[str, int]] = set()  # logged checkpoints read whole again in this batch
         for m in messages:
             key = (m.topic(), m.partition())
             if m.error():
                 if m.error().code() == KafkaError._PARTITION_EOF:
                     if key in self.replay:
-                        replayed.add(key)  # compaction removed the rest of the logged slice
+                        replayed.add(key)  # compaction removed the rest of the logged checkpoint
                 else:
                     log.warning("consume error: %s", m.error())
                 continue
@@ -304,11 +307,11 @@ class Sink(Service):
                 if offset >= s.last:
                     replayed.add(key)
                 if offset > s.last:
-                    continue  # beyond the logged slice: read again after the seek below
+                    continue  # beyond the logged checkpoint: read again after the seek below
             else:
-                s = slices.get(key)
+                s = checkpoints.get(key)
                 if s is None:
-                    s = slices[key] = Slice(key[0], key[1], offset, offset)
+                    s = checkpoints[key] = SinkCheckpoint(key[0], key[1], offset, offset)
                 s.last = offset
             value = m.value()
             row = TABLES[key[0]].build(value, key[1], offset) if value is not None else None
@@ -317,19 +320,19 @@ class Sink(Service):
             else:
                 s.rows.append(row)
         done = [self.replay.pop(key) for key in replayed]
-        if done or slices:
-            self.write(done + list(slices.values()))
+        if done or checkpoints:
+            self.write(done + list(checkpoints.values()))
             for s in done:  # the same offsets and token as logged, whatever compaction left
                 self.consumer.seek(TopicPartition(s.topic, s.partition, s.last + 1))
             self.consumer.commit(offsets=[TopicPartition(s.topic, s.partition, s.last + 1)
-                                          for s in (*done, *slices.values())], asynchronous=False)
+                                          for s in (*done, *checkpoints.values())], asynchronous=False)
             self.progress.batches += 1
         return len(messages)
 
-    def write(self, slices: list[Slice]) -> None:
-        """Log, then insert, every slice; while ClickHouse refuses, pause and retry the same slices."""
+    def write(self, checkpoints: list[SinkCheckpoint]) -> None:
+        """Log, then insert, every checkpoint; while ClickHouse refuses, pause and retry the same checkpoints."""
         try:
-            self._write_once(slices)
+            self._write_once(checkpoints)
             return
         except clickhouse.ClickHouseError as exc:
             self.progress.refused += 1
@@ -338,30 +341,30 @@ class Sink(Service):
         self.consumer.pause(self.consumer.assignment())
         self.dropped = {}
         try:
-            self._retrying("insert a batch", lambda: self._write_once(slices), first_delay=0.5)
+            self._retrying("insert a batch", lambda: self._write_once(checkpoints), first_delay=0.5)
         finally:
             self.progress.paused_s += time.monotonic() - started
             # what was fetched before the pause and read while waiting is dropped: go back to it
             back = dict(self.dropped)
-            for s in slices:
+            for s in checkpoints:
                 back[(s.topic, s.partition)] = s.last + 1
             for (topic, partition), offset in back.items():
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             self.consumer.resume(self.consumer.assignment())
 
-    def _write_once(self, slices: list[Slice]) -> None:
-        log_rows = [[s.topic, s.partition, s.first, s.last, len(s.rows)] for s in slices]
+    def _write_once(self, checkpoints: list[SinkCheckpoint]) -> None:
+        log_rows = [[s.topic, s.partition, s.first, s.last, len(s.rows)] for s in checkpoints]
         with self.lock:
             try:
                 self.client.insert("sink_batches", log_rows,
                                    column_names=["topic", "partition", "first_offset", "last_offset", "rows"])
-                for s in slices:
+                for s in checkpoints:
                     if s.rows:
                         self.client.raw_insert(TABLES[s.topic].name, None, encode_rows(s.rows), fmt="JSONEachRow",
                                                settings={**INSERT_SETTINGS, "insert_deduplication_token": s.token})
             except Exception as exc:  # the drivers raise many types: all mean "not written"
                 raise clickhouse.ClickHouseError(clickhouse.first_line(exc)) from exc
-        for s in slices:
+        for s in checkpoints:
             self.progress.rows[TABLES[s.topic].name] += len(s.rows)
 
     def _retrying(self, what: str, action: Callable, first_delay: float = 1.0, poll: bool = True):

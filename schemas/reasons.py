@@ -28,8 +28,8 @@ Ledger decisions (the message was read, but refused):
 ``not_parent``              allocate/reclaim between accounts that are not parent and child
 ``insufficient_funds``      more than the account can spend now
 ``invalid_window``          ``ends_at``/``expires_at`` not after ``starts_at`` / ``ts``
-``unknown_reservation``     ``settle`` of a reservation id that was never reserved
-``reservation_closed``      a second ``settle`` of a reservation (a settle after its release at expiry is charged)
+``unknown_reservation``     ``settle`` of a hold id that was never reserved
+``reservation_closed``      a second ``settle`` of a hold (a settle after its release at expiry is charged)
 ``approvals_required``      ``override_cap`` without two distinct approvers
 ``no_rate``                 usage without ``credits_consumed`` and no rate for its model/operation
 ``not_supported``           a v1 command this version of the ledger cannot apply yet

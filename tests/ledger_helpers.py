@@ -67,7 +67,7 @@ class Script:
 
 def balances(result: FoldResult, tenant: str = "acme") -> dict[str, tuple[int, int, int]]:
     """account -> (available, consumed, overage) in micro-credits."""
-    state = result.book.tenants[tenant]
+    state = result.ledger.tenants[tenant]
     return {a.id: (a.available, a.consumed, a.overage) for a in state.accounts.values()}
 
 
@@ -80,7 +80,7 @@ def reasons(result: FoldResult) -> list[str]:
 
 
 def conservation_holds(result: FoldResult) -> bool:
-    for state in result.book.tenants.values():
+    for state in result.ledger.tenants.values():
         held = sum(a.available + a.reserved for a in state.accounts.values())
         t = state.totals
         if held + t.consumed - t.overage + t.expired != t.purchased:

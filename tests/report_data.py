@@ -20,7 +20,7 @@ from collections import defaultdict
 
 import msgspec
 
-from finops.processors.ledger import Book
+from finops.processors.ledger import Ledger
 from finops.processors.merge import Item
 from finops.processors.plan import plan
 from finops.projections.sink import INSERT_SETTINGS, TABLES, encode_rows
@@ -130,13 +130,13 @@ def noon(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
 
 
-def through_the_ledger(client, lines: list[bytes], *, per_batch: int = 1, token: str = "ledger") -> Book:
+def through_the_ledger(client, lines: list[bytes], *, per_batch: int = 1, token: str = "ledger") -> Ledger:
     """Apply wire-v1 ``lines`` in order with the ledger processor's pure step (``processors.plan``,
     ``per_batch`` messages a transaction, so balances are published after each batch as the runner
     does) and write what it publishes, with the sink's own row builders, into ClickHouse:
     ``ledger_entries``, ``balance_snapshots``, ``alerts``, and the inputs (``usage_events``,
-    ``allocations``). Returns the folded book (the expected balances)."""
-    book = Book()
+    ``allocations``). Returns the folded ledger (the expected balances)."""
+    ledger = Ledger()
     home: dict[str, int] = {}
     offsets: dict[str, int] = defaultdict(int)
     rows: dict[str, list] = defaultdict(list)
@@ -158,12 +158,12 @@ def through_the_ledger(client, lines: list[bytes], *, per_batch: int = 1, token:
             ts = None if isinstance(message, wire.Rejection) else message.ts
             items.append(Item(topic, 0, offsets[topic], ts, message, raw))
             keep(topic, raw)
-        for topic, value, _key, partition in plan(book, items, home, publish_spend=False).records:
+        for topic, value, _key, partition in plan(ledger, items, home, publish_spend=False).records:
             keep(topic, value, partition)
     for table, table_rows in rows.items():
         client.raw_insert(table, None, encode_rows(table_rows), fmt="JSONEachRow",
                           settings={**INSERT_SETTINGS, "insert_deduplication_token": f"ledger:{token}-{table}"})
-    return book
+    return ledger
 
 
 def _ts(t: datetime) -> str:

@@ -187,7 +187,7 @@ def fold_run(tmp_path_factory) -> FoldRun:
     for r in folded.rejected:
         rejected[raw_input(r)].append(r.reason)
     conservation, negative = {}, []
-    for tenant, state in folded.book.tenants.items():
+    for tenant, state in folded.ledger.tenants.items():
         held = sum(a.available + a.reserved for a in state.accounts.values())
         t = state.totals
         conservation[tenant] = (held + t.consumed - t.overage + t.expired, t.purchased)
@@ -268,7 +268,7 @@ def kafka_run(kafka_settings) -> KafkaRun:
                 for b in read_balances(settings).values() if b.tenant_id.startswith(prefix)}
     folded = fold_lines(stream.lines, now=datetime.now(timezone.utc))
     expected = {(t, a.id): (a.available, a.consumed, a.reserved, a.overage)
-                for t, state in folded.book.tenants.items() for a in state.accounts.values()}
+                for t, state in folded.ledger.tenants.items() for a in state.accounts.values()}
     return KafkaRun(stream, dict(rejected), balances, expected, stray)
 
 

@@ -238,6 +238,6 @@ class TestBadInputThroughKafka:
         for tenant in tenants:
             latest.update(read_balances(settings, tenant_id=tenant))
         expected = {(tn, a.id): (a.available, a.consumed, a.overage)
-                    for tn in tenants for a in fold.book.tenants[tn].accounts.values()}
+                    for tn in tenants for a in fold.ledger.tenants[tn].accounts.values()}
         assert {k: (b.available_micros, b.consumed_micros, b.overage_micros) for k, b in latest.items()} == expected
         assert expected[(f"acme-{run}", "ws")] == (0, 1_000_000, 1_000_000)  # late: charged to what is left: nothing

@@ -369,7 +369,7 @@ class TestReconcile:
         through_the_ledger(client, lines, token="ninety")
         [row] = run(client, "reconcile", tenant="ninety")
         totals = folded.summary()["totals"]
-        state = folded.book.tenants["ninety"]
+        state = folded.ledger.tenants["ninety"]
         assert {k: credits_str(int(row[k] * 1_000_000)) for k in totals} == totals
         assert row["available"] + row["reserved"] == Decimal(
             sum(a.available + a.reserved for a in state.accounts.values())) / 1_000_000
@@ -488,7 +488,7 @@ class TestPlan:
         history = _plan_lines("pl3")
         folded = fold_lines([*history, *lines])
         assert not folded.rejected
-        accounts = folded.book.tenants["pl3"].accounts
+        accounts = folded.ledger.tenants["pl3"].accounts
         assert (accounts["org"].available, accounts["t1"].available, accounts["t2"].available) == (
             69_300_000, 415_800_000, 207_900_000)
         # the same file again changes nothing; another plan for the same month is refused

@@ -83,7 +83,7 @@ def test_every_endpoint_answers_what_fold_balance_and_report_answer(settings, se
     client = httpx.Client(base_url=pipeline.api.url, headers=bearer(token), timeout=60)
     settled(settings, pipeline, client)
     folded = fold_lines(script.lines, keep_outputs=True)
-    state = folded.book.tenants[tenant]
+    state = folded.ledger.tenants[tenant]
     summary = folded.summary()["accounts"]
 
     # accounts: own balances as finops fold and finops balance; effective available by the ledger's cascade
@@ -140,7 +140,7 @@ def test_every_endpoint_answers_what_fold_balance_and_report_answer(settings, se
     # balance as of a past time: the fold of the input up to that time
     for cut in (at(0, minutes=9), at(1, minutes=30), at(2, hours=1), at(3, hours=3)):
         upto = fold_lines([line for line in script.lines if json.loads(line)["ts"] <= cut])
-        accounts = upto.book.tenants[tenant].accounts
+        accounts = upto.ledger.tenants[tenant].accounts
         for account_id in ("ann", "team-a", "org", tenant):
             got = client.get(f"/v1/tenants/{tenant}/accounts/{account_id}/balance", params={"at": cut}).json()
             acct = accounts.get(account_id)
@@ -401,7 +401,7 @@ def test_late_usage_counts_at_its_own_time_in_balance_as_of(settings, served):
         ("credit", 100_000_000, False), ("consume", 90_000_000, False), ("consume", 85_000_000, True)]
     # and the balance as of a time between them is the fold of the input up to that time
     for cut in (at(0, hours=1), at(1, hours=1), at(2, hours=1)):
-        upto = fold_lines([line for line in s.lines if json.loads(line)["ts"] <= cut]).book.tenants[tenant]
+        upto = fold_lines([line for line in s.lines if json.loads(line)["ts"] <= cut]).ledger.tenants[tenant]
         got = client.get(f"/v1/tenants/{tenant}/accounts/{tenant}/balance", params={"at": cut}).json()
         root = upto.accounts[tenant]
         assert (got["available_micros"], got["consumed_micros"]) == (root.available, root.consumed), cut

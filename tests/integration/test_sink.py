@@ -20,7 +20,7 @@ from finops.producers.publish import publish_lines
 from finops.producers.workload import generate
 from finops.projections import clickhouse, sink as sink_mod
 from finops.projections.query import RemoteReader, endpoint_file
-from finops.projections.sink import Sink, Slice
+from finops.projections.sink import Sink, SinkCheckpoint
 from finops.schemas import topics
 from support import wait_until
 
@@ -110,7 +110,7 @@ class TestExactlyOnce:
         try:
             wait_until(lambda: second.step() is not None and bool(second.consumer.assignment())
                        and not second.replay and second.progress.batches > 0,
-                       120, "the second sink to replay its last logged slices")
+                       120, "the second sink to replay its last logged checkpoints")
             assert totals(second.query) == before
         finally:
             second.close()
@@ -138,7 +138,7 @@ class TestExactlyOnce:
         partition, messages = max(by_partition.items(), key=lambda kv: len(kv[1]))
         messages = messages[:400]
         rows = [sink_mod.ledger_line(m.value(), partition, m.offset()) for m in messages]
-        piece = Slice(topics.LEDGER, partition, messages[0].offset(), messages[-1].offset(), rows)
+        piece = SinkCheckpoint(topics.LEDGER, partition, messages[0].offset(), messages[-1].offset(), rows)
         sink = Sink(settings)
         try:
             sink.write([piece])

@@ -72,7 +72,7 @@ def test_a_zombie_cannot_publish_spend_alone(settings):
     _caught_up(a, settings)  # its first transaction publishes (nothing published yet)
     assert publish_lines(settings, [usage(2), usage(3)]).failed == 0
     _caught_up(a, settings)
-    assert a.book.tenants[tenant].spend  # 2 credits pending: state, in the changelog
+    assert a.ledger.tenants[tenant].spend_outbox  # 2 credits pending: state, in the changelog
 
     # a freezes: it leaves the group but keeps its state and never hears that it lost its partitions
     owned, committed = set(a._owned), dict(a.stats.committed)
@@ -87,7 +87,7 @@ def test_a_zombie_cannot_publish_spend_alone(settings):
     _caught_up(b, settings)  # restores the 2 pending credits; books u4
     b._spend_at = 0.0
     b.step()  # publishes all 3 pending credits (a transaction of spend alone)
-    assert not b.book.tenants[tenant].spend
+    assert not b.ledger.tenants[tenant].spend_outbox
 
     a._spend_at = 0.0  # publication is due for the zombie too
     committed_before = a.stats.transactions

@@ -31,7 +31,7 @@ def charge(state, account_id: str, micros: int):
 @given(scripts(), st.sampled_from(ACCOUNTS))
 def test_effective_available_is_what_a_usage_draws_without_overage(lines, account_id):
     # given a random tree after a random history
-    state = fold(lines).book.tenants.get("acme")
+    state = fold(lines).ledger.tenants.get("acme")
     if state is None or account_id not in state.accounts or state.clock is None:
         return
     # when the check is asked at the ledger's clock
@@ -56,7 +56,7 @@ def test_a_check_changes_nothing():
     s.purchase(100)
     s.open("team", "acme")
     s.allocate("acme", "team", 40)
-    state = s.fold().book.tenants["acme"]
+    state = s.fold().ledger.tenants["acme"]
     before = copy.deepcopy(state.accounts)
     judged = entitlement(state, state.accounts["team"], c(30), state.clock)
     assert (judged.allow, judged.reason, judged.effective_available) == (True, None, c(100))
@@ -70,7 +70,7 @@ def test_a_hard_cap_refuses_what_would_pass_its_budget_and_then_blocks():
     s.open("team", "acme")
     s.open("ann", "team", kind="user")
     s.allocate("acme", "team", 40, cap="hard")
-    state = s.fold().book.tenants["acme"]
+    state = s.fold().ledger.tenants["acme"]
     ann = state.accounts["ann"]
     # then the cascade stops at the hard cap: ann can reach the team's 40, not the tenant's 60
     assert entitlement(state, ann, c(40), state.clock).allow is True
@@ -78,7 +78,7 @@ def test_a_hard_cap_refuses_what_would_pass_its_budget_and_then_blocks():
     assert (refused.allow, refused.reason, refused.blocked_by) == (False, "hard_cap", ("team",))
     # when the team's budget is used up, it is blocked (finops.enforcement.v1) for everything under it
     s.use("ann", 40)
-    state = s.fold().book.tenants["acme"]
+    state = s.fold().ledger.tenants["acme"]
     blocked = entitlement(state, state.accounts["ann"], 0, state.clock)
     assert (blocked.allow, blocked.reason, blocked.blocked_by) == (False, "blocked", ("team",))
 
@@ -92,7 +92,7 @@ def test_a_pool_lends_only_to_its_members_and_a_window_counts_only_while_open():
     s.allocate("acme", "pool", 50)
     s.msg("set_members", account_id="pool", members=["ann"])
     s.allocate("pool", "bob", 5, starts_at=at(days=1), ends_at=at(days=2))
-    state = s.fold().book.tenants["acme"]
+    state = s.fold().ledger.tenants["acme"]
     # ann is a member: the pool's 45, then (the pool falls back) the tenant's 50
     assert entitlement(state, state.accounts["ann"], 0, state.clock).effective_available == c(95)
     # bob is no member: only his own grant, and only inside its window
@@ -106,7 +106,7 @@ def test_the_check_and_the_charge_agree_after_applying(monkeypatch):
     s = Script()
     s.purchase(10)
     s.open("team", "acme")
-    state = s.fold().book.tenants["acme"]
+    state = s.fold().ledger.tenants["acme"]
     judged = entitlement(state, state.accounts["team"], c(4), state.clock)
     for event in [charge(state, "team", c(4))]:
         apply(state, event)

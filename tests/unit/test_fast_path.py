@@ -4,7 +4,7 @@ Given random usage-heavy workloads (bursts of usage a few seconds apart, on fund
 unfunded accounts, through keys (tagged in the key registry or not) and rate cards, with resends, conflicts, late and
 far-future usage, usage before its account, caps, thresholds and commands in between),
 when the same input is planned once with the fast path and once with every message on the
-general path (``Book(fast=False)``), then every output record, every state change for the
+general path (``Ledger(fast=False)``), then every output record, every state change for the
 changelog and the final store are byte-identical.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import finops.processors.ledger as ledger
+import finops.processors.ledger as ledger_module
 from finops.processors.fold import FoldResult
-from finops.processors.ledger import Book
+from finops.processors.ledger import Ledger
 from finops.schemas import wire
 from ledger_helpers import T0, Script, at
 from test_state_store import Shell
@@ -111,7 +111,7 @@ def test_the_fast_path_gives_byte_identical_outputs_and_state(lines, batch):
     with tempfile.TemporaryDirectory() as tmp:
         fast = Shell(Path(tmp) / "fast")
         general = Shell(Path(tmp) / "general")
-        general.book.fast = False
+        general.ledger.fast = False
         stored_at = T0 + timedelta(days=365)  # every record stored after its time, except the far-future ones
         assert fast.run(lines, batch, stored_at) == general.run(lines, batch, stored_at)
         assert fast.contents() == general.contents()
@@ -123,7 +123,7 @@ def test_the_fast_path_gives_byte_identical_outputs_and_state(lines, batch):
 @given(usage_heavy())
 def test_finops_fold_is_the_same_on_both_paths(lines):
     fast, general = FoldResult(keep_outputs=True), FoldResult(keep_outputs=True)
-    general.book = Book(general.book.rules, fast=False)
+    general.ledger = Ledger(general.ledger.rules, fast=False)
     for line in lines:
         fast.feed(line)
         general.feed(line)
@@ -139,9 +139,9 @@ def test_usual_usage_does_take_the_fast_path(monkeypatch):
     s = Script("acme")
     lines = [s.purchase(100, ts=at()), s.open("team", "acme", ts=at()), s.open("alice", "team", ts=at())]
     lines += [s.use("alice", "0.5", ts=at(seconds=n)) for n in range(1, 50)]
-    book = Book()
+    ledger = Ledger()
     taken = 0
-    original = ledger.charge_common_usage
+    original = ledger_module.charge_common_usage
 
     def counting(state, message):
         nonlocal taken
@@ -149,9 +149,9 @@ def test_usual_usage_does_take_the_fast_path(monkeypatch):
         taken += produced is not None
         return produced
 
-    monkeypatch.setattr(ledger, "charge_common_usage", counting)
+    monkeypatch.setattr(ledger_module, "charge_common_usage", counting)
     for line in lines:
-        assert book.handle(wire.decode(line), line)[1] is None
+        assert ledger.handle(wire.decode(line), line)[1] is None
     assert taken >= 45  # the first usage prunes the id memories (a fresh tenant): the general path
 
 
@@ -162,9 +162,9 @@ def test_usage_of_a_registered_key_takes_the_fast_path_stamped(monkeypatch):
              s.msg("bind_key", api_key_id="key-1", account_id="team", ts=at(), **TAGS_DEV),
              s.msg("set_policy", require_key_registry=True, ts=at())]
     lines += [s.use(None, "0.5", ts=at(seconds=n), usage_labels={"team": "ads"}) for n in range(1, 50)]
-    book = Book()
+    ledger = Ledger()
     taken = 0
-    original = ledger.charge_common_usage
+    original = ledger_module.charge_common_usage
 
     def counting(state, message):
         nonlocal taken
@@ -172,10 +172,10 @@ def test_usage_of_a_registered_key_takes_the_fast_path_stamped(monkeypatch):
         taken += produced is not None
         return produced
 
-    monkeypatch.setattr(ledger, "charge_common_usage", counting)
+    monkeypatch.setattr(ledger_module, "charge_common_usage", counting)
     stamped = []
     for line in lines:
-        produced, refused = book.handle(wire.decode(line), line)
+        produced, refused = ledger.handle(wire.decode(line), line)
         assert refused is None
         stamped += [(o.usage_labels, o.caller_labels, o.untagged) for o in produced if getattr(o, "kind", "") == "consume"]
     assert taken >= 45

@@ -67,7 +67,7 @@ def test_any_input_is_refused_with_a_reason_and_the_fold_goes_on(lines):
     result.finish()
     assert conservation_holds(result)
     assert {r.reason for r in result.rejected} <= REASONS
-    for state in result.book.tenants.values():
+    for state in result.ledger.tenants.values():
         for acct in state.accounts.values():
             assert acct.available >= 0 and acct.available == sum(g.remaining for g in acct.grants)
     result.summary()  # and the output can be written

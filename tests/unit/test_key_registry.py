@@ -169,7 +169,7 @@ class TestStore:
             restored = Shell(Path(tmp) / "restored", changelog)  # from the changelog alone
             assert restored.run(rest, 1) == expected
             restored.close()
-        state = s.fold().book.tenants["acme"]
+        state = s.fold().ledger.tenants["acme"]
         assert state.key_tags == {"k-dev": DEV} and state.keys["k-bare"] == "search"
 
     def test_an_older_store_with_plain_account_ids_still_loads(self):
@@ -183,7 +183,7 @@ class TestStore:
             assert msgspec.msgpack.decode(shell.store.db[key]) == "search"  # an untagged key: as before
             shell.close()
             store = PartitionStore(Path(tmp) / "p")
-            state = store.load(shell.book.rules)["acme"]
+            state = store.load(shell.ledger.rules)["acme"]
             assert state.keys == {"k-old": "search"} and state.key_tags == {}
             assert not state.policy.require_key_registry
             store.close()
@@ -315,7 +315,7 @@ class TestCriticalAction:
         s.allocate("acme", "search", 1, on_critical={"type": "rate_limit", "params": {"max_rps": 3}})
         r = s.fold()
         assert len(r.rejected) == 4
-        assert r.book.tenants["acme"].accounts["search"].critical_rps == 3
+        assert r.ledger.tenants["acme"].accounts["search"].critical_rps == 3
 
 
 def test_set_policy_and_the_additions_decode_and_encode():

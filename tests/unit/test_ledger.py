@@ -13,7 +13,7 @@ class TestPurchase:
         s.purchase("0.5")
         r = s.fold()
         assert balances(r)["acme"] == (c("1000.5"), 0, 0)
-        assert r.book.tenants["acme"].totals.purchased == c("1000.5")
+        assert r.ledger.tenants["acme"].totals.purchased == c("1000.5")
 
     def test_purchase_that_expires_leaves_as_expired(self):
         s = Script()
@@ -21,7 +21,7 @@ class TestPurchase:
         s.tick(ts=at(days=2))
         r = s.fold()
         assert balances(r)["acme"] == (0, 0, 0)
-        assert r.book.tenants["acme"].totals.expired == c(100)
+        assert r.ledger.tenants["acme"].totals.expired == c(100)
         assert conservation_holds(r)
 
 
@@ -76,7 +76,7 @@ class TestAllocate:
         s.tick(ts=at(days=4))  # window over: the rest expires
         r = s.fold()
         assert balances(r)["ws"] == (0, c(20), c(10))
-        assert r.book.tenants["acme"].totals.expired == c(30)
+        assert r.ledger.tenants["acme"].totals.expired == c(30)
         assert conservation_holds(r)
 
     def test_on_expiry_return_gives_the_rest_back_to_the_parent(self):
@@ -89,7 +89,7 @@ class TestAllocate:
         r = s.fold()
         assert balances(r)["acme"][0] == c(85)
         assert balances(r)["ws"][0] == 0
-        assert r.book.tenants["acme"].totals.expired == 0
+        assert r.ledger.tenants["acme"].totals.expired == 0
 
 
 class TestReclaim:
@@ -267,7 +267,7 @@ class TestReserve:
         s.msg("reserve", account_id="acme", credits=4, expires_at=at(hours=1))
         s.msg("reserve", account_id="acme", credits=7, expires_at=at(hours=1))
         r = s.fold()
-        acct = r.book.tenants["acme"].accounts["acme"]
+        acct = r.ledger.tenants["acme"].accounts["acme"]
         assert (acct.available, acct.reserved) == (c(6), c(4))
         assert reasons(r) == ["insufficient_funds"]
         assert conservation_holds(r)
@@ -286,10 +286,10 @@ class TestSettle:
         s.msg("reserve", id="h", account_id="acme", credits=2, expires_at=at(hours=1))
         s.msg("settle", reservation_id="h", credits=3)
         r = s.fold()
-        acct = r.book.tenants["acme"].accounts["acme"]
+        acct = r.ledger.tenants["acme"].accounts["acme"]
         assert (acct.available, acct.reserved, acct.consumed) == (c(7), 0, c(3))
 
-    def test_unknown_and_twice_settled_reservations_are_refused(self):
+    def test_unknown_and_twice_settled_holds_are_refused(self):
         s = Script()
         s.purchase(10)
         s.msg("reserve", id="h", account_id="acme", credits=2, expires_at=at(hours=1))
@@ -308,7 +308,7 @@ class TestOverrideCap:
         s.msg("override_cap", account_id="team", until=at(days=1), approvals=["a", "b"])
         r = s.fold()
         assert reasons(r) == ["approvals_required", "invalid_window"]
-        assert r.book.tenants["acme"].accounts["team"].override_until is not None
+        assert r.ledger.tenants["acme"].accounts["team"].override_until is not None
 
 
 class TestTick:
@@ -320,7 +320,7 @@ class TestTick:
         r = s.fold()
         expiries = [(e.grant_id, e.ts) for e in r.outputs if getattr(e, "kind", "") == "expire"]
         assert [g for g, _ in expiries] == ["purchase-2", "purchase-1"]
-        assert r.book.tenants["acme"].totals.expired == c(15)
+        assert r.ledger.tenants["acme"].totals.expired == c(15)
 
     def test_a_late_usage_is_charged_to_what_is_spendable_now_and_flagged(self):
         s = Script()
@@ -347,7 +347,7 @@ class TestRecurrence:
         # Nov 10 -> Dec 20 (10 carried) -> Jan 30 -> all 30 return on Jan 15; no more renewals
         assert balances(r)["team"][0] == 0
         assert balances(r)["acme"][0] == c(100)
-        assert not r.book.tenants["acme"].recurring
+        assert not r.ledger.tenants["acme"].recurring
 
     def test_a_parent_short_of_funds_renews_with_what_it_has(self):
         s = Script()
@@ -371,7 +371,7 @@ class TestIdMemory:
         s.lines.append(s.lines[0])  # the purchase again
         r = s.fold()
         assert reasons(r) == []
-        assert r.book.tenants["acme"].totals.purchased == c(1000)
+        assert r.ledger.tenants["acme"].totals.purchased == c(1000)
         assert balances(r)["acme"][1] == c(30)
 
     def test_a_resend_36_days_later_is_too_late(self):
@@ -383,7 +383,7 @@ class TestIdMemory:
         s.lines.append(s.lines[0])
         r = s.fold()
         assert reasons(r) == ["too_late", "too_late"]
-        assert r.book.tenants["acme"].totals.purchased == c(1000)
+        assert r.ledger.tenants["acme"].totals.purchased == c(1000)
         assert balances(r)["acme"][1] == c(30)
 
     def test_an_id_reused_with_other_content_after_the_horizon_is_new(self):
@@ -402,7 +402,7 @@ class TestIdMemory:
         for n in range(3000):
             s.use("acme", "0.001", ts=at(hours=n))  # 3000 ids over 125 days
         r = s.fold()
-        assert len(r.book.tenants["acme"].ids) <= 35 * 24 + 2 + 1
+        assert len(r.ledger.tenants["acme"].ids) <= 35 * 24 + 2 + 1
 
 
 class TestRulesMadePrecise:
@@ -428,7 +428,7 @@ class TestRulesMadePrecise:
         s.allocate("acme", "dev", 5)  # no cap: dev stays hard-capped
         s.use("dev", 50)
         r = s.fold()
-        assert r.book.tenants["acme"].accounts["dev"].cap == "hard"
+        assert r.ledger.tenants["acme"].accounts["dev"].cap == "hard"
         states = [e.state for e in r.outputs if type(e).__name__ == "Enforcement"]
         assert states == ["blocked", "open", "blocked"]
 
@@ -441,7 +441,7 @@ class TestRulesMadePrecise:
                        b'"credits":100.0, "note": "an unknown field"}')
         r = s.fold()
         assert first and r.rejected == []
-        assert r.book.tenants["acme"].totals.purchased == c(100)
+        assert r.ledger.tenants["acme"].totals.purchased == c(100)
 
     def test_a_settle_after_its_hold_ended_is_charged_and_a_second_one_is_closed(self):
         r = rule_examples.late_settle("acme", 2026).fold()
@@ -458,14 +458,14 @@ class TestRulesMadePrecise:
         """Kind 1: the same instant written with +05:30 is still November (UTC)."""
         for stamp in ("2026-11-30T20:30:00Z", "2026-12-01T02:00:00+05:30"):
             r = rule_examples.offset_month("acme", 2026, stamp).fold()
-            team = r.book.tenants["acme"].accounts["team"]
+            team = r.ledger.tenants["acme"].accounts["team"]
             assert (team.period, team.period_granted, team.period_used) == ("2026-11", c(200), c(105))
             assert self._threshold_alerts(r, "team") == [(50, "firing"), (50, "resolved"), (50, "firing")]
 
     def test_two_monthly_allocations_add_up_in_the_period_budget(self):
         """Kind 2: December's budget is 200 (both renewals), 110 is 55 %: one 50 % alert, no block."""
         r = rule_examples.two_monthly("acme", 2026).fold()
-        team = r.book.tenants["acme"].accounts["team"]
+        team = r.ledger.tenants["acme"].accounts["team"]
         assert (team.period, team.period_granted, team.period_used) == ("2026-12", c(200), c(110))
         december = [a for a in r.outputs if type(a).__name__ == "Alert" and a.period == "2026-12"
                     and a.status == "firing"]
@@ -482,7 +482,7 @@ class TestRulesMadePrecise:
         s.lines.append(b'{"type":"purchase","id":"p3","tenant_id":"acme","ts":"2026-11-01T00:00:00Z",'
                        b'"credits":"1e2"}')  # an amount string has no exponent
         r = s.fold()
-        assert r.book.tenants["acme"].totals.purchased == 8_600_000_000_000_001
+        assert r.ledger.tenants["acme"].totals.purchased == 8_600_000_000_000_001
         assert reasons(r) == ["invalid_amount", "invalid_amount"]
 
     def test_rate_card_prices_lose_nothing_to_rounding(self):
@@ -511,7 +511,7 @@ class TestRulesMadePrecise:
         """Kind 7: a hold released after its grant ended expires; nothing pays the Dec 10 usage."""
         r = rule_examples.released_after_the_grant_ended("acme", 2026).fold()
         assert balances(r)["team"] == (0, c(50), c(50))
-        assert r.book.tenants["acme"].totals.expired == c(100)
+        assert r.ledger.tenants["acme"].totals.expired == c(100)
         assert conservation_holds(r)
 
     def test_purchased_credits_keep_their_expiry_when_allocated_and_reclaimed(self):
@@ -525,7 +525,7 @@ class TestRulesMadePrecise:
         s.tick(ts="2026-12-02T00:00:00Z")
         r = s.fold()
         assert {a: v[0] for a, v in balances(r).items()} == {"acme": 0, "team": 0, "user": 0}
-        assert r.book.tenants["acme"].totals.expired == c(100)
+        assert r.ledger.tenants["acme"].totals.expired == c(100)
         assert conservation_holds(r)
 
     def test_a_monthly_allocation_past_the_year_9999_is_refused_and_the_rest_goes_on(self):
@@ -542,8 +542,8 @@ class TestRulesMadePrecise:
             r.feed(line)
         r.finish()
         assert reasons(r) == ["invalid_timestamp"]
-        assert r.book.tenants["globex"].totals.purchased == c(5)
-        assert not r.book.tenants["acme"].recurring
+        assert r.ledger.tenants["globex"].totals.purchased == c(5)
+        assert not r.ledger.tenants["acme"].recurring
         assert conservation_holds(r)
 
     def test_only_time_fields_are_read_as_times(self):
@@ -563,7 +563,7 @@ class TestRulesMadePrecise:
         assert reasons(r) == ["invalid_timestamp"]
         entry = next(o for o in r.outputs if getattr(o, "cause_id", "") == "2026-11-01T00:00:01.1234567Z")
         assert entry.usage_labels == {"seen": "2026-11-01T00:00:01+0100", "at": "2026-11-01T00:00:01.9999999Z"}
-        assert r.book.tenants["acme"].clock.month == 11  # the spaced ts was cut, not rounded into December
+        assert r.ledger.tenants["acme"].clock.month == 11  # the spaced ts was cut, not rounded into December
 
     def test_the_verdict_does_not_depend_on_how_the_ts_is_spelt(self):
         """An unknown field named like another type's time field stays an ignored extra, and a
@@ -606,4 +606,4 @@ class TestRulesMadePrecise:
         r = s.fold()
         assert reasons(r) == ["invalid_amount", "invalid_amount"]
         assert balances(r)["acme"][1] == 2  # 1.5 micro-credits in all, rounded once (half-even)
-        assert r.book.tenants["acme"].clock.month == 11
+        assert r.ledger.tenants["acme"].clock.month == 11

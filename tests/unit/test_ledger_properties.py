@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from finops.processors.fold import FoldResult
 from finops.processors.state import DEFAULT_RULES
-from finops.processors.state import Tenant
+from finops.processors.state import TenantState
 from ledger_helpers import Script, at, conservation_holds
 
 EXAMPLES = int(os.environ.get("FINOPS_HYPOTHESIS_EXAMPLES", "500"))
@@ -111,7 +111,7 @@ def test_conservation(lines):
 @given(scripts())
 def test_no_negative_available(lines):
     r = fold(lines)
-    for state in r.book.tenants.values():
+    for state in r.ledger.tenants.values():
         for acct in state.accounts.values():
             assert acct.available >= 0
             assert all(g.remaining > 0 for g in acct.grants)
@@ -150,13 +150,13 @@ def test_every_changed_account_is_reported_as_touched(lines):
 
     r = FoldResult(keep_outputs=True)
     for line in lines:
-        state = r.book.tenant("acme")
+        state = r.ledger.tenant("acme")
         before = {a.id: (a.available, a.consumed, a.reserved, a.overage) for a in state.accounts.values()}
-        state.drain_touched()
+        state.drain_balance_outbox()
         r.feed(line)
         after = {a.id: (a.available, a.consumed, a.reserved, a.overage) for a in state.accounts.values()}
         changed = {k for k, v in after.items() if before.get(k) != v}
-        assert changed <= state.touched, wire.decode(line)
+        assert changed <= state.balance_outbox, wire.decode(line)
 
 
 @common
@@ -193,6 +193,6 @@ def test_folding_the_ledger_entries_gives_the_balances(lines):
             reserved[e.charged_to] += a
         elif e.kind == "release":
             reserved[e.charged_to] -= a
-    for acct in result.book.tenants.get("acme", Tenant("acme")).accounts.values():
+    for acct in result.ledger.tenants.get("acme", TenantState("acme")).accounts.values():
         assert (available[acct.id], consumed[acct.id], reserved[acct.id], overage[acct.id]) == (
             acct.available, acct.consumed, acct.reserved, acct.overage), acct.id

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings, strategies as st
 
-from finops.processors.merge import Item, Merger
+from finops.processors.merge import Item, PartitionBuffer
 from finops.schemas import topics
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -32,7 +32,7 @@ def idle_half_a_second(_topic, _p, idle_for) -> bool:
 
 class TestMerger:
     def test_both_buffered_goes_by_event_time_commands_first_on_ties(self):
-        m = Merger()
+        m = PartitionBuffer()
         m.assign({0}, now=0)
         for i in (item(U, 0, 1), item(U, 1, 3), item(C, 0, 2), item(C, 1, 3)):
             m.add(i, now=0)
@@ -40,7 +40,7 @@ class TestMerger:
         assert [(i.topic, i.offset) for i in taken] == [(U, 0), (C, 0), (C, 1), (U, 1)]
 
     def test_waits_for_the_other_topic_unless_it_is_quiet(self):
-        m = Merger()
+        m = PartitionBuffer()
         m.assign({0}, now=0)
         m.add(item(U, 0, 1), now=0)
         assert m.take(never, now=0.1, limit=10) == []  # commands may still hold something earlier
@@ -50,13 +50,13 @@ class TestMerger:
         assert [i.offset for i in m.take(idle_half_a_second, now=0.8, limit=10)] == [1]  # commands idle since 0
 
     def test_unreadable_messages_go_at_once(self):
-        m = Merger()
+        m = PartitionBuffer()
         m.assign({0}, now=0)
         m.add(item(U, 0, None), now=0)
         assert [i.offset for i in m.take(never, now=0, limit=10)] == [0]
 
     def test_revoke_drops_buffers_and_limit_is_kept(self):
-        m = Merger()
+        m = PartitionBuffer()
         m.assign({0, 1}, now=0)
         for n in range(5):
             m.add(item(U, n, n, partition=1), now=0)
@@ -73,20 +73,20 @@ def test_order_does_not_depend_on_how_fetches_fall(usage_ts, command_ts, data):
     commands = [item(C, n, t) for n, t in enumerate(sorted(command_ts))]
 
     def run(chunks: int) -> list[tuple[str, int]]:
-        m = Merger()
+        m = PartitionBuffer()
         m.assign({0}, now=0)
-        fetched = {U: 0, C: 0}
+        position = {U: 0, C: 0}
         order = []
         for _ in range(chunks):
             for topic, source in ((U, usage), (C, commands)):
                 n = data.draw(st.integers(0, 5))
-                for i in source[fetched[topic]:fetched[topic] + n]:
+                for i in source[position[topic]:position[topic] + n]:
                     m.add(i, now=0)
-                fetched[topic] = min(len(source), fetched[topic] + n)
-            done = {U: fetched[U] == len(usage), C: fetched[C] == len(commands)}
+                position[topic] = min(len(source), position[topic] + n)
+            done = {U: position[U] == len(usage), C: position[C] == len(commands)}
             order += [(i.topic, i.offset) for i in m.take(lambda t, _p, _i: done[t], now=0, limit=7)]
         for topic, source in ((U, usage), (C, commands)):
-            for i in source[fetched[topic]:]:
+            for i in source[position[topic]:]:
                 m.add(i, now=0)
         while m.buffered():
             order += [(i.topic, i.offset) for i in m.take(always, now=0, limit=7)]

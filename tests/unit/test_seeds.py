@@ -126,7 +126,7 @@ def as_credits(expected: dict) -> dict:
 def test_seed_in_process(seed):
     script, expected = seed()
     result = script.fold()
-    state = result.book.tenants["acme"]
+    state = result.ledger.tenants["acme"]
     got = {k: (state.accounts[k].available, state.accounts[k].consumed, state.accounts[k].overage)
            for k in expected}
     assert got == {k: (c(a), c(u), c(o)) for k, (a, u, o) in expected.items()}
@@ -151,7 +151,7 @@ class TestSeedDetails:
         script, _ = reserve_and_settle()
         r = script.fold()
         assert r.rejected == []
-        assert r.book.tenants["acme"].accounts["user"].reserved == 0
+        assert r.ledger.tenants["acme"].accounts["user"].reserved == 0
         script.msg("settle", reservation_id="res-2", credits=5, id="again")  # a second settle of it
         assert [x.reason for x in script.fold().rejected] == ["reservation_closed"]
 

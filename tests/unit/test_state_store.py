@@ -14,7 +14,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from finops.processors.fold import FoldResult
-from finops.processors.ledger import Book
+from finops.processors.ledger import Ledger
 from finops.processors.merge import Item
 from finops.processors.plan import plan
 from finops.processors.state import DEFAULT_RULES
@@ -43,9 +43,9 @@ class Shell:
         if changelog is not None:  # restore: apply what the changelog holds past the store's checkpoint
             self.store.apply_changelog(changelog[self.store.checkpoint:], len(changelog))
             self.changelog = list(changelog)
-        self.book = Book(DEFAULT_RULES)
-        self.book.tenants.update(self.store.load(DEFAULT_RULES))
-        self.home = {tenant: 0 for tenant in self.book.tenants}
+        self.ledger = Ledger(DEFAULT_RULES)
+        self.ledger.tenants.update(self.store.load(DEFAULT_RULES))
+        self.home = {tenant: 0 for tenant in self.ledger.tenants}
         self.offset = 0
         self.sizes: list[int] = []  # changelog bytes per transaction
 
@@ -60,7 +60,7 @@ class Shell:
 
     def transaction(self, items: list[Item], publish_spend: bool = True) -> list[tuple]:
         """One transaction: plan, keep the changelog, write the store (an empty one publishes pending spend)."""
-        result = plan(self.book, items, self.home, lambda t, _p: self.store.new_tenant(t, DEFAULT_RULES),
+        result = plan(self.ledger, items, self.home, lambda t, _p: self.store.new_tenant(t, DEFAULT_RULES),
                       publish_spend=publish_spend)
         changes = result.changelog.get(0, [])
         self.changelog.extend(changes)
@@ -200,7 +200,7 @@ class TestHeldUsage:
         s.allocate("acme", "team", 50, ts=at(minutes=11))
         r = s.fold()
         assert r.rejected == []
-        team = r.book.tenants["acme"].accounts["team"]
+        team = r.ledger.tenants["acme"].accounts["team"]
         assert team.consumed == c(7)
 
     def test_usage_with_a_key_bound_later_is_charged_to_the_keys_account(self):
@@ -211,7 +211,7 @@ class TestHeldUsage:
         s.msg("bind_key", api_key_id="k-late", account_id="team", ts=at(minutes=20))
         r = s.fold()
         assert r.rejected == []
-        assert r.book.tenants["acme"].accounts["team"].consumed == c(3)
+        assert r.ledger.tenants["acme"].accounts["team"].consumed == c(3)
 
     def test_is_rejected_unknown_account_when_the_grace_ends_and_gives_its_id_back(self):
         s = Script()
@@ -223,7 +223,7 @@ class TestHeldUsage:
         r = s.fold()
         assert [(x.id, x.reason) for x in r.rejected] == [("req-1", "unknown_account")]
         assert r.rejected[0].input == held.decode()
-        assert r.book.tenants["acme"].accounts["team"].consumed == c(7)
+        assert r.ledger.tenants["acme"].accounts["team"].consumed == c(7)
 
     def test_the_end_of_a_fold_ends_every_grace(self):
         s = Script()
@@ -231,7 +231,7 @@ class TestHeldUsage:
         s.use("ghost", 7)
         r = s.fold()
         assert [x.reason for x in r.rejected] == ["unknown_account"]
-        assert r.book.tenants["acme"].totals.consumed == 0
+        assert r.ledger.tenants["acme"].totals.consumed == 0
 
 
 class TestFarFutureTime:
@@ -248,7 +248,7 @@ class TestFarFutureTime:
             shell = Shell(Path(tmp) / "s")
             stored = wire.decode(s.lines[0]).ts  # every line stored at the first one's time
             records = shell.run(s.lines, 10, stored_at=stored.replace(minute=2))
-            state = shell.book.tenants["acme"]
+            state = shell.ledger.tenants["acme"]
             rejected = [outputs_rejection(v) for t, v, _k, _p in records if t == topics.REJECTED]
             assert [(r["id"], r["reason"]) for r in rejected] == [("future", "ts_in_future")]
             assert state.clock < wire.decode(s.lines[-2]).ts
