@@ -76,6 +76,8 @@ class Problem(Exception):
         self.reason, self.headers, self.extra = reason, headers, extra
 
     def body(self, instance: str) -> dict:
+        """The problem as its JSON body (RFC 9457): type, title, status, detail, ``instance`` (the request
+        path), ``reason`` when there is one, and the extra fields."""
         body = {"type": f"urn:finops:problem:{self.slug}", "title": self.title, "status": self.status,
                 "detail": self.detail or self.title, "instance": instance}
         if self.reason is not None:
@@ -286,6 +288,7 @@ class Backends:
             return self._usage
 
     def close(self) -> None:
+        """Close the shared command client and usage producer, if they were made (best effort)."""
         for client in (self._commands, self._usage):
             if client is not None:
                 try:
@@ -1051,10 +1054,13 @@ class ApiServer:
 
     @property
     def url(self) -> str:
+        """The address it listens on, e.g. ``http://127.0.0.1:8080`` (the real port when 0 was asked for)."""
         host, port = self.server.servers[0].sockets[0].getsockname()[:2]
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
     def run(self) -> None:
+        """Serve in this thread until stopped, with the live view read in another; closes everything at
+        the end. Raises :class:`FinopsError` when the address cannot be listened on."""
         if not self._view_thread.is_alive():
             self._view_thread.start()
         try:
@@ -1068,6 +1074,8 @@ class ApiServer:
             self.backends.close()
 
     def start(self, timeout: float = 30.0) -> ApiServer:
+        """Serve in a thread and return once listening. Raises the server's error, or
+        :class:`FinopsError` when it does not listen within ``timeout`` seconds."""
         def target() -> None:
             try:
                 self.run()
@@ -1084,6 +1092,7 @@ class ApiServer:
         return self
 
     def stop(self) -> None:
+        """Ask the server and the live view to end; waits up to 15 s for the server thread."""
         self.server.should_exit = True
         self.view.stop()
         if self._thread is not None:

@@ -55,6 +55,10 @@ GROUP BY tenant_id, account_id
 
 @dataclass
 class DemoResult:
+    """What ``finops demo`` saw: the workload, the latest balances on ``finops.balances.v1`` (credits as
+    decimal strings), spend by team from ClickHouse (credits), whether the balances equal ``finops
+    fold`` of the same input, the runway and reconcile reports, and the wall seconds it took."""
+
     workload: Workload
     balances: list[tuple]  # (tenant, account, kind, available, consumed, overage)
     spend_by_team: tuple[list[str], list[tuple]]

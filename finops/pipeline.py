@@ -77,6 +77,7 @@ class Pipeline:
                 if p is not None]
 
     def start(self) -> Pipeline:
+        """Start the query server (embedded ClickHouse) and each processor in a daemon thread of its own."""
         if self.query_server is not None:
             self.query_server.start()
         for name, part in self._parts():
@@ -112,10 +113,12 @@ class Pipeline:
         return self._stopped.is_set()
 
     def raise_failure(self) -> None:
+        """Raise the first error a processor stopped with, if any."""
         if self._errors:
             raise self._errors[0]
 
     def stop(self) -> None:
+        """Ask every processor to stop and wait for each thread (30 s at most), then stop the query server."""
         for _name, part in self._parts():
             part.stop()
         for thread in self._threads:

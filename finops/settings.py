@@ -26,6 +26,10 @@ def _default_cache_dir() -> Path:
 
 
 class Settings(BaseSettings):
+    """The pipeline's configuration, from ``FINOPS_<FIELD>`` environment variables (docs/configuration.md);
+    each field's ``description`` says what it sets. Durations take seconds or ISO 8601; an invalid
+    value raises pydantic's ``ValidationError``."""
+
     model_config = SettingsConfigDict(env_prefix="FINOPS_", extra="ignore")
 
     data_dir: Path = Field(default_factory=_default_data_dir,
@@ -99,10 +103,12 @@ class Settings(BaseSettings):
 
     @property
     def external_kafka(self) -> bool:
+        """True when an existing cluster is configured: nothing is started locally."""
         return bool(self.kafka_bootstrap)
 
     @property
     def clickhouse_dsn(self) -> str:
+        """Where ClickHouse is: ``clickhouse_url``, else embedded chdb in ``<data_dir>/clickhouse``."""
         return self.clickhouse_url or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
 
     @property
@@ -112,4 +118,5 @@ class Settings(BaseSettings):
 
 
 def load() -> Settings:
+    """The settings of this process's environment."""
     return Settings()
