@@ -41,6 +41,8 @@ class FoldResult:
                 self.enforcement[(o.tenant_id, o.account_id)] = o
 
     def feed(self, raw: bytes | str) -> None:
+        """Fold one line (bytes or text, one wire-v1 message): a line that cannot be read, or a message the
+        ledger refuses, becomes a rejection; the outputs are kept as the constructor says."""
         self.lines += 1
         message = wire.decode(raw)
         if isinstance(message, wire.Rejection):

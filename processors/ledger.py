@@ -67,6 +67,7 @@ __all__ = ["Ledger", "Rejected", "Rules", "TenantState", "Output", "decide", "ap
 
 
 def month_of(t: datetime) -> str:
+    """The calendar month (UTC) of ``t`` as ``"YYYY-MM"``: the name of a budget period."""
     return f"{t.year:04d}-{t.month:02d}"
 
 
@@ -206,6 +207,9 @@ def fingerprint(message: wire.Message, raw: bytes | None = None) -> int:
 
 def decide(state: TenantState, message: wire.Message, raw: bytes | None = None) -> list[Event]:
     """The events ``message`` causes (time already advanced to it), or :class:`Rejected`.
+
+    Reads ``state`` and changes nothing; :func:`apply` folds the events into it, in order.
+    A message seen before with the same content decides no events (a no-op).
 
     Idempotency (wire-v1.md, "Idempotency horizon"): an id is remembered for
     ``rules.id_horizon_s`` of event time; a message older than the clock minus the horizon
@@ -1361,6 +1365,7 @@ class Ledger:
         self.fast = fast  # False: every message takes the general path (the fast path's reference)
 
     def tenant(self, tenant_id: str) -> TenantState:
+        """The state of ``tenant_id``, made (by ``new_tenant``, with this ledger's rules) on first sight."""
         state = self.tenants.get(tenant_id)
         if state is None:
             state = self.new_tenant(tenant_id) if self.new_tenant is not None else TenantState(tenant_id)
@@ -1422,6 +1427,8 @@ class Ledger:
 
 
 def balance_of(state: TenantState, acct: Account) -> out.Balance:
+    """The ``finops.balances.v1`` record of ``acct`` now: its own balances in micro-credits and as
+    decimal credit strings, stamped with the event time of its last change."""
     return out.Balance(
         tenant_id=state.tenant_id, account_id=acct.id, kind=acct.kind, parent_id=acct.parent_id,
         available_micros=acct.available, consumed_micros=acct.consumed, reserved_micros=acct.reserved,

@@ -36,6 +36,9 @@ RANK = {topics.COMMANDS: 0, topics.USAGE: 1}
 
 @dataclass(slots=True)
 class Item:
+    """One input record waiting in the partition buffer: where it came from (topic, partition,
+    offset), its event time and the time Kafka stored it, and the message decoded from ``raw``."""
+
     topic: str
     partition: int
     offset: int
@@ -45,6 +48,7 @@ class Item:
     stored_at: datetime | None = None  # when Kafka stored it (the record timestamp), for ts_in_future
 
     def order(self) -> tuple:
+        """Its merge key: stored time (else event time), event time, commands before usage, offset."""
         return (self.stored_at or self.ts, self.ts, RANK[self.topic], self.offset)
 
 
@@ -56,21 +60,26 @@ class PartitionBuffer:
         self.last_arrival: dict[tuple[str, int], float] = {}
 
     def assign(self, partitions: set[int], now: float) -> None:
+        """Start buffering both input topics of these partition numbers; ``now`` (wall, epoch s)
+        counts as their last arrival, so idleness is measured from the assignment."""
         for p in partitions:
             for topic in topics.INPUTS:
                 self.queues.setdefault((topic, p), deque())
                 self.last_arrival[(topic, p)] = now
 
     def revoke(self, partitions: set[int]) -> None:
+        """Drop the buffers of these partition numbers (their records will be read again by their new owner)."""
         for key in [k for k in self.queues if k[1] in partitions]:
             del self.queues[key]
             self.last_arrival.pop(key, None)
 
     def clear(self) -> None:
+        """Empty every buffer, keeping the assignment (the records are to be read again)."""
         for queue in self.queues.values():
             queue.clear()
 
     def add(self, item: Item, now: float) -> None:
+        """Buffer ``item`` behind the others of its topic-partition; ``now`` (wall, epoch s) is its arrival."""
         key = (item.topic, item.partition)
         queue = self.queues.get(key)
         if queue is None:
@@ -79,6 +88,7 @@ class PartitionBuffer:
         self.last_arrival[key] = now
 
     def buffered(self) -> int:
+        """How many records wait in all buffers."""
         return sum(len(q) for q in self.queues.values())
 
     def take(self, idle: Callable[[str, int, float], bool], now: float, limit: int) -> list[Item]:

@@ -57,6 +57,7 @@ class Grant:
     inherited: datetime | None = None
 
     def spendable_at(self, t: datetime) -> bool:
+        """May this grant be spent at event time ``t``: at or after ``starts_at`` and before ``ends_at``?"""
         if self.starts_at is not None and t < self.starts_at:
             return False
         return self.ends_at is None or t < self.ends_at
@@ -64,6 +65,13 @@ class Grant:
 
 @dataclass(slots=True)
 class Account:
+    """One account of a tenant's tree; every amount is micro-credits, every time event time.
+
+    ``available`` is what its own grants hold (spendable now or later), ``reserved`` what its holds
+    keep, ``consumed`` the usage charged to it wherever it was funded from, ``overage`` the part of
+    that nobody covered. The period fields are the budget behind threshold alerts and hard caps
+    (docs/ledger.md): ``period_used`` (usage of the subtree) against ``period_granted``."""
+
     id: str
     kind: str
     parent_id: str | None
@@ -96,17 +104,20 @@ class Account:
     remainders: dict[str, tuple[Decimal, int]] = field(default_factory=dict)
 
     def add_grant(self, grant: Grant) -> None:
+        """Add ``grant`` in draw order (earliest end first, then oldest) and count it in ``available``."""
         self.grants.append(grant)
         self.grants.sort(key=_draw_order)
         self.available += grant.remaining
 
     def grant(self, grant_id: str) -> Grant | None:
+        """The grant with this id, or None (a grant spent to zero is gone)."""
         for g in self.grants:
             if g.id == grant_id:
                 return g
         return None
 
     def spendable(self, t: datetime) -> int:
+        """Micro-credits its own grants can pay at event time ``t`` (inside their windows)."""
         return sum(g.remaining for g in self.grants if g.spendable_at(t))
 
     def plan_draw(self, amount: int, t: datetime) -> tuple[list[tuple[str, int]], int]:
@@ -122,6 +133,8 @@ class Account:
         return draws, amount
 
     def take(self, grant_id: str, amount: int) -> None:
+        """Take ``amount`` micro-credits from grant ``grant_id`` (removed when it reaches zero). Raises
+        KeyError when the account has no such grant."""
         for i, g in enumerate(self.grants):
             if g.id == grant_id:
                 g.remaining -= amount
@@ -132,6 +145,7 @@ class Account:
         raise KeyError(grant_id)
 
     def hard_capped(self, t: datetime) -> bool:
+        """Is the cap hard at event time ``t`` (a cap override lifts it until its ``until``)?"""
         return self.cap == "hard" and not (self.override_until is not None and t < self.override_until)
 
 
@@ -270,6 +284,7 @@ class TenantState:
             self.balance_outbox.add(self.tenant_id)
 
     def account(self, account_id: str) -> Account:
+        """The open account ``account_id``. Raises :class:`Rejected` ``unknown_account``."""
         acct = self.accounts.get(account_id)
         if acct is None:
             raise Rejected(reasons.UNKNOWN_ACCOUNT, f"no account {account_id!r} in tenant {self.tenant_id!r}")
@@ -283,10 +298,12 @@ class TenantState:
             acct = accounts[acct.parent_id] if acct.parent_id is not None else None
 
     def next_seq(self) -> int:
+        """The next number of the tenant's sequence (grants, timers and held usage are ordered by it)."""
         self.seq += 1
         return self.seq
 
     def drain_balance_outbox(self) -> set[str]:
+        """The accounts changed since the last drain (their balances are to be published); empties it."""
         outbox, self.balance_outbox = self.balance_outbox, set()
         return outbox
 
@@ -300,6 +317,7 @@ class TenantState:
 
 
 def rate_key(model_name: str, operation_type: str) -> str:
+    """The rate card's key of a model and operation: ``"<model>\x1f<operation>"``."""
     return f"{model_name}\x1f{operation_type}"
 
 

@@ -149,6 +149,8 @@ class StoredIds:
         return d
 
     def get(self, ident: str, default=None):
+        """``(value, event time as epoch s)`` of ``ident``: this transaction's write if any, else RocksDB;
+        ``default`` when it is not remembered."""
         d = self._digest(ident)
         if d in self.overlay:
             value = self.overlay[d]
@@ -160,6 +162,7 @@ class StoredIds:
         self.overlay[self._digest(ident)] = value
 
     def pop(self, ident: str, default=None):
+        """Forget ``ident`` (in this transaction); what it held, or ``default``."""
         value = self.get(ident, default)
         self.overlay[self._digest(ident)] = None
         return value
@@ -178,6 +181,7 @@ class StoredIds:
                 self.overlay[d] = None
 
     def get_digest(self, d: bytes):
+        """The entry of a 16-byte id digest (this transaction's write, else RocksDB), or None."""
         if d in self.overlay:
             return self.overlay[d]
         raw = self.db.get(self.prefix + d)
@@ -198,6 +202,7 @@ class StoredIds:
         self.index_removed = []
 
     def discard(self) -> None:
+        """Drop this transaction's writes without storing them (the store keeps what it had)."""
         self.overlay = {}
         self.index_removed = []
 
@@ -383,6 +388,7 @@ class PartitionStore:
     private = False
 
     def close(self) -> None:
+        """Close RocksDB; a private copy (made while another process held the store) is removed."""
         self.db.close()
         if self.private:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -510,6 +516,7 @@ class PartitionStore:
                 yield key, value
 
     def count(self, kind: bytes) -> int:
+        """How many keys of one kind (``HEADER``, ``ACCOUNT``, ...) the store holds, the id memories included."""
         n = 0
         for key in self.db.keys(from_key=kind):
             if not key.startswith(kind):

@@ -51,6 +51,10 @@ INSERT_SETTINGS = {
 
 
 class UsageRow(msgspec.Struct, gc=False):
+    """A row of ``usage_events``: the usage message as sent (``raw``), its labels split out, ``credits_micros``
+    in micro-credits (None: priced by the rate card, see the ledger entries), ``ts`` its event time,
+    and the Kafka position it came from."""
+
     tenant_id: str
     id: str
     ts: datetime
@@ -73,6 +77,9 @@ class UsageRow(msgspec.Struct, gc=False):
 
 
 class AlertRow(msgspec.Struct, gc=False):
+    """A row of ``alerts``: one ``finops.alerts.v1`` record, its usage and period budget in micro-credits,
+    ``action`` as JSON text ('' for none), ``ts`` the event time of its cause."""
+
     id: str
     tenant_id: str
     account_id: str
@@ -90,6 +97,9 @@ class AlertRow(msgspec.Struct, gc=False):
 
 
 class BalanceRow(msgspec.Struct, gc=False):
+    """A row of ``balance_snapshots``: one ``finops.balances.v1`` record, amounts in micro-credits, ``ts``
+    the event time of the account's last change."""
+
     tenant_id: str
     account_id: str
     kind: str
@@ -104,6 +114,9 @@ class BalanceRow(msgspec.Struct, gc=False):
 
 
 class AllocationRow(msgspec.Struct, gc=False):
+    """A row of ``allocations``: a purchase, allocate or reclaim command as sent, ``credits_micros`` in
+    micro-credits (None for a reclaim of everything, ``reclaim_all``), times as event time."""
+
     id: str
     tenant_id: str
     type: str
@@ -147,6 +160,7 @@ def ledger_line(value: bytes, partition: int, offset: int) -> bytes:
 
 
 def alert_row(value: bytes, partition: int, offset: int) -> AlertRow:
+    """The ``alerts`` row of one alert record. Raises msgspec's error for a record this version cannot read."""
     a = _alert_decoder.decode(value)
     return AlertRow(a.id, a.tenant_id, a.account_id, a.type, a.severity, a.status, a.threshold,
                     int(to_micros(a.current_usage)), int(to_micros(a.monthly_allocation)), a.period,
@@ -154,12 +168,14 @@ def alert_row(value: bytes, partition: int, offset: int) -> AlertRow:
 
 
 def balance_row(value: bytes, partition: int, offset: int) -> BalanceRow:
+    """The ``balance_snapshots`` row of one balance record. Raises msgspec's error for an unreadable one."""
     b = _balance_decoder.decode(value)
     return BalanceRow(b.tenant_id, b.account_id, b.kind, b.parent_id or "", b.available_micros, b.consumed_micros,
                       b.reserved_micros, b.overage_micros, b.ts, partition, offset)
 
 
 def allocation_row(value: bytes, partition: int, offset: int) -> AllocationRow | None:
+    """The ``allocations`` row of a purchase, allocate or reclaim; None for other commands and unreadable input."""
     m = wire.decode(value)
     kind = type(m)
     if kind is wire.Purchase:
@@ -179,6 +195,9 @@ def allocation_row(value: bytes, partition: int, offset: int) -> AllocationRow |
 
 @dataclass(frozen=True)
 class Table:
+    """Where one topic goes: the ClickHouse table and the function that builds a row from
+    ``(value, partition, offset)``."""
+
     name: str
     build: Callable[[bytes, int, int], object]  # a row struct, JSON line bytes, or None (not stored)
 
@@ -212,11 +231,16 @@ class SinkCheckpoint:
 
     @property
     def token(self) -> str:
+        """``"<topic>:<partition>:<first>-<last>"``, the insert's deduplication token: the same range
+        inserted again is dropped by ClickHouse."""
         return f"{self.topic}:{self.partition}:{self.first}-{self.last}"
 
 
 @dataclass
 class SinkProgress:
+    """Counters of the sink: rows inserted per table, batches, messages that are no rows, statements
+    ClickHouse refused, and the wall seconds spent paused."""
+
     rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     batches: int = 0
     skipped: int = 0  # messages that are not rows (bad usage, commands other than allocations)
@@ -283,6 +307,7 @@ class Sink(Service):
             return clickhouse.query(self.client, sql, parameters)
 
     def close(self) -> None:
+        """Close the consumer; the ClickHouse client is left open (the query server may still use it)."""
         self.consumer.close()
 
     def step(self) -> int:
