@@ -50,6 +50,12 @@ MICROS = 1_000_000
 
 @dataclass(frozen=True)
 class Rules:
+    """The alert processor's thresholds (the module docstring says each rule), from FINOPS_ALERT_* settings.
+
+    ``history_hours``: closed hours of spend kept for ``zscore_spike`` (a week); ``mom_min_credits``:
+    ``mom_spike`` stays quiet while last month's spend to the same point is below this many credits;
+    ``low_balance_credits`` in credits (0: off); percentages in percent, days in days."""
+
     zscore: float = 3.0
     min_hours: int = 24
     history_hours: int = 168
@@ -61,6 +67,7 @@ class Rules:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Rules:
+        """The rules of ``settings`` (``alert_zscore``, ``alert_min_hours``, ...); the rest keep their defaults."""
         return cls(zscore=settings.alert_zscore, min_hours=settings.alert_min_hours,
                    mom_pct=settings.alert_mom_pct, ending_soon_days=settings.alert_ending_soon_days,
                    low_balance_pct=settings.alert_low_balance_pct,
