@@ -15,6 +15,9 @@ from . import clickhouse, e2e, fold, kafka, latency, serve
 
 @dataclass(frozen=True)
 class Size:
+    """How big one benchmark runs: ``events`` (usage events unless its entry says otherwise), ``repeats``,
+    and other keyword arguments of the benchmark."""
+
     events: int
     repeats: int
     more: dict = field(default_factory=dict)  # other keyword arguments of the benchmark
@@ -22,11 +25,15 @@ class Size:
 
 @dataclass(frozen=True)
 class Benchmark:
+    """One benchmark: the function that runs it and returns its JSON document, and its full and
+    ``--quick`` sizes."""
+
     run: Callable[..., dict]
     full: Size
     quick: Size  # `--quick`: `bench all` in under 8 minutes on 2 cores
 
     def size(self, quick: bool) -> Size:
+        """The ``--quick`` size when ``quick``, else the full one."""
         return self.quick if quick else self.full
 
 

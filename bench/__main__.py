@@ -11,6 +11,7 @@ from finops.cli import app
 
 
 def main() -> None:
+    """Run ``finops bench`` with this process's arguments, named ``python -m bench`` in its help."""
     command = typer.main.get_command(app).commands["bench"]
     command.main(args=sys.argv[1:], prog_name="python -m bench")
 

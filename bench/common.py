@@ -22,6 +22,7 @@ def log(message: str) -> None:
 
 
 def now_iso() -> str:
+    """This machine's wall time, UTC, to the second (RFC 3339): when a benchmark ran."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -36,10 +37,12 @@ def rate(run: Callable[[], None], count: int, repeats: int) -> dict:
 
 
 def ms(seconds: list[float]) -> dict:
+    """Durations in seconds as milliseconds: their median and each run, to 0.1 ms."""
     return {"median": round(statistics.median(seconds) * 1000, 1), "runs": [round(s * 1000, 1) for s in seconds]}
 
 
 def timed(run: Callable[[], object]) -> tuple[float, object]:
+    """``(wall seconds, value)`` of one call of ``run`` (monotonic clock)."""
     started = time.perf_counter()
     value = run()
     return time.perf_counter() - started, value
@@ -66,6 +69,8 @@ def load_avg() -> list[float]:
 
 
 def machine(client=None) -> dict:
+    """What the numbers ran on: CPUs, Python, platform, the 1-minute load average at the end, and
+    the ClickHouse version when ``client`` is given."""
     info = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}  # other work on the machine skews the runs
     if client is not None:

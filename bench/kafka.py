@@ -68,6 +68,9 @@ class SharedBroker:
         self.served = 0
 
     def fresh(self):
+        """Settings of the broker with every topic new: it is started on the first call, its topics
+        deleted and created anew on later ones. Raises RuntimeError when it did not start (then on
+        every call)."""
         if self.error is not None:
             raise RuntimeError(self.error)
         started = time.monotonic()
@@ -85,6 +88,7 @@ class SharedBroker:
         return self.settings
 
     def close(self) -> None:
+        """Stop the broker (if this started one) and remove its data."""
         self.cleanup.close()
 
 
@@ -433,6 +437,7 @@ class ProcessorRun:
             time.sleep(0.25)  # a sampling period, not a wait for a condition
 
     def alive(self) -> bool:
+        """Is the child process still running?"""
         return self.proc.poll() is None
 
     def metrics_after(self, moment: float, timeout: float = 30.0) -> dict:
@@ -455,6 +460,7 @@ class ProcessorRun:
         self._join()
 
     def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; the exit code."""
         import signal
         import subprocess
 
@@ -473,6 +479,7 @@ class ProcessorRun:
             thread.join(10)
 
     def tail(self) -> str:
+        """The child's last stderr lines that were not metrics (up to 40), for error messages."""
         return "\n".join(self.said)
 
 
@@ -507,6 +514,7 @@ class CommittedProbe:
         return sum(max(tp.offset, 0) for tp in clients.committed_offsets(self.consumer, self.partitions, timeout=60))
 
     def close(self) -> None:
+        """Close the probe's consumer (it never joined the group, so the ledger is not disturbed)."""
         self.consumer.close()
 
 

@@ -187,9 +187,11 @@ class ServeRun:
                                      env=env, stdout=self._out, stderr=subprocess.STDOUT)
 
     def alive(self) -> bool:
+        """Is the ``finops serve`` child still running?"""
         return self.proc.poll() is None
 
     def tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of its log ('' when unreadable), for error messages."""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
@@ -212,6 +214,7 @@ class ServeRun:
             return 0, {}
 
     def text(self, path: str, timeout: float = 5.0) -> str:
+        """The body of a GET of ``path`` as text. Raises urllib's errors (HTTPError for a non-2xx)."""
         import urllib.request
 
         with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
@@ -230,6 +233,7 @@ class ServeRun:
         return time.monotonic() - started
 
     def stop(self, timeout: float = 30.0) -> int:
+        """Ctrl-C, then SIGKILL after ``timeout`` seconds; the exit code."""
         import signal
         import subprocess
 
@@ -280,6 +284,7 @@ class BalanceProbe:
         self._thread.start()
 
     def expect(self, key: tuple[str, str], consumed: int, callback) -> None:
+        """Call ``callback`` once a balance of ``key`` (tenant, account) reaches ``consumed`` micro-credits."""
         with self._lock:
             self._waiting[key] = (consumed, callback)
 
@@ -312,6 +317,7 @@ class BalanceProbe:
             self.error = exc
 
     def close(self) -> None:
+        """Stop the reading thread (10 s at most) and close the consumer."""
         self._stop.set()
         self._thread.join(10)
         self.consumer.close()
