@@ -43,6 +43,16 @@ def severity_rank(severity: str | None) -> int:
     return SEVERITIES.index(severity) if severity in SEVERITIES else 0
 
 
+def alert_wanted(alert: dict, *, tenant: str | None = None, min_severity: str = "info") -> bool:
+    """The alert filter of ``finops run webhooks`` and ``finops alerts tail``: whether ``alert`` (a
+    decoded ``finops.alerts.v1`` record) is of ``tenant`` (None or empty: any tenant) and at least
+    ``min_severity`` (info < warning < critical, :func:`severity_rank`; an alert with a missing or
+    unknown severity ranks as info). Callers check ``min_severity`` is one of :data:`SEVERITIES`."""
+    if tenant and alert.get("tenant_id") != tenant:
+        return False
+    return severity_rank(alert.get("severity")) >= severity_rank(min_severity)
+
+
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The ``X-Finops-Signature`` value: ``sha256=`` + hex HMAC-SHA256 of ``"<timestamp>.<body>"`` with
     ``secret``; ``timestamp`` in Unix seconds (wall time)."""
@@ -129,7 +139,7 @@ class WebhookForwarder(Service):
         if min_severity not in SEVERITIES:
             raise FinopsError(f"unknown severity {min_severity!r}; choose {', '.join(SEVERITIES)}")
         self.settings, self.url, self.secret = settings, url, secret
-        self.tenant, self.min_rank = tenant, SEVERITIES.index(min_severity)
+        self.tenant, self.min_severity = tenant, min_severity
         self.max_attempts, self.timeout_s = max_attempts, timeout_s
         self.progress = Delivery()
         worst_wait = sum(backoff_delay(n) + timeout_s for n in range(1, max_attempts + 1))
@@ -164,9 +174,8 @@ class WebhookForwarder(Service):
         return len(messages)
 
     def wanted(self, alert: dict) -> bool:
-        if self.tenant and alert.get("tenant_id") != self.tenant:
-            return False
-        return severity_rank(alert.get("severity")) >= self.min_rank
+        """Whether this forwarder delivers ``alert``: :func:`alert_wanted` with its tenant and severity."""
+        return alert_wanted(alert, tenant=self.tenant, min_severity=self.min_severity)
 
     def forward(self, value: bytes) -> bool:
         """Deliver one alert, retrying with backoff; dead-letter it after ``max_attempts`` failures.

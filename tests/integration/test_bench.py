@@ -15,7 +15,7 @@ import typer
 
 import bench
 from bench.all import run_all
-from finops import cli
+from finops.cli.bench import bench_package
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ class TestTheCommand:
 
     def test_without_a_checkout_it_says_so_in_one_line(self, tmp_path, capsys):
         with pytest.raises(typer.Exit) as exit_:
-            cli._bench_package(tmp_path)
+            bench_package(tmp_path)
         assert exit_.value.exit_code == 1
         assert "source checkout" in capsys.readouterr().err
 
