@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the tests' own helper modules
+# litellm (the LiteLLM integration's tests) would fetch its model cost map from GitHub at import: use its bundled one
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from ch_backends import clickhouse_server_url, database_name  # noqa: E402,F401 - a fixture
 from finops import stack  # noqa: E402

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from finops import stack
+from finops.integrations.settings import LiteLLMSettings
 from finops.schemas import wire
 from finops.settings import Settings
 
@@ -180,11 +181,14 @@ def test_configuration_reference_lists_every_setting_and_nothing_else():
     expected = {f"FINOPS_{name.upper()}" for name in Settings.model_fields}
     documented = set(re.findall(r"FINOPS_[A-Z0-9_]+", text))
     assert expected <= documented, f"settings missing from docs/configuration.md: {sorted(expected - documented)}"
+    litellm = {f"FINOPS_LITELLM_{name.upper()}" for name in LiteLLMSettings.model_fields}
+    in_integrations = set(re.findall(r"FINOPS_LITELLM_[A-Z0-9_]+", (ROOT / "docs" / "integrations.md").read_text()))
+    assert litellm <= in_integrations, f"settings missing from docs/integrations.md: {sorted(litellm - in_integrations)}"
     everywhere = set()
     for path in DOCS:
         everywhere |= set(re.findall(r"FINOPS_[A-Z0-9_]+", path.read_text()))
     test_only = {"FINOPS_TEST_CLICKHOUSE_URL"}
-    assert everywhere - expected - test_only == set(), "docs name settings that do not exist"
+    assert everywhere - expected - litellm - test_only == set(), "docs name settings that do not exist"
 
 
 def test_every_command_has_help_with_an_example():
