@@ -1,4 +1,9 @@
-"""Every Kafka client is built here, from :class:`Settings` (ClickHouse: ``projections.clickhouse``).
+"""Every Kafka and ClickHouse client is built here, from :class:`Settings` (docs/architecture.md).
+
+Kafka: :func:`producer`, :func:`transactional_producer`, :func:`consumer`, :func:`admin`.
+ClickHouse: :func:`clickhouse` (``projections.clickhouse.connect`` adds the database and its
+migrations). Consumer group names come from :meth:`Settings.group`. The one loop that reads
+partitions to their end is :func:`consume_to_end`.
 
 librdkafka logs connection failures to stderr by itself; we route its log lines to the
 ``finops.kafka`` logger (quiet unless asked) and report failures as one clear line.
@@ -8,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Any, Iterable, Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -64,37 +68,73 @@ def admin(settings: Settings) -> AdminClient:
     return AdminClient(_base(settings))
 
 
+def clickhouse(settings: Settings):
+    """A clickhouse-connect client on ``settings.clickhouse_dsn`` (``chdb:///path``: embedded;
+    ``http(s)://``: a server), no database chosen. Raises what the driver raises; callers use
+    :func:`finops.projections.clickhouse.connect`, which reports one line and migrates."""
+    import clickhouse_connect
+
+    return clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
+
+
+def check_reachable(settings: Settings, timeout: float = 10.0) -> None:
+    """Raise :class:`FinopsError` (one line) when no broker answers at ``settings.bootstrap``
+    within ``timeout`` seconds (wall time): before a long start-up, instead of a traceback."""
+    from .errors import FinopsError
+
+    try:
+        admin(settings).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise FinopsError(f"cannot reach Kafka at {settings.bootstrap} within {timeout:g} s "
+                          f"({exc.args[0].str() if exc.args else exc})") from None
+
+
+def consume_to_end(consumer: Consumer, pending: set[tuple[str, int]], *, deadline: float,
+                   max_messages: int = 10_000, wait_s: float = 0.5, strict: bool = True) -> Iterator[Message]:
+    """The messages of the partitions in ``pending`` (``(topic, partition)``, already assigned to
+    ``consumer``, which has ``enable.partition.eof``), up to each one's end.
+
+    A partition leaves ``pending`` when the consumer reports its end; the caller may take one
+    out to stop reading it (its later messages are skipped). At ``deadline`` (``time.monotonic``
+    seconds) this returns with the partitions not read to their end still in ``pending``: what
+    that means is the caller's to say. ``strict``: a consume error other than a partition's end
+    raises :class:`KafkaException`; otherwise it is skipped.
+    """
+    while pending and time.monotonic() < deadline:
+        for m in consumer.consume(max_messages, wait_s):
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard((m.topic(), m.partition()))
+                elif strict:
+                    raise KafkaException(err)
+                continue
+            if (m.topic(), m.partition()) in pending:
+                yield m
+
 
 def read_to_end(settings: Settings, topic: str, partitions: Iterable[int], *,
                 timeout: float = 120.0, start: dict[int, int] | None = None) -> Iterator[Message]:
     """Every committed message of these partitions, from the beginning (or from ``start``,
-    ``{partition: offset}``, where given) to the current end.
+    ``{partition: offset}``, where given) to the current end. Raises :class:`TimeoutError`
+    when that takes over ``timeout`` seconds, :class:`KafkaException` on a consume error.
 
     First the partitions are settled (:func:`settle`): whatever a transaction had written
     when this is called is read once it is committed (or skipped once aborted), so a
     reader sees what a processor that already committed wrote.
     """
-    pending = set(partitions)
+    pending = {(topic, p) for p in partitions}
     start = start or {}
     if not pending:
         return
-    settle(settings, [(topic, p) for p in pending], timeout=min(timeout, 60.0))
-    reader = consumer(settings, f"{settings.group_prefix}-reader-{uuid.uuid4().hex[:8]}",
-                      **{"enable.partition.eof": True})
+    settle(settings, pending, timeout=min(timeout, 60.0))
+    reader = consumer(settings, settings.group("reader", unique=True), **{"enable.partition.eof": True})
     try:
-        reader.assign([TopicPartition(topic, p, start[p] if start.get(p, 0) > 0 else OFFSET_BEGINNING) for p in pending])
-        deadline = time.monotonic() + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} partitions {sorted(pending)} took over {timeout:g} s")
-            for m in reader.consume(10_000, 0.5):
-                err = m.error()
-                if err is None:
-                    yield m
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(m.partition())
-                else:
-                    raise KafkaException(err)
+        reader.assign([TopicPartition(topic, p, start[p] if start.get(p, 0) > 0 else OFFSET_BEGINNING)
+                       for _topic, p in pending])
+        yield from consume_to_end(reader, pending, deadline=time.monotonic() + timeout)
+        if pending:
+            raise TimeoutError(f"reading {topic} partitions {sorted(p for _t, p in pending)} took over {timeout:g} s")
     finally:
         reader.close()
 
@@ -133,7 +173,7 @@ def partitions(settings: Settings, topic_names: Iterable[str]) -> list[tuple[str
 def end_offsets(settings: Settings, topic_names: Iterable[str]) -> dict[tuple[str, int], int]:
     """The end offset (high watermark) of every partition of these topics now."""
     keys = partitions(settings, topic_names)
-    probe = consumer(settings, f"{settings.group_prefix}-probe")
+    probe = consumer(settings, settings.group("probe"))
     try:
         return {(t, p): probe.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1] for t, p in keys}
     finally:

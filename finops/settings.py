@@ -7,6 +7,7 @@ else reads the environment.
 from __future__ import annotations
 
 import os
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -115,6 +116,19 @@ class Settings(BaseSettings):
     def tokens_path(self) -> Path:
         """The bearer token file of the HTTP API."""
         return self.tokens_file or self.data_dir / "tokens.json"
+
+    def group(self, part: str, *, unique: bool = False) -> str:
+        """The Kafka consumer group of one part of the pipeline: ``<group_prefix>-<part>``.
+
+        Every group name is made here. The parts: ``ledger`` (the ledger processor; its
+        transactional ids and its changelog topic are named after this group), ``sink``,
+        ``alerts`` (the faust app, also its data dir), ``webhooks``, ``notify``,
+        ``commands-client`` (the SDK's reader of rejections) and ``probe`` (asks watermarks
+        and committed offsets, never joins). ``unique``: a group of one short-lived reader
+        that never commits (``<group_prefix>-<part>-<8 hex digits>``), e.g. ``reader``, ``view``.
+        """
+        name = f"{self.group_prefix}-{part}"
+        return f"{name}-{uuid.uuid4().hex[:8]}" if unique else name
 
 
 def load() -> Settings:

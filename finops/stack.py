@@ -524,7 +524,7 @@ def ensure_topics(settings: Settings, bootstrap: str | None = None) -> list[str]
     bootstrap = bootstrap or settings.bootstrap
     admin = _admin(bootstrap)
     existing = set(_list_topics(admin, bootstrap, timeout=10.0))
-    wanted = (*topics.ALL, topics.changelog_spec(topics.changelog_name(f"{settings.group_prefix}-ledger")))
+    wanted = (*topics.ALL, topics.changelog_spec(topics.changelog_name(settings.group("ledger"))))
     missing = [spec for spec in wanted if spec.name not in existing]
     if not missing:
         return []

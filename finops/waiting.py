@@ -14,15 +14,13 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from . import clients
 from .errors import FinopsError
 from .schemas import topics
 from .settings import Settings
 
-SINK_TOPICS = (topics.USAGE, topics.COMMANDS, topics.LEDGER, topics.ALERTS, topics.BALANCES)
-LEDGER_OUTPUTS = (topics.LEDGER, topics.BALANCES, topics.ENFORCEMENT, topics.ALERTS, topics.REJECTED)
 
 
 def group_active(settings: Settings, group: str) -> bool:
@@ -44,24 +42,17 @@ def _committed(reader: Consumer, keys: list[tuple[str, int]]) -> dict[tuple[str,
 def _messages_between(settings: Settings, starts: dict[tuple[str, int], int],
                       stops: dict[tuple[str, int], int]) -> set[tuple[str, int]]:
     """The partitions holding a committed message at an offset in [start, stop)."""
-    probe = clients.consumer(settings, f"{settings.group_prefix}-probe", **{"enable.partition.eof": True})
+    probe = clients.consumer(settings, settings.group("probe"), **{"enable.partition.eof": True})
     found: set[tuple[str, int]] = set()
     try:
         probe.assign([TopicPartition(t, p, max(starts[(t, p)], 0)) for t, p in starts])
         pending = set(starts)
-        deadline = time.monotonic() + 20
-        while pending and time.monotonic() < deadline:
-            for m in probe.consume(500, 0.2):
-                key = (m.topic(), m.partition())
-                error = m.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(key)
-                    continue
-                if key in pending:
-                    if m.offset() < stops[key]:
-                        found.add(key)
-                    pending.discard(key)
+        for m in clients.consume_to_end(probe, pending, deadline=time.monotonic() + 20, max_messages=500,
+                                        wait_s=0.2, strict=False):
+            key = (m.topic(), m.partition())
+            if m.offset() < stops[key]:
+                found.add(key)
+            pending.discard(key)  # its first message answers for the partition
         return found | pending  # not proven empty yet: treat as not inserted
     finally:
         probe.close()
@@ -74,8 +65,8 @@ def wait_processed(settings: Settings, *, timeout: float = 120.0, sink: bool | N
     seconds each stage took; raises :class:`FinopsError` when nothing runs or at ``timeout``."""
     started = time.monotonic()
     deadline = started + timeout
-    ledger_group = f"{settings.group_prefix}-ledger"
-    sink_group = f"{settings.group_prefix}-sink"
+    ledger_group = settings.group("ledger")
+    sink_group = settings.group("sink")
     inputs = {key: end for key, end in clients.end_offsets(settings, topics.INPUTS).items() if end > 0}
     waited: dict[str, float] = {}
     if inputs:
@@ -100,12 +91,13 @@ def wait_processed(settings: Settings, *, timeout: float = 120.0, sink: bool | N
         finally:
             reader.close()
     # Offsets are visible once the transactions committed; their outputs a moment later.
-    clients.settle(settings, clients.partitions(settings, LEDGER_OUTPUTS), timeout=max(deadline - time.monotonic(), 5))
+    clients.settle(settings, clients.partitions(settings, topics.LEDGER_OUTPUTS),
+                   timeout=max(deadline - time.monotonic(), 5))
     waited["ledger_s"] = round(time.monotonic() - started, 3)
     log(f"ledger: every input processed ({waited['ledger_s']:.1f} s)")
     if sink is False or (sink is None and not group_active(settings, sink_group)):
         return waited
-    outputs = {key: end for key, end in clients.end_offsets(settings, SINK_TOPICS).items() if end > 0}
+    outputs = {key: end for key, end in clients.end_offsets(settings, topics.SINK_TOPICS).items() if end > 0}
     reader = clients.consumer(settings, sink_group)
     try:
         while outputs:

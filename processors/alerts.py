@@ -285,7 +285,7 @@ def run_worker(settings: Settings, verbose: bool = False) -> None:
     """Run the faust worker in the foreground until SIGTERM or Ctrl-C."""
     import faust
 
-    from ..producers.publish import check_reachable
+    from ..clients import check_reachable
 
     check_reachable(settings)  # one line, not a faust traceback, when the broker is not there
     app = build_app(settings)

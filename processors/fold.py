@@ -51,8 +51,7 @@ class FoldResult:
         produced, refused = self.ledger.handle(message, raw if isinstance(raw, bytes) else raw.encode(), self.now)
         self._keep(produced)
         if refused is not None:
-            self.rejected.append(wire.Rejection(id=message.id, tenant_id=message.tenant_id, reason=refused.reason,
-                                                detail=refused.detail, **wire.raw_fields(raw)))
+            self.rejected.append(wire.rejection(message, refused.reason, refused.detail, raw))
 
     def finish(self) -> None:
         """End of input: usage still held for an account that never opened is rejected ``unknown_account``."""

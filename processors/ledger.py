@@ -670,8 +670,7 @@ def _release_held(state: TenantState, ref: str, now: datetime) -> list[Output]:
             events = _charge_usage(message, state, state.accounts[account_id], now if late else message.ts, late)
         except Rejected as refused:
             outputs.extend(apply(state, IdForgotten(cause_id=message.id, cause_type="usage", ts=held.ts)))
-            outputs.append(wire.Rejection(id=message.id, tenant_id=state.tenant_id, reason=refused.reason,
-                                          detail=refused.detail, **wire.raw_fields(held.raw)))
+            outputs.append(wire.rejection(message, refused.reason, refused.detail, held.raw))
             continue
         for event in events:
             outputs.extend(apply(state, event))
@@ -987,9 +986,8 @@ def _(event: HeldExpired, state: TenantState) -> list[Output]:
     state.ids.pop(message.id, None)  # a rejected message does not use up its id
     what = f"account {event.ref[2:]!r} was not opened" if event.ref.startswith("a:") else \
         f"api key {event.ref[2:]!r} was not bound"
-    return [wire.Rejection(id=message.id, tenant_id=state.tenant_id, reason=reasons.UNKNOWN_ACCOUNT,
-                           detail=f"{what} within {state.rules.unknown_account_grace_s:g} s of event time",
-                           **wire.raw_fields(held.raw))]
+    return [wire.rejection(message, reasons.UNKNOWN_ACCOUNT,
+                           f"{what} within {state.rules.unknown_account_grace_s:g} s of event time", held.raw)]
 
 
 @_applies(TimerDropped)

@@ -214,7 +214,7 @@ class LedgerProcessor(Service):
         self._admin = None  # an AdminClient, made when first needed (_ask_high_watermarks)
         self._spend_every_s = settings.spend_every.total_seconds()
         self._spend_at = 0.0  # monotonic time the usage spend was last published (finops.spend.v1)
-        group = group_id or f"{settings.group_prefix}-ledger"
+        group = group_id or settings.group("ledger")
         self.group = group
         self.changelog = ensure_changelog(settings, group)
         self.store_dir = Path(settings.data_dir) / "ledger-state" / group / instance

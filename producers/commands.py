@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import msgspec
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from .. import clients
 from ..errors import FinopsError
@@ -101,8 +101,8 @@ class CommandClient:
         self.timeout = timeout
         self._producer = clients.producer(self.settings, **{"message.timeout.ms": 30_000, "linger.ms": 0})
         # Committed offsets of the ledger's group (queried only: this consumer never joins it).
-        self._ledger = clients.consumer(self.settings, f"{self.settings.group_prefix}-ledger")
-        self._rejected = clients.consumer(self.settings, f"{self.settings.group_prefix}-commands-client",
+        self._ledger = clients.consumer(self.settings, self.settings.group("ledger"))
+        self._rejected = clients.consumer(self.settings, self.settings.group("commands-client"),
                                           **{"enable.partition.eof": True})
         # Rejections are read from where the topic ends now: any command sent later is after this.
         try:
@@ -182,27 +182,21 @@ class CommandClient:
 
     def _read_rejections(self, partitions: list[int]) -> None:
         """Read the rejected topic's partitions to their current end (the decided commands' records are there)."""
-        pending = set(partitions)
-        self._rejected.assign([TopicPartition(topics.REJECTED, p, self._cursor[p]) for p in pending])
-        deadline = time.monotonic() + 30
-        while pending and time.monotonic() < deadline:
-            for m in self._rejected.consume(1000, 0.2):
-                error = m.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
-                    continue
-                self._cursor[m.partition()] = m.offset() + 1
-                try:
-                    seen = _seen_decoder.decode(m.value())
-                except msgspec.MsgspecError:
-                    continue
-                if (seen.tenant_id, seen.id) in self._awaited:  # of a command sent here (the rest: not kept)
-                    self._rejections[(seen.tenant_id, seen.id)] = (m.offset(), seen)
+        pending = {(topics.REJECTED, p) for p in partitions}
+        self._rejected.assign([TopicPartition(topics.REJECTED, p, self._cursor[p]) for p in partitions])
+        for m in clients.consume_to_end(self._rejected, pending, deadline=time.monotonic() + 30, max_messages=1000,
+                                        wait_s=0.2, strict=False):
+            self._cursor[m.partition()] = m.offset() + 1
+            try:
+                seen = _seen_decoder.decode(m.value())
+            except msgspec.MsgspecError:
+                continue
+            if (seen.tenant_id, seen.id) in self._awaited:  # of a command sent here (the rest: not kept)
+                self._rejections[(seen.tenant_id, seen.id)] = (m.offset(), seen)
         self._rejected.unassign()
         if pending:  # without the end of a partition, a rejection could be missed: no guess
-            raise OutcomeTimeout(f"could not read {topics.REJECTED} partitions {sorted(pending)} to their end "
-                                 f"within 30 s at {self.settings.bootstrap}")
+            raise OutcomeTimeout(f"could not read {topics.REJECTED} partitions {sorted(p for _t, p in pending)} "
+                                 f"to their end within 30 s at {self.settings.bootstrap}")
 
     # ------------------------------------------------------------------ one method per command
 

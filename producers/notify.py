@@ -587,7 +587,7 @@ class Notifier(Service):
         self.queues: dict[str, queue.Queue[_Job]] = {name: queue.Queue() for name in self.routes.channels}
         self._failure: BaseException | None = None
         self._paused = False
-        self.consumer = clients.consumer(settings, group_id or f"{settings.group_prefix}-notify")
+        self.consumer = clients.consumer(settings, group_id or settings.group("notify"))
         self.consumer.subscribe([topics.ALERTS], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         self.producer = clients.producer(settings)

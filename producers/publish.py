@@ -23,10 +23,10 @@ from functools import partial
 from typing import Callable, Iterable
 
 import msgspec
-from confluent_kafka import KafkaException
 
 from ..errors import FinopsError
 from .. import clients
+from ..clients import check_reachable
 from ..schemas import topics, wire
 from ..settings import Settings
 
@@ -69,14 +69,6 @@ def route(line: bytes) -> tuple[str, bytes | None]:
         return topics.USAGE, None
     topic = topics.COMMANDS if r.type in wire.COMMAND_TYPES else topics.USAGE
     return topic, r.tenant_id.encode() if r.tenant_id else None
-
-
-def check_reachable(settings: Settings, timeout: float = 10.0) -> None:
-    try:
-        clients.admin(settings).list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise PublishError(f"cannot reach Kafka at {settings.bootstrap} within {timeout:g} s "
-                           f"({exc.args[0].str() if exc.args else exc})") from None
 
 
 class Publisher:

@@ -144,7 +144,7 @@ class WebhookForwarder(Service):
         self.progress = Delivery()
         worst_wait = sum(backoff_delay(n) + timeout_s for n in range(1, max_attempts + 1))
         self.consumer = clients.consumer(
-            settings, group_id or f"{settings.group_prefix}-webhooks",
+            settings, group_id or settings.group("webhooks"),
             # retries sleep without polling: stay in the group for the longest retry sequence
             **{"max.poll.interval.ms": int(max(300.0, worst_wait + 60) * 1000)})
         self.consumer.subscribe([topics.ALERTS])

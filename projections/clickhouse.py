@@ -11,8 +11,7 @@ import time
 from importlib import resources
 from typing import Any
 
-import clickhouse_connect
-
+from .. import clients
 from ..errors import FinopsError
 from ..settings import Settings
 
@@ -32,7 +31,7 @@ def connect(settings: Settings, *, migrate: bool = True, lock_wait_s: float = 0.
     deadline = time.monotonic() + lock_wait_s
     while True:
         try:
-            client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
+            client = clients.clickhouse(settings)
             client.command(f"CREATE DATABASE IF NOT EXISTS {settings.clickhouse_database}")
             break
         except Exception as exc:  # the drivers raise many types; the caller wants one line

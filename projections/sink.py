@@ -202,6 +202,8 @@ class Table:
     build: Callable[[bytes, int, int], object]  # a row struct, JSON line bytes, or None (not stored)
 
 
+# The table of each topic the sink stores: the topics of topics.SINK_TOPICS, in its order (a unit test
+# holds them equal; `finops wait` waits on the same set).
 TABLES: dict[str, Table] = {
     topics.USAGE: Table("usage_events", usage_row),
     topics.LEDGER: Table("ledger_entries", ledger_line),
@@ -264,9 +266,10 @@ class Sink(Service):
         self.lock = threading.RLock()  # chdb: one client in this process, shared with readers
         self.replay: dict[tuple[str, int], SinkCheckpoint] = {}  # the logged checkpoint to insert again, per partition
         self.dropped: dict[tuple[str, int], int] = {}  # first offset dropped while paused, per partition
-        self.consumer = clients.consumer(settings, group_id or f"{settings.group_prefix}-sink",
+        self.consumer = clients.consumer(settings, group_id or settings.group("sink"),
                                          **{"enable.partition.eof": True})
-        self.consumer.subscribe(list(topics_ or TABLES), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.consumer.subscribe(list(topics_ or topics.SINK_TOPICS), on_assign=self._on_assign,
+                                on_revoke=self._on_revoke)
 
     # ------------------------------------------------------------------ position
 

@@ -499,6 +499,13 @@ def raw_fields(raw: bytes | str, limit: int = 100_000) -> dict:
                 "input_base64": base64.b64encode(raw[:limit]).decode()}
 
 
+def rejection(message: Message, reason: str, detail: str, raw: bytes | str) -> Rejection:
+    """The :class:`Rejection` of a message that was read but refused (by the ledger): its id and
+    tenant, ``reason`` (the vocabulary of schemas/reasons.py) with ``detail``, and the raw input
+    as received (:func:`raw_fields`). An unreadable input's is :func:`reject_unreadable`'s."""
+    return Rejection(id=message.id, tenant_id=message.tenant_id, reason=reason, detail=detail, **raw_fields(raw))
+
+
 def parse_time(text: str) -> datetime | None:
     """A time written as wire v1 writes them (RFC 3339 with an offset), in UTC; None when it is not
     one. The same rules as a message's ``ts`` (read by :func:`decode`, so the two never differ)."""
