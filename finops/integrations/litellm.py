@@ -27,7 +27,8 @@ with ``FINOPS_LITELLM_TENANT_ID`` (and the other ``FINOPS_LITELLM_*`` settings o
 (and its failure and async forms) publishes one usage through :class:`UsageProducer`:
 id = LiteLLM's call id (``litellm_call_id``), so a resent request, or the same call logged by
 both the sync and the async handler, is one usage (the ledger takes an id once:
-wire-v1.md, "Idempotency"); ``ts`` = the call's start (event time); ``units_consumed`` = input
+wire-v1.md, "Idempotency"); a failed attempt is ``<call id>:failed`` (LiteLLM retries under
+the same call id, and the success must not collide with the failure before it); ``ts`` = the call's start (event time); ``units_consumed`` = input
 + output tokens; ``credits_consumed`` = LiteLLM's ``response_cost`` (US dollars) times
 ``credits_per_usd``, rounded half-even to the micro-credit, or priced by a
 :class:`~finops.producers.usage.RateCard`, or left out so the tenant's ``set_rates`` card
@@ -228,8 +229,8 @@ def usage_of_call(kwargs: Mapping[str, Any], response_obj: Any, caller: Caller, 
     }
     if event["provider_cost_usd"] is None:
         del event["provider_cost_usd"]
-    if call_id is not None:
-        event["id"] = call_id
+    if call_id is not None:  # a failed attempt has its own id: a retry that succeeds reuses the call id
+        event["id"] = f"{call_id}:failed" if failed else call_id
     if caller.account_id is not None:
         event["account_id"] = caller.account_id
     if rate_card is not None:

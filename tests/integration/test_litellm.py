@@ -120,7 +120,15 @@ def test_200_completions_are_charged_litellms_cost_per_team_and_a_resend_is_one_
     with pytest.raises(litellm.InternalServerError):
         litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=Exception("provider down"),
                            metadata={"finops_api_key_id": "key-b"})
-    settle(settings, pipeline, handler, 202)
+    # and one call fails, then its retry under the same call id succeeds (as LiteLLM's num_retries does)
+    retried = f"call-{uuid.uuid4().hex}"
+    with pytest.raises(litellm.InternalServerError):
+        litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=Exception("overloaded"),
+                           litellm_call_id=retried, metadata={"finops_api_key_id": "key-a"})
+    response = litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=MOCK, litellm_call_id=retried,
+                                  metadata={"finops_api_key_id": "key-a"})
+    expected["team-a"] += int(credits_of_cost(response._hidden_params["response_cost"], rate) * 1_000_000)
+    settle(settings, pipeline, handler, 204)
 
     # then the ledger consumed, per team, exactly LiteLLM's cost at the rate, in micro-credits
     entries = [e for e in read(settings, topics.LEDGER, tenant) if e["kind"] in ("consume", "overage")]
@@ -128,12 +136,13 @@ def test_200_completions_are_charged_litellms_cost_per_team_and_a_resend_is_one_
     for e in entries:
         consumed[e.get("charged_to") or e["account_id"]] += e["amount_micros"]
     assert consumed == expected
-    # and the resent call is one usage; the failed call is a usage with its error and no credits
+    # and the resent call is one usage; a failed attempt is a usage with its error and no credits
     usage = read(settings, topics.USAGE, tenant)
-    assert len({u["id"] for u in usage}) == len(usage) == 202
+    assert len({u["id"] for u in usage}) == len(usage) == 204
     assert sum(u["id"] == resent for u in usage) == 1
-    failed = [u for u in usage if "error_code" in u]
-    assert [(f["api_key_id"], f["credits_consumed"], f["units_consumed"]) for f in failed] == [("key-b", "0.000000", 0)]
+    failed = sorted((f["api_key_id"], f["credits_consumed"], f["units_consumed"]) for f in usage if "error_code" in f)
+    assert failed == [("key-a", "0.000000", 0), ("key-b", "0.000000", 0)]
+    assert {u["id"] for u in usage if u["id"].startswith(retried)} == {retried, f"{retried}:failed"}
     assert all(u["input_tokens"] + u["output_tokens"] == u["units_consumed"] for u in usage)
     assert not read(settings, topics.REJECTED, tenant)
 

@@ -73,6 +73,9 @@ class TestUsageOfCall:
                         error_information={"error_code": "429", "error_class": "RateLimitError"})
         event = usage_of_call(kwargs, None, Caller("acme", "k"), credits_per_usd=Decimal(1000))
         assert (event["error_code"], event["credits_consumed"], event["units_consumed"]) == ("429", "0.000000", 0)
+        # and its id is not the call's: the retry that succeeds under the same call id is charged apart
+        assert event["id"] == "call-1:failed"
+        assert usage_of_call(logged(), None, Caller("acme", "k"))["id"] == "call-1"
 
     def test_a_rate_card_prices_the_tokens_and_without_pricing_the_ledgers_card_does(self):
         card = RateCard.per_1k({"gpt-4o": ("0.0025", "0.01")})
