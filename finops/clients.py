@@ -44,6 +44,8 @@ def producer(settings: Settings, **extra: Any) -> Producer:
 
 
 def transactional_producer(settings: Settings, transactional_id: str, **extra: Any) -> Producer:
+    """An idempotent producer with ``transactional_id`` (a transaction times out after 60 s); the
+    caller runs ``init_transactions``."""
     return producer(settings, **{"transactional.id": transactional_id, "transaction.timeout.ms": 60_000, **extra})
 
 
@@ -65,6 +67,7 @@ def consumer(settings: Settings, group_id: str, **extra: Any) -> Consumer:
 
 
 def admin(settings: Settings) -> AdminClient:
+    """An admin client on ``settings.bootstrap`` (topics, offsets, consumer groups)."""
     return AdminClient(_base(settings))
 
 

@@ -25,6 +25,7 @@ class Service:
         self._stop.set()
 
     def run(self) -> None:
+        """``step()`` until :meth:`stop`, then ``close()``, also when a step raises (the error propagates)."""
         try:
             while not self._stop.is_set():
                 self.step()
@@ -32,6 +33,7 @@ class Service:
             self.close()
 
     def step(self) -> int:
+        """One unit of work, bounded in (wall) time so a stop is noticed; how many records it handled."""
         raise NotImplementedError
 
     def close(self) -> None:

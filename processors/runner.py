@@ -84,6 +84,11 @@ class Stuck(FinopsError):
 
 @dataclass
 class LedgerStats:
+    """Counters of the ledger processor (its metrics line): input records consumed, applied and
+    rejected; transactions committed and aborted; the last batch's size and its transaction's
+    wall milliseconds; and cumulative wall seconds per phase (consume, decode and merge, apply and
+    produce, commit)."""
+
     consumed: int = 0
     applied: int = 0
     rejected: int = 0
@@ -233,6 +238,7 @@ class LedgerProcessor(Service):
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
+        """Close the consumer (leaving the group), flush the producer (10 s at most) and close the state stores."""
         try:
             self.consumer.close()
         finally:

@@ -63,6 +63,9 @@ class Pending:
 
 @dataclass(frozen=True)
 class Outcome:
+    """What the ledger decided about one command: ``status`` ``"applied"`` or ``"rejected"``, with the
+    rejection's ``reason`` (schemas/reasons.py) and ``detail``."""
+
     id: str
     tenant_id: str
     type: str
@@ -72,9 +75,11 @@ class Outcome:
 
     @property
     def applied(self) -> bool:
+        """Was the command applied (a no-op repeat of an applied one counts as applied)?"""
         return self.status == "applied"
 
     def raise_for_rejection(self) -> Outcome:
+        """This outcome when applied; raises :class:`CommandRejected` naming the reason when rejected."""
         if not self.applied:
             raise CommandRejected(f"{self.type} {self.id} of tenant {self.tenant_id} was rejected: "
                                   f"{self.reason}{': ' + self.detail if self.detail else ''}")
@@ -145,6 +150,8 @@ class CommandClient:
         return self.wait(pending, timeout) if wait else pending
 
     def wait(self, pending: Pending, timeout: float | None = None) -> Outcome:
+        """The outcome of one command sent with ``wait=False``; raises :class:`OutcomeTimeout` after
+        ``timeout`` seconds (default: the client's)."""
         return self.wait_all([pending], timeout)[0]
 
     def wait_all(self, pendings: Iterable[Pending], timeout: float | None = None) -> list[Outcome]:
@@ -201,31 +208,44 @@ class CommandClient:
     # ------------------------------------------------------------------ one method per command
 
     def purchase(self, tenant_id: str, credits: Any, **fields: Any) -> Outcome | Pending:
+        """Credits (a number or decimal string, at most 6 decimals) into the tenant's root pool;
+        ``expires_at`` may be given. Returns :meth:`send`'s result (an :class:`Outcome`, or :class:`Pending`
+        with ``wait=False``); :class:`InvalidEvent` when the command is not valid wire v1."""
         return self._command("purchase", tenant_id, credits=credits, **fields)
 
     def open_account(self, tenant_id: str, account_id: str, *, kind: str, parent_id: str,
                      **fields: Any) -> Outcome | Pending:
+        """An account under ``parent_id`` (``fallback``, ``name`` optional); :meth:`send`'s result."""
         return self._command("open_account", tenant_id, account_id=account_id, kind=kind, parent_id=parent_id,
                              **fields)
 
     def allocate(self, tenant_id: str, *, from_account: str, to_account: str, credits: Any,
                  **fields: Any) -> Outcome | Pending:
+        """Credits from a parent to its child as a grant (window, expiry, recurrence, cap and thresholds
+        as wire-v1.md's ``allocate``); :meth:`send`'s result."""
         return self._command("allocate", tenant_id, from_account=from_account, to_account=to_account,
                              credits=credits, **fields)
 
     def reclaim(self, tenant_id: str, *, from_account: str, to_account: str, credits: Any = None,
                 all: bool = False, **fields: Any) -> Outcome | Pending:
+        """``credits`` (or everything spendable, with ``all``) back from the child ``from_account`` to
+        its parent; :meth:`send`'s result."""
         amount = {"all": True} if all else {"credits": credits}
         return self._command("reclaim", tenant_id, from_account=from_account, to_account=to_account,
                              **amount, **fields)
 
     def set_members(self, tenant_id: str, account_id: str, members: list[str], **fields: Any) -> Outcome | Pending:
+        """Only ``members`` (and their descendants) may draw from the pool ``account_id``; :meth:`send`'s result."""
         return self._command("set_members", tenant_id, account_id=account_id, members=members, **fields)
 
     def bind_key(self, tenant_id: str, api_key_id: str, account_id: str, **fields: Any) -> Outcome | Pending:
+        """Usage of ``api_key_id`` without an account is charged to ``account_id``; registry tags
+        (``cost_center``, ``team``, ``project``, ``env``) may be given. :meth:`send`'s result."""
         return self._command("bind_key", tenant_id, api_key_id=api_key_id, account_id=account_id, **fields)
 
     def set_rates(self, tenant_id: str, rates: list[Mapping[str, Any]], **fields: Any) -> Outcome | Pending:
+        """The tenant's rate card: ``rates`` of ``model_name``, ``operation_type`` and
+        ``credits_per_unit`` (up to 12 decimals); :meth:`send`'s result."""
         return self._command("set_rates", tenant_id, rates=rates, **fields)
 
     def set_policy(self, tenant_id: str, *, require_key_registry: bool | None = None,
@@ -235,14 +255,19 @@ class CommandClient:
 
     def reserve(self, tenant_id: str, account_id: str, credits: Any, expires_at: str,
                 **fields: Any) -> Outcome | Pending:
+        """Hold ``credits`` on ``account_id`` until ``expires_at`` (RFC 3339, event time); the hold's id
+        is the command's ``id``. :meth:`send`'s result."""
         return self._command("reserve", tenant_id, account_id=account_id, credits=credits, expires_at=expires_at,
                              **fields)
 
     def settle(self, tenant_id: str, reservation_id: str, credits: Any, **fields: Any) -> Outcome | Pending:
+        """Consume ``credits`` of the hold ``reservation_id`` and release the rest; :meth:`send`'s result."""
         return self._command("settle", tenant_id, reservation_id=reservation_id, credits=credits, **fields)
 
     def override_cap(self, tenant_id: str, account_id: str, until: str, approvals: list[str],
                      **fields: Any) -> Outcome | Pending:
+        """Lift the hard cap of ``account_id`` until ``until`` (RFC 3339, event time), with two distinct
+        ``approvals``; :meth:`send`'s result."""
         return self._command("override_cap", tenant_id, account_id=account_id, until=until, approvals=approvals,
                              **fields)
 
@@ -254,6 +279,7 @@ class CommandClient:
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
+        """Flush what is queued (30 s at most) and close the Kafka clients."""
         self._producer.flush(30)
         self._ledger.close()
         self._rejected.close()

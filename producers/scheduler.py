@@ -51,9 +51,12 @@ class Scheduler(Service):
         return len(tenants)
 
     def step(self) -> int:
+        """Publish this interval's ticks, then wait (wall time) for the next interval's boundary or a stop;
+        the number of ticks sent."""
         sent = self.tick()
         self._stop.wait(self.every - time.time() % self.every)  # until the next interval boundary
         return sent
 
     def close(self) -> None:
+        """Flush the ticks still queued (10 s at most)."""
         self.producer.flush(10)

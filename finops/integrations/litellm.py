@@ -437,15 +437,19 @@ class FinopsLiteLLM(CustomLogger):
             return None
 
     def log_success_event(self, kwargs, response_obj, start_time, end_time):  # noqa: D102 - LiteLLM's hook
+        """LiteLLM's hook after a call succeeded: its usage is metered (:meth:`meter`)."""
         self.meter(kwargs, response_obj, start_time=start_time, end_time=end_time)
 
     def log_failure_event(self, kwargs, response_obj, start_time, end_time):  # noqa: D102 - LiteLLM's hook
+        """LiteLLM's hook after a call failed: metered as a failed attempt (:meth:`meter` with ``failed``)."""
         self.meter(kwargs, response_obj, failed=True, start_time=start_time, end_time=end_time)
 
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):  # noqa: D102
+        """The async proxy's hook after a call succeeded; meters it like :meth:`log_success_event`."""
         self.meter(kwargs, response_obj, start_time=start_time, end_time=end_time)
 
     async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):  # noqa: D102
+        """The async proxy's hook after a call failed; meters it like :meth:`log_failure_event`."""
         self.meter(kwargs, response_obj, failed=True, start_time=start_time, end_time=end_time)
 
     # --------------------------------------------------------------- enforcement
