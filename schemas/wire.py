@@ -94,8 +94,8 @@ class Allocate(_Message, tag="allocate", frozen=True, kw_only=True):
     ``credits`` in micro-credits. ``starts_at``/``ends_at`` is the spend window and
     ``expires_at`` the grant's expiry (event time); ``on_expiry`` says whether the remainder
     then leaves as ``expired`` or returns to the parent. ``thresholds`` are percent of the
-    period budget at which alerts fire. Refused ``insufficient_funds``, ``not_parent`` or
-    ``unknown_account``."""
+    period budget at which alerts fire. Refused ``insufficient_funds`` when the parent cannot pay
+    it now, ``not_parent``, ``unknown_account`` or ``invalid_window``."""
 
     from_account: NonEmpty
     to_account: NonEmpty
