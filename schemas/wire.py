@@ -95,7 +95,8 @@ class Allocate(_Message, tag="allocate", frozen=True, kw_only=True):
     ``expires_at`` the grant's expiry (event time); ``on_expiry`` says whether the remainder
     then leaves as ``expired`` or returns to the parent. ``thresholds`` are percent of the
     period budget at which alerts fire. Refused ``insufficient_funds`` when the parent cannot pay
-    it now, ``not_parent``, ``unknown_account`` or ``invalid_window``."""
+    it now, else ``not_parent``, ``unknown_account``, ``invalid_window``, ``invalid_amount`` or
+    ``invalid_timestamp`` (schemas/reasons.py)."""
 
     from_account: NonEmpty
     to_account: NonEmpty
