@@ -19,7 +19,7 @@ from ..schemas import outputs, topics, wire
 from .ledger import Ledger, balance_of
 from .merge import Item
 from .state import TenantState
-from .store import drain_changes
+from .changelog import drain_changes
 
 Record = tuple[str, bytes, bytes | None, int]  # (topic, value, key, partition)
 Change = tuple[bytes, bytes | None]  # (store key, value; None: removed)
@@ -93,8 +93,7 @@ def plan(ledger: Ledger, items: list[Item], home: dict[str, int],
                     records.append((topic, _encoder.encode(output), key, partition))
             if refused is None:
                 continue
-            rejection = wire.Rejection(id=message.id, tenant_id=tenant_id, reason=refused.reason,
-                                       detail=refused.detail, **wire.raw_fields(item.raw))
+            rejection = wire.rejection(message, refused.reason, refused.detail, item.raw)
         result.rejected += 1
         records.append((topics.REJECTED, _encoder.encode(rejection),
                         rejection.tenant_id.encode() if rejection.tenant_id else None, partition))

@@ -4,7 +4,7 @@ The design Kafka Streams and quix-streams use (design.md, "Exactly once, end to 
 
 * **State store.** Each input partition the ledger owns has a local RocksDB store
   (``rocksdict``) under ``<data dir>/ledger-state/<consumer group>/<instance>/p<N>``. It holds
-  every tenant of that partition, one key per piece of state (:data:`KINDS`): the tenant's
+  every tenant of that partition, one key per piece of state (:data:`.changelog.KINDS`): the tenant's
   header (clock, sequence, totals), each account with its grants, each hold, recurring
   allocation, key binding, timer and held usage, the usage spend not yet published on
   ``finops.spend.v1``, the rate card, and the id memories (a
@@ -25,99 +25,37 @@ The design Kafka Streams and quix-streams use (design.md, "Exactly once, end to 
 
 Only the tenants' small state (accounts, holds, timers, ...) is loaded into memory; the id
 memories stay on disk and are read per lookup (:class:`StoredIds`), so memory does not
-grow with traffic. Key layout: ``kind (1 byte) + len(tenant) (2 bytes) + tenant (UTF-8) + rest``.
+grow with traffic. The key layout and the values' encoding are :mod:`.changelog`'s.
 """
 
 from __future__ import annotations
 
 import heapq
-import hashlib
 import logging
 import os
 import shutil
 import struct
 import time
-from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import msgspec
 from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
-from .state import Account, Held, Hold, Policy, Recurring, Rules, TenantState, Totals
+from .changelog import (
+    ACCOUNT, CLOSED, HEADER, HELD, HOLD, IDS, INDEX, KEY, POLICY, RATES, RECURRING, SPEND, TIMER, decode_account,
+    decode_header, decode_held, decode_hold, decode_key, decode_memory, decode_policy, decode_rates, decode_recurring,
+    decode_spend, decode_timer, digest, encode, index_key, split_key, tenant_prefix, time_key,
+)
+from .state import Held, Policy, Rules, TenantState
 
 log = logging.getLogger("finops.ledger.store")
 
-HEADER = b"T"  # clock, seq, totals, pruned_at
-ACCOUNT = b"A"  # one account with its grants
-HOLD = b"H"
-RECURRING = b"C"
-KEY = b"K"  # api key -> account id (str), or a KeyEntry when the key has registry tags
-RATES = b"R"  # the whole rate card of a tenant (configuration-sized)
-TIMER = b"M"  # rest: event time in µs (8 bytes, biased) + seq (8 bytes): ordered
-HELD = b"P"  # rest: seq (8 bytes)
-POLICY = b"Y"  # the tenant's settings (set_policy)
-SPEND = b"S"  # rest: "<account id>\x1f<hour start>": usage spend not yet published on finops.spend.v1
-IDS = b"I"  # rest: BLAKE2b-128 of the message id
-CLOSED = b"X"  # rest: BLAKE2b-128 of the hold id
-INDEX = b"x"  # local only, not in the changelog: (memory kind, event time µs, digest) for pruning
-KINDS = (HEADER, ACCOUNT, HOLD, RECURRING, KEY, RATES, POLICY, TIMER, HELD, SPEND, IDS, CLOSED)
 _CHECKPOINT = b"\x00checkpoint"  # local only: the next changelog offset not yet in the store, and when written
 # A store last written longer ago than this (wall time) is not trusted to catch up from its
 # checkpoint: compaction may have removed tombstones it never saw (the changelog keeps them
 # for delete.retention.ms, 7 days: CHANGELOG_TOMBSTONES_MS in schemas/topics.py).
 TRUST_CHECKPOINT_S = 3 * 86400.0
-_TIME_BIAS = 1 << 62  # µs since 1970 + bias: sortable big-endian for any year msgspec can read
-
-class KeyEntry(msgspec.Struct, frozen=True):
-    """A KEY value of a key with registry tags. A key without tags is stored as its account id
-    alone, as before the registry: an older store reads, and so does an older reader."""
-
-    account_id: str
-    tags: dict[str, str]
-
-
-_enc = msgspec.msgpack.Encoder()
-_key = msgspec.msgpack.Decoder(str | KeyEntry)
-_policy = msgspec.msgpack.Decoder(Policy)
-_header = msgspec.msgpack.Decoder(tuple[datetime | None, int, Totals, float])
-_account = msgspec.msgpack.Decoder(Account)
-_hold = msgspec.msgpack.Decoder(Hold)
-_recurring = msgspec.msgpack.Decoder(Recurring)
-_rates = msgspec.msgpack.Decoder(dict[str, Decimal])
-_timer = msgspec.msgpack.Decoder(tuple[datetime, int, str, str, str])
-_held = msgspec.msgpack.Decoder(Held)
-_spend = msgspec.msgpack.Decoder(list[int | float])
-_memory = msgspec.msgpack.Decoder(tuple[int | str, float])
-_u64 = struct.Struct(">Q")
-
-
-def tenant_prefix(kind: bytes, tenant_id: str) -> bytes:
-    """The first bytes of every key of one kind of one tenant."""
-    t = tenant_id.encode("utf-8", "surrogatepass")
-    return kind + len(t).to_bytes(2, "big") + t
-
-
-def split_key(key: bytes) -> tuple[bytes, str, bytes]:
-    """(kind, tenant id, rest) of a store key."""
-    n = int.from_bytes(key[1:3], "big")
-    return key[:1], key[3:3 + n].decode("utf-8", "surrogatepass"), key[3 + n:]
-
-
-def digest(ident: str) -> bytes:
-    """The 16-byte BLAKE2b digest under which an id is remembered. Two of a tenant's ids share
-    one with probability about n^2 / 2^129 for n ids (1e-20 for three billion)."""
-    return hashlib.blake2b(ident.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
-def _time_key(t: datetime | float) -> bytes:
-    seconds = t.timestamp() if isinstance(t, datetime) else t
-    return _u64.pack(int(seconds * 1_000_000) + _TIME_BIAS)
-
-
-def _index_key(kind: bytes, tenant_id: str, ts: float, d: bytes) -> bytes:
-    return tenant_prefix(INDEX, tenant_id) + kind + _time_key(ts) + d
+_u64 = struct.Struct(">Q")  # the checkpoint: offset, then wall time in ms
 
 
 class StoredIds:
@@ -156,7 +94,7 @@ class StoredIds:
             value = self.overlay[d]
             return default if value is None else value
         raw = self.db.get(self.prefix + d)
-        return default if raw is None else _memory.decode(raw)
+        return default if raw is None else decode_memory(raw)
 
     def __setitem__(self, ident: str, value: tuple) -> None:
         self.overlay[self._digest(ident)] = value
@@ -170,7 +108,7 @@ class StoredIds:
     def prune(self, before: float) -> None:
         """Remove entries older than ``before`` (epoch s), found through the local time index."""
         start = tenant_prefix(INDEX, self.tenant_id) + self.kind
-        stop = start + _time_key(before)
+        stop = start + time_key(before)
         for key in self.db.keys(from_key=start):
             if key >= stop or not key.startswith(start):
                 break
@@ -185,7 +123,7 @@ class StoredIds:
         if d in self.overlay:
             return self.overlay[d]
         raw = self.db.get(self.prefix + d)
-        return None if raw is None else _memory.decode(raw)
+        return None if raw is None else decode_memory(raw)
 
     def drain(self, changes: list, local: list) -> None:
         """Move this transaction's writes to ``changes`` (changelog and store) and ``local`` (store only)."""
@@ -194,8 +132,8 @@ class StoredIds:
             if value is None:
                 changes.append((prefix + d, None))
             else:
-                changes.append((prefix + d, _enc.encode(value)))
-                local.append((_index_key(self.kind, self.tenant_id, value[1], d), b""))
+                changes.append((prefix + d, encode(value)))
+                local.append((index_key(self.kind, self.tenant_id, value[1], d), b""))
         for key in self.index_removed:
             local.append((key, None))
         self.overlay = {}
@@ -205,117 +143,6 @@ class StoredIds:
         """Drop this transaction's writes without storing them (the store keeps what it had)."""
         self.overlay = {}
         self.index_removed = []
-
-
-def drain_changes(state: TenantState) -> tuple[list[tuple[bytes, bytes | None]], list[tuple[bytes, bytes | None]]]:
-    """The keys ``state`` changed since the last drain, as (key, value or None for removed).
-
-    Returns (changes, local): ``changes`` go to the changelog and the store, ``local`` (the
-    time index of the id memories) to the store only. Clears the change logs; the accounts
-    that changed stay in ``state.balance_outbox`` for the runner to publish their balances.
-    """
-    t = state.tenant_id
-    changes: list[tuple[bytes, bytes | None]] = [
-        (tenant_prefix(HEADER, t), _enc.encode((state.clock, state.seq, state.totals, state.pruned_at)))]
-    accounts = state.accounts
-    prefix = tenant_prefix(ACCOUNT, t)
-    for account_id in state.balance_outbox:
-        changes.append((prefix + account_id.encode("utf-8", "surrogatepass"), _enc.encode(accounts[account_id])))
-    for kind, ident in state.dirty:
-        if kind == "hold":
-            value = state.holds.get(ident)
-            key = tenant_prefix(HOLD, t) + ident.encode("utf-8", "surrogatepass")
-        elif kind == "recurring":
-            value = state.recurring.get(ident)
-            key = tenant_prefix(RECURRING, t) + ident.encode("utf-8", "surrogatepass")
-        elif kind == "key":
-            value = state.keys.get(ident)
-            tags = state.key_tags.get(ident)
-            if value is not None and tags:
-                value = KeyEntry(value, tags)
-            key = tenant_prefix(KEY, t) + ident.encode("utf-8", "surrogatepass")
-        elif kind == "policy":
-            value = state.policy
-            key = tenant_prefix(POLICY, t)
-        else:  # rates
-            value = state.rates
-            key = tenant_prefix(RATES, t)
-        changes.append((key, None if value is None else _enc.encode(value)))
-    prefix = tenant_prefix(TIMER, t)
-    for (when, seq), timer in state.timer_changes.items():
-        changes.append((prefix + _time_key(when) + _u64.pack(seq), None if timer is None else _enc.encode(timer)))
-    prefix = tenant_prefix(HELD, t)
-    for seq, held in state.held_changes.items():
-        changes.append((prefix + _u64.pack(seq), None if held is None else _enc.encode(held)))
-    if state.spend_outbox_dirty:
-        prefix = tenant_prefix(SPEND, t)
-        spend, stored = state.spend_outbox, state.spend_outbox_stored
-        for key in state.spend_outbox_dirty:
-            pending = spend.get(key)
-            if pending is not None:
-                changes.append((prefix + key.encode("utf-8", "surrogatepass"), _enc.encode(pending)))
-                stored.add(key)
-            elif key in stored:  # published since it was stored
-                changes.append((prefix + key.encode("utf-8", "surrogatepass"), None))
-                stored.discard(key)
-        state.spend_outbox_dirty = set()
-    local: list[tuple[bytes, bytes | None]] = []
-    for memory in (state.ids, state.closed_holds):
-        if isinstance(memory, StoredIds):
-            memory.drain(changes, local)
-    state.dirty = set()
-    state.timer_changes = {}
-    state.held_changes = {}
-    return changes, local
-
-
-# What a read replica of the ledger (``finops serve``'s live view) keeps of the changelog: the
-# kinds a balance or an entitlement check reads. Id memories, timers, held usage and pending
-# spend are the processor's business; a replica skips them by their first byte.
-REPLICA_KINDS = frozenset((HEADER, ACCOUNT, KEY, RATES, HOLD, RECURRING))
-_REPLICA_FIRST = frozenset(k[0] for k in REPLICA_KINDS)
-
-
-def decode_key(value: bytes) -> tuple[str, dict[str, str]]:
-    """(account id, registry tags) of a KEY value: a plain account id (no tags) or a :class:`KeyEntry`."""
-    decoded = _key.decode(value)
-    if type(decoded) is str:
-        return decoded, {}
-    return decoded.account_id, decoded.tags
-
-
-def key_account(value: bytes) -> str:
-    """The account id of a KEY value (what a read replica keeps of it)."""
-    return decode_key(value)[0]
-
-
-def replica_change(key: bytes, value: bytes | None) -> tuple[bytes, str, str, object] | None:
-    """One changelog record as a read replica applies it, or None for a kind it skips.
-
-    Returns (kind, tenant id, the rest of the key as text, the decoded value or None for a
-    tombstone): HEADER's value is (clock, seq, :class:`Totals`, pruned_at); ACCOUNT's an
-    :class:`Account` (rest: its id); KEY's the account id (rest: the api key id); RATES's the
-    rate card; HOLD's a :class:`Hold`; RECURRING's a :class:`Recurring`. Raises
-    ``msgspec.DecodeError`` for a value this version cannot read.
-    """
-    if not key or key[0] not in _REPLICA_FIRST:
-        return None
-    kind, tenant_id, rest = split_key(key)
-    if value is None:
-        return kind, tenant_id, rest.decode("utf-8", "surrogatepass"), None
-    if kind == ACCOUNT:
-        decoded: object = _account.decode(value)
-    elif kind == HEADER:
-        decoded = _header.decode(value)
-    elif kind == KEY:
-        decoded = key_account(value)
-    elif kind == RATES:
-        decoded = _rates.decode(value)
-    elif kind == HOLD:
-        decoded = _hold.decode(value)
-    else:
-        decoded = _recurring.decode(value)
-    return kind, tenant_id, rest.decode("utf-8", "surrogatepass"), decoded
 
 
 # One block cache for every store of the process, holding data blocks and the index and
@@ -439,7 +266,7 @@ class PartitionStore:
             kind = key[:1]
             if value is not None and (kind == IDS or kind == CLOSED):
                 _kind, tenant_id, d = split_key(key)
-                batch.append((_index_key(kind, tenant_id, _memory.decode(value)[1], d), b""))
+                batch.append((index_key(kind, tenant_id, decode_memory(value)[1], d), b""))
             if len(batch) >= 50_000:
                 self.write(batch, None)
                 batch = []
@@ -457,15 +284,15 @@ class PartitionStore:
                                                 "key_tags": {}, "rates": {}, "policy": Policy(), "timers": [],
                                                 "held": [], "spend": {}, "header": None})
             if kind == HEADER:
-                part["header"] = _header.decode(value)
+                part["header"] = decode_header(value)
             elif kind == ACCOUNT:
-                acct = _account.decode(value)
+                acct = decode_account(value)
                 part["accounts"][acct.id] = acct
             elif kind == HOLD:
-                hold = _hold.decode(value)
+                hold = decode_hold(value)
                 part["holds"][hold.id] = hold
             elif kind == RECURRING:
-                rec = _recurring.decode(value)
+                rec = decode_recurring(value)
                 part["recurring"][rec.id] = rec
             elif kind == KEY:
                 api_key_id = rest.decode("utf-8", "surrogatepass")
@@ -474,15 +301,15 @@ class PartitionStore:
                 if tags:
                     part["key_tags"][api_key_id] = tags
             elif kind == POLICY:
-                part["policy"] = _policy.decode(value)
+                part["policy"] = decode_policy(value)
             elif kind == RATES:
-                part["rates"] = _rates.decode(value)
+                part["rates"] = decode_rates(value)
             elif kind == TIMER:
-                part["timers"].append(_timer.decode(value))
+                part["timers"].append(decode_timer(value))
             elif kind == HELD:
-                part["held"].append(_held.decode(value))
+                part["held"].append(decode_held(value))
             elif kind == SPEND:
-                part["spend"][rest.decode("utf-8", "surrogatepass")] = _spend.decode(value)
+                part["spend"][rest.decode("utf-8", "surrogatepass")] = decode_spend(value)
         tenants = {}
         for tenant_id, part in parts.items():
             if part["header"] is None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -36,7 +35,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from .. import clients
 from ..processors.state import TenantState
-from ..processors.store import ACCOUNT, HEADER, HOLD, KEY, RATES, RECURRING, replica_change
+from ..processors.changelog import ACCOUNT, HEADER, HOLD, KEY, RATES, RECURRING, replica_change
 from ..schemas import outputs, topics
 from ..schemas.wire import dec_hook
 from ..service import Service
@@ -148,10 +147,10 @@ class LiveView(Service):
     def __init__(self, settings: Settings, *, group: str | None = None) -> None:
         super().__init__()
         self.settings = settings
-        group = group or f"{settings.group_prefix}-ledger"
+        group = group or settings.group("ledger")
         self.changelog = topics.changelog_name(group)
         self.ledger = LedgerProgress(settings, group)
-        self.consumer = clients.consumer(settings, f"{settings.group_prefix}-view-{uuid.uuid4().hex[:8]}",
+        self.consumer = clients.consumer(settings, settings.group("view", unique=True),
                                          **{"enable.partition.eof": True,
                                             "fetch.wait.max.ms": int(_FETCH_WAIT_S * 1000)})
         self.tenants: dict[str, TenantState] = {}

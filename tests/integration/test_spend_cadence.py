@@ -18,7 +18,7 @@ import pytest
 
 from finops import clients
 from finops.processors.runner import Fenced, LedgerProcessor
-from finops.processors.store import HEADER, SPEND, _header, tenant_prefix
+from finops.processors.changelog import HEADER, SPEND, decode_header, tenant_prefix
 from finops.producers.publish import publish_lines
 from finops.schemas import topics
 
@@ -101,7 +101,7 @@ def test_a_zombie_cannot_publish_spend_alone(settings):
                                                                             range(settings.topic_partitions))]
     assert sum(r["spent_micros"] for r in spend if r["tenant_id"] == tenant) == 4_000_000
     changelog = list(clients.read_to_end(settings, b.changelog, range(settings.topic_partitions)))
-    headers = [_header.decode(m.value()) for m in changelog if m.key() == tenant_prefix(HEADER, tenant)]
+    headers = [decode_header(m.value()) for m in changelog if m.key() == tenant_prefix(HEADER, tenant)]
     assert headers[-1][2].consumed == 4_000_000  # b's, not the zombie's older one
     pending = [m for m in changelog if m.key().startswith(tenant_prefix(SPEND, tenant))]
     assert pending and pending[-1].value() is None  # the last word on pending spend: published
