@@ -17,6 +17,7 @@ from .errors import FinopsError
 from .processors.runner import LedgerProcessor, Stuck
 from .producers.scheduler import Scheduler
 from .producers.webhooks import WebhookForwarder
+from .projections.balances import read_balances
 from .projections.query import LocalReader, QueryServer, endpoint_file
 from .projections.sink import Sink
 from .settings import Settings
@@ -40,7 +41,8 @@ class Pipeline:
         self.ledger = (LedgerProcessor(settings, instance=instance, batch_max=batch_max, batch_s=batch_s)
                        if "ledger" in parts else None)
         self.sink = Sink(settings) if "sink" in parts else None
-        self.scheduler = Scheduler(settings, tick_every) if "scheduler" in parts else None
+        self.scheduler = (Scheduler(settings, tick_every, tenants=lambda: {t for t, _a in read_balances(settings)})
+                          if "scheduler" in parts else None)
         self.webhooks = None
         if "webhooks" in parts:
             options = dict(webhook or {})

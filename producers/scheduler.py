@@ -3,7 +3,9 @@ monthly renewals and hold releases happen on time even when a tenant sends nothi
 
 Ticks carry wall-clock time rounded down to the interval, and their id is
 ``tick:<tenant>:<epoch seconds>``: two schedulers (or a restarted one) send byte-identical
-ticks, which the ledger takes once. Tenants are found in ``finops.balances.v1``.
+ticks, which the ledger takes once. The tenants to tick come from whoever assembles the
+scheduler (``finops run``: the tenants with a balance on ``finops.balances.v1``, see
+finops/pipeline.py): a producer does not read the projections itself (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
+from typing import Callable, Iterable
 
 import msgspec
 
 from .. import clients
-from ..projections.balances import read_balances
 from ..schemas import topics
 from ..service import Service
 from ..settings import Settings
@@ -33,15 +35,23 @@ def tick_lines(tenants: set[str], now: float, every: float) -> list[tuple[str, b
 
 
 class Scheduler(Service):
-    def __init__(self, settings: Settings, every: float = 60.0) -> None:
+    """Publishes a tick per tenant at every ``every`` seconds of wall time, on the interval's boundary.
+
+    ``tenants()`` returns the tenant ids to tick; it is asked again at each interval, so a
+    new tenant is ticked from the next one on.
+    """
+
+    def __init__(self, settings: Settings, every: float = 60.0, *, tenants: Callable[[], Iterable[str]]) -> None:
         super().__init__()
         self.settings = settings
         self.every = every
+        self.tenants = tenants
         self.sent = 0
         self.producer = clients.producer(settings)
 
     def tick(self, now: float | None = None) -> int:
-        tenants = {tenant for tenant, _account in read_balances(self.settings)}
+        """Publish this interval's ticks (``now``: epoch seconds, default the wall clock); how many."""
+        tenants = set(self.tenants())
         for tenant, line in tick_lines(tenants, time.time() if now is None else now, self.every):
             self.producer.produce(topics.COMMANDS, line, tenant.encode())
         remaining = self.producer.flush(30)

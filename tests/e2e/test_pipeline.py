@@ -82,7 +82,7 @@ class TestScheduler:
         with Pipeline(settings, ("ledger",)) as pipeline:
             ends = clients.input_ends(settings)
             wait_until(lambda: pipeline.ledger.caught_up(ends), 60, "the purchase", pipeline)
-            scheduler = Scheduler(settings, every=60)
+            scheduler = Scheduler(settings, every=60, tenants=lambda: {t for t, _a in read_balances(settings)})
             assert scheduler.tick(now=datetime(2026, 11, 3, tzinfo=timezone.utc).timestamp()) >= 1
             ends = clients.input_ends(settings)
             wait_until(lambda: pipeline.ledger.caught_up(ends), 60, "the tick", pipeline)
