@@ -13,6 +13,7 @@ import msgspec
 from finops.processors.fold import FoldResult
 from finops.processors.ledger import Ledger
 from finops.schemas import wire
+from finops.schemas.wire import format_time
 
 from .common import machine, now_iso, rate
 from .steps import fast_path_steps
@@ -28,7 +29,7 @@ def cascade_workload(events: int) -> list[bytes]:
         lines.append(encode({"type": "open_account", "id": f"open-{n}", "tenant_id": "bench", "ts": t0.isoformat(),
                              "account_id": account, "kind": account, "parent_id": parent}))
     for n in range(events):
-        ts = (t0 + timedelta(milliseconds=n)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        ts = format_time(t0 + timedelta(milliseconds=n))
         lines.append(encode({
             "type": "usage", "id": f"req-{n}", "tenant_id": "bench", "ts": ts, "account_id": "user",
             "api_key_id": "key-1", "model_name": "gpt-4o", "operation_type": "chat", "units_consumed": 1200,

@@ -328,7 +328,7 @@ def tenants_workload(tenants: int, events: int, *, prefix: str, users: int = 4, 
             nonlocal t
             t += timedelta(milliseconds=10)
             lines.append(encode({"type": type_, "id": f"{tenant}:{ident}", "tenant_id": tenant,
-                                 "ts": t.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **fields}))
+                                 "ts": wire.format_time(t), **fields}))
 
         cmd("purchase", "buy", credits=purchase)
         cmd("open_account", "open-org", account_id="org", kind="org", parent_id=tenant)
@@ -347,7 +347,7 @@ def tenants_workload(tenants: int, events: int, *, prefix: str, users: int = 4, 
         model, operation = _BUSY_MODELS[n % len(_BUSY_MODELS)]
         ts = datetime.fromtimestamp((start_us + (n + 1) * step_us) / 1_000_000, timezone.utc)
         lines.append(encode({
-            "type": "usage", "id": f"{prefix}-u{n}", "tenant_id": tenant, "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "type": "usage", "id": f"{prefix}-u{n}", "tenant_id": tenant, "ts": wire.format_time(ts),
             "account_id": f"user{user}", "api_key_id": f"key-{user}", "model_name": model,
             "operation_type": operation, "units_consumed": 100 + n % 900,
             "credits_consumed": _BUSY_COSTS[n // (tenants * users) % len(_BUSY_COSTS)],

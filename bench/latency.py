@@ -18,6 +18,8 @@ from pathlib import Path
 
 import msgspec
 
+from finops.schemas.wire import format_time
+
 from .common import latency_ms, load_avg, machine, now_iso
 from .kafka import LedgerRun, bench_broker
 
@@ -50,14 +52,13 @@ def alerts(events: int = 10_000, repeats: int = 1, seconds: float = 30.0, accoun
     hourly_credits = events / (tenants * per_tenant) * 3600 * 0.01  # live usage is 0.01 credits per event
     now = datetime.now(timezone.utc)
     hour0 = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=30)
-    iso = "%Y-%m-%dT%H:%M:%S.%fZ"
 
     def names():
         for t in range(tenants):
             for a in range(per_tenant):
                 yield f"bench-t{t}", f"u{a}"
 
-    setup = funded_users([f"bench-t{t}" for t in range(tenants)], per_tenant, hour0.strftime(iso))
+    setup = funded_users([f"bench-t{t}" for t in range(tenants)], per_tenant, format_time(hour0))
     history = []
     for h in range(30):  # the hours before now's hour: 6 requests an hour, steady spend with 10 % noise
         for tenant, account in names():
@@ -65,7 +66,7 @@ def alerts(events: int = 10_000, repeats: int = 1, seconds: float = 30.0, accoun
                 ts = hour0 + timedelta(hours=h, minutes=n * 10 + 1)
                 credits = hourly_credits / 6 * (1 + 0.1 * ((h * 7 + n * 3 + len(account)) % 5 - 2) / 2)
                 history.append({"type": "usage", "id": f"h-{account}-{h}-{n}", "tenant_id": tenant,
-                                "ts": ts.strftime(iso), "account_id": account, "api_key_id": "k", "model_name": "m",
+                                "ts": format_time(ts), "account_id": account, "api_key_id": "k", "model_name": "m",
                                 "operation_type": "chat", "units_consumed": 1, "credits_consumed": f"{credits:.6f}"})
     encode = msgspec.json.encode
     with ExitStack() as cleanup:
@@ -117,7 +118,7 @@ def alerts(events: int = 10_000, repeats: int = 1, seconds: float = 30.0, accoun
                 tenant, account = all_accounts[(sent + n) % len(all_accounts)]
                 producer.produce(topics.USAGE, encode({
                     "type": "usage", "id": f"live-{sent + n}", "tenant_id": tenant,
-                    "ts": datetime.now(timezone.utc).strftime(iso), "account_id": account, "api_key_id": "k",
+                    "ts": format_time(datetime.now(timezone.utc)), "account_id": account, "api_key_id": "k",
                     "model_name": "m", "operation_type": "chat", "units_consumed": 1, "credits_consumed": "0.01"}),
                     tenant.encode())
             sent += events // 10
@@ -126,7 +127,7 @@ def alerts(events: int = 10_000, repeats: int = 1, seconds: float = 30.0, accoun
                 tenant, account = spike_accounts[len(published)]
                 producer.produce(topics.USAGE, encode({
                     "type": "usage", "id": f"spike-{account}", "tenant_id": tenant,
-                    "ts": datetime.now(timezone.utc).strftime(iso), "account_id": account, "api_key_id": "k",
+                    "ts": format_time(datetime.now(timezone.utc)), "account_id": account, "api_key_id": "k",
                     "model_name": "m", "operation_type": "chat", "units_consumed": 1,
                     "credits_consumed": f"{hourly_credits * 10:.6f}"}), tenant.encode())
                 producer.flush(5)
@@ -234,12 +235,11 @@ def balance_latency(events: int = 10_000, repeats: int = 1, seconds: float = 60.
     from .kafka import CommittedProbe
 
     per_usage = 10_000  # micro-credits: "0.01"
-    iso = "%Y-%m-%dT%H:%M:%S.%fZ"
     run = uuid.uuid4().hex[:6]
     per_tenant = max(accounts // tenants, 1)
     names = [(f"lat-{run}-{t}", f"u{a}") for t in range(tenants) for a in range(per_tenant)]
     start = datetime.now(timezone.utc) - timedelta(minutes=1)
-    setup = funded_users([f"lat-{run}-{t}" for t in range(tenants)], per_tenant, start.strftime(iso))
+    setup = funded_users([f"lat-{run}-{t}" for t in range(tenants)], per_tenant, format_time(start))
     encode = msgspec.json.encode
     load_at_start = load_avg()
     with ExitStack() as cleanup:
@@ -303,7 +303,7 @@ def balance_latency(events: int = 10_000, repeats: int = 1, seconds: float = 60.
                 tenant, account = key
                 consumed[key] += per_usage
                 value = encode({"type": "usage", "id": f"lat-{run}-{sent}", "tenant_id": tenant,
-                                "ts": datetime.now(timezone.utc).strftime(iso), "account_id": account,
+                                "ts": format_time(datetime.now(timezone.utc)), "account_id": account,
                                 "api_key_id": "k", "model_name": "m", "operation_type": "chat", "units_consumed": 1,
                                 "credits_consumed": "0.01"})
                 pending[key].append((consumed[key], time.monotonic()))

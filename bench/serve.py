@@ -37,6 +37,8 @@ from pathlib import Path
 
 import msgspec
 
+from finops.schemas.wire import format_time
+
 from .common import load_avg, log, machine, now_iso
 
 WARMUP_S = 3.0  # check load before the measured seconds (connections opened, caches warm)
@@ -154,7 +156,7 @@ def tree(tenant: str, users: int, ts: datetime) -> list[dict]:
         nonlocal at
         at += timedelta(milliseconds=10)
         lines.append({"type": type_, "id": f"{tenant}:{ident}", "tenant_id": tenant,
-                      "ts": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **fields})
+                      "ts": format_time(at), **fields})
 
     cmd("purchase", "buy", credits=1_000_000)
     cmd("open_account", "open-org", account_id="org", kind="org", parent_id=tenant)
@@ -434,7 +436,7 @@ def warm_workload(tenant: str, events: int, ts: datetime) -> list[bytes]:
     """Another tenant's purchase, one user and ``events`` usage events of theirs: published into the
     ledger before the server starts, so that a broker just started has done some work (its JIT
     compiler warm: a fresh broker spends much of a core compiling in its first minute)."""
-    at = ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    at = format_time(ts)
     encode = msgspec.json.encode
     lines = [encode({"type": "purchase", "id": "buy", "tenant_id": tenant, "ts": at, "credits": 10 ** 9}),
              encode({"type": "open_account", "id": "open", "tenant_id": tenant, "ts": at, "account_id": "u",

@@ -100,7 +100,7 @@ def _money(name: str, micros: int) -> dict[str, Any]:
 
 
 def _iso(t: datetime | None) -> str | None:
-    return None if t is None else t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return None if t is None else wire.format_time(t, "auto")
 
 
 def _time(text: str | None, name: str) -> datetime | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from ..schemas import reasons
+from ..schemas import reasons, wire
 
 # Timer kinds (``TenantState.timers`` entries are (when, seq, kind, ref, ref2)).
 GRANT_END = "grant"  # a one-time grant's window or expiry ends: (account, grant)
@@ -87,7 +87,7 @@ class Account:
     # budget period, for threshold alerts and hard caps: usage of this account's subtree
     # in the period against what was granted to it for the period
     cap: str = "soft"
-    thresholds: tuple[int, ...] = (50, 70, 90, 100)
+    thresholds: tuple[int, ...] = wire.DEFAULT_THRESHOLDS
     period: str = ""
     period_granted: int = 0
     period_used: int = 0

@@ -37,7 +37,9 @@ from typing import Callable, Iterator
 import msgspec
 
 from ..errors import FinopsError
+from ..schemas.wire import format_time
 from .usage import RateCard, usage_from_openai
+from .workload import tenant_ids
 
 # (model, operation, share of requests, median input tokens, median output tokens)
 MODEL_MIX = (
@@ -51,7 +53,6 @@ RATE_CARD = RateCard.per_1k({  # credits per 1,000 input / output tokens
     "gpt-4o-mini": ("0.00015", "0.0006"), "gpt-4o": ("0.0025", "0.01"), "claude-sonnet-4": ("0.003", "0.015"),
     "o3-mini": ("0.0011", "0.0044"), "text-embedding-3-small": ("0.00002", "0"),
 })
-TENANT_NAMES = ("acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell")
 TEAM_NAMES = ("search", "support", "research", "platform", "growth", "data", "mobile", "billing")
 PROJECTS = ("web", "api", "batch", "agent")
 ENVS = (("prod", 0.8), ("staging", 0.15), ("dev", 0.05))
@@ -152,10 +153,6 @@ class Report:
                 "event_time": [self.first_ts, self.last_ts], "by_model": self.by_model}
 
 
-def _iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class Simulation:
     """Generates the lines of a run; :meth:`setup` first, then :meth:`traffic` per time slice."""
 
@@ -177,8 +174,7 @@ class Simulation:
         self.spike_length = spike_length
         self.bad_fraction = bad_fraction
         self.run_id = uuid.UUID(int=self.rng.getrandbits(128)).hex[:8]
-        self.tenants = tenant_names or [f"{TENANT_NAMES[i % len(TENANT_NAMES)]}{i // len(TENANT_NAMES) or ''}"
-                                        for i in range(tenants)]
+        self.tenants = tenant_names or tenant_ids(tenants)
         self.users: list[User] = []
         teams_per_tenant = max(1, min(len(TEAM_NAMES), math.ceil(accounts_per_tenant / 4)))
         for tenant in self.tenants:
@@ -227,7 +223,7 @@ class Simulation:
                 nonlocal t
                 t += timedelta(milliseconds=10)
                 lines.append(encode({"type": type_, "id": f"sim-{self.run_id}:{tenant}:{ident}", "tenant_id": tenant,
-                                     "ts": _iso(t), **fields}))
+                                     "ts": format_time(t), **fields}))
 
             cmd("purchase", "purchase", credits=_credits(per_tenant * 3))
             cmd("open_account", "open-org", account_id="org", kind="org", parent_id=tenant, name=f"{tenant} org")
@@ -244,7 +240,7 @@ class Simulation:
                 cap = "hard" if i == 0 else "soft"
                 cmd("allocate", f"alloc-{heavy.account}", from_account=team, to_account=heavy.account,
                     credits=_credits(budget * heavy.weight / share[team] * 0.5), cap=cap,
-                    ends_at=_iso(self.start + timedelta(days=30)))
+                    ends_at=format_time(self.start + timedelta(days=30)))
         self.report.commands += len(lines)
         return lines
 
@@ -299,7 +295,7 @@ class Simulation:
                     "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens}}
         env = rng.choices([e for e, _ in ENVS], weights=[w for _, w in ENVS])[0]
         event = usage_from_openai(response, tenant_id=user.tenant, account_id=user.account, api_key_id=_key(user),
-                                  rate_card=RATE_CARD, operation_type=operation, ts=_iso(ts),
+                                  rate_card=RATE_CARD, operation_type=operation, ts=format_time(ts),
                                   usage_labels={"team": user.team, "cost_center": f"cc-{user.team}",
                                                 "project": rng.choice(user.projects), "env": env})
         event["response_latency_ms"] = int(80 + (input_tokens * 0.05 + output_tokens * 8) * rng.uniform(0.7, 1.5))
@@ -319,8 +315,8 @@ class Simulation:
         self.report.bad += 1
         self._n += 1
         kind = self.rng.choice(BAD_KINDS)
-        base = {"type": "usage", "id": f"sim-{self.run_id}-bad-{self._n}", "tenant_id": user.tenant, "ts": _iso(ts),
-                "account_id": user.account, "api_key_id": _key(user), "model_name": "gpt-4o",
+        base = {"type": "usage", "id": f"sim-{self.run_id}-bad-{self._n}", "tenant_id": user.tenant,
+                "ts": format_time(ts), "account_id": user.account, "api_key_id": _key(user), "model_name": "gpt-4o",
                 "operation_type": "chat", "units_consumed": 100, "credits_consumed": "0.001"}
         if kind == "not_json":
             return b'{"type": "usage", "id": "' + base["id"].encode() + b'", "tenant_id": '

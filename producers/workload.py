@@ -14,10 +14,12 @@ from datetime import datetime, timedelta, timezone
 
 import msgspec
 
+from ..schemas.wire import format_time
+
 MODELS = (("gpt-4o", "chat", 0.000005), ("gpt-4o-mini", "chat", 0.0000006),
           ("text-embedding-3-small", "embedding", 0.00000002), ("claude-sonnet", "chat", 0.000003))
 TEAMS = ("search", "support")
-NAMES = ("acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell")
+TENANT_NAMES = ("acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell")
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,11 @@ class Workload:
     command_count: int
 
 
-def _iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def tenant_ids(count: int, suffix: str = "") -> list[str]:
+    """``count`` tenant ids: acme, globex, ... through ``TENANT_NAMES``, then acme1, globex1, ...;
+    each followed by ``suffix`` (the generators' and ``finops simulate``'s tenants)."""
+    n = len(TENANT_NAMES)
+    return [f"{TENANT_NAMES[i % n]}{i // n or ''}{suffix}" for i in range(count)]
 
 
 def generate(*, tenants: int = 2, usage: int = 3000, seed: int = 7, suffix: str = "",
@@ -50,13 +55,14 @@ def generate(*, tenants: int = 2, usage: int = 3000, seed: int = 7, suffix: str 
     encode = msgspec.json.encode
     commands: list[dict] = []
     users: list[tuple[str, str, str]] = []  # (tenant, user, team)
-    tenant_ids = [f"{NAMES[i % len(NAMES)]}{i // len(NAMES) or ''}{suffix}" for i in range(tenants)]
+    names = tenant_ids(tenants, suffix)
     t = start
-    for tenant in tenant_ids:
+    for tenant in names:
         def cmd(type_: str, ident: str, **fields) -> None:
             nonlocal t
             t += timedelta(seconds=1)
-            commands.append({"type": type_, "id": f"{tenant}:{ident}", "tenant_id": tenant, "ts": _iso(t), **fields})
+            commands.append({"type": type_, "id": f"{tenant}:{ident}", "tenant_id": tenant, "ts": format_time(t),
+                             **fields})
 
         cmd("purchase", "buy-1", credits=10_000)
         org = "org"
@@ -65,7 +71,7 @@ def generate(*, tenants: int = 2, usage: int = 3000, seed: int = 7, suffix: str 
         for team in TEAMS:
             cmd("open_account", f"open-{team}", account_id=team, kind="team", parent_id=org)
             cmd("allocate", f"alloc-{team}", from_account=org, to_account=team, credits=2_000,
-                ends_at=_iso(start + timedelta(days=30)))
+                ends_at=format_time(start + timedelta(days=30)))
             for u in range(3):
                 user = f"{team}-user{u}"
                 cmd("open_account", f"open-{user}", account_id=user, kind="user", parent_id=team)
@@ -81,11 +87,11 @@ def generate(*, tenants: int = 2, usage: int = 3000, seed: int = 7, suffix: str 
         units = rng.randint(50, 4000)
         credits = round(units * rate * 500, 6)
         lines.append(encode({
-            "type": "usage", "id": f"req-{seed}{suffix}-{n}", "tenant_id": tenant, "ts": _iso(t0 + step * n),
+            "type": "usage", "id": f"req-{seed}{suffix}-{n}", "tenant_id": tenant, "ts": format_time(t0 + step * n),
             "account_id": user, "api_key_id": f"key-{tenant}-{user}", "model_name": model, "operation_type": operation,
             "units_consumed": units, "credits_consumed": f"{credits:.6f}",
             "usage_labels": {"team": team, "cost_center": f"cc-{team}", "project": rng.choice(["web", "api"]),
                              "env": "prod"},
             "response_latency_ms": rng.randint(80, 3000),
         }))
-    return Workload(lines=lines, tenants=tenant_ids, usage_count=usage, command_count=len(commands))
+    return Workload(lines=lines, tenants=names, usage_count=usage, command_count=len(commands))

@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FinopsError
+from ..schemas.money import MICROS_PER_CREDIT
+from ..schemas.wire import format_time
 
 REPORTS = ("burn-rate", "forecast", "runway", "reconcile", "forecast-accuracy", "plan", "chargeback", "showback",
            "top-drivers", "anomalies", "focus")
@@ -35,7 +38,6 @@ PYTHON_REPORTS = ("forecast", "forecast-accuracy", "plan")  # columns computed h
 PLAN_METHODS = ("flat", "usage", "hybrid")
 DEFAULT_PLAN_METHOD = "usage"
 DEFAULT_RESERVE_PCT = Decimal(10)
-MICROS = 1_000_000
 
 
 @dataclass
@@ -89,12 +91,25 @@ class Report:
     series: dict[tuple, list[tuple[date, Decimal]]] = field(default_factory=dict)  # daily spend, for plots
 
 
+# A line ``-- include: _part.sql`` in a report's SQL stands for that file of sql/, indented alike
+# (CTEs that several reports share: _account_tree.sql).
+_INCLUDE = re.compile(r"^( *)-- include: (_[a-z_]+\.sql)\b.*$", re.MULTILINE)
+
+
 def sql_text(name: str) -> str:
-    """The SQL of report ``name`` (``sql/<name>.sql``). Raises :class:`FinopsError` for an unknown report."""
-    path = resources.files(__package__) / "sql" / f"{name}.sql"
-    if not path.is_file():
+    """The SQL of report ``name`` (``sql/<name>.sql``) with its ``-- include:`` lines replaced by the
+    files they name, as it runs. Raises :class:`FinopsError` for an unknown report."""
+    folder = resources.files(__package__) / "sql"
+    path = folder / f"{name}.sql"
+    if name.startswith("_") or not path.is_file():
         raise FinopsError(f"unknown report {name!r}; choose one of {', '.join(REPORTS)}")
-    return path.read_text()
+
+    def included(match: re.Match) -> str:
+        indent = match.group(1)
+        text = (folder / match.group(2)).read_text().rstrip("\n")
+        return "\n".join(indent + line if line else line for line in text.split("\n"))
+
+    return _INCLUDE.sub(included, path.read_text())
 
 
 def sql_path(name: str) -> Path:
@@ -345,7 +360,7 @@ def _split_plan(report: Report) -> None:
     rows = []
     for (tenant, parent), children in groups.items():
         budget = (int(children[0][ix["parent_available_micros"]]) if p.budget is None
-                  else int(p.budget * MICROS))
+                  else int(p.budget * MICROS_PER_CREDIT))
         reserve = 0
         if p.method == "hybrid":
             reserve = int((Decimal(budget) * p.reserve_pct / 100).to_integral_value(ROUND_FLOOR))
@@ -392,7 +407,7 @@ def _next_month(day: date) -> date:
 def _rfc3339(moment: date | datetime) -> str:
     if not isinstance(moment, datetime):
         moment = datetime(moment.year, moment.month, moment.day, tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(moment, "seconds")
 
 
 def _dec(micros: int) -> Decimal:

@@ -514,6 +514,21 @@ def parse_time(text: str) -> datetime | None:
     return None if isinstance(message, Rejection) else message.ts
 
 
+def format_time(t: datetime | float, timespec: str = "microseconds") -> str:
+    """A time as wire v1 writes it: RFC 3339 in UTC with ``Z`` (what :func:`parse_time` reads).
+
+    ``t`` is an aware datetime (a naive one is taken as UTC) or epoch seconds. ``timespec`` is
+    :meth:`datetime.isoformat`'s: ``"microseconds"`` (``2026-11-30T14:00:00.000000Z``, the
+    messages the generators write), ``"seconds"`` (``2026-11-30T14:00:00Z``: an alert's hour
+    period, a tick), ``"auto"`` (digits after the second only when there are any: the API).
+    """
+    if not isinstance(t, datetime):
+        t = datetime.fromtimestamp(t, timezone.utc)
+    elif t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.astimezone(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
 def reject_unreadable(raw: bytes | str, exc: Exception) -> Rejection:
     """Classify a decoding error into a reason; keep id and tenant when they can be read."""
     ident: str | None = None

@@ -9,12 +9,13 @@ import msgspec
 
 from finops.processors.fold import FoldResult
 from finops.schemas.money import credits
+from finops.schemas.wire import format_time
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=timezone.utc)
 
 
 def at(days: float = 0, **delta: float) -> str:
-    return (T0 + timedelta(days=days, **delta)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_time(T0 + timedelta(days=days, **delta))
 
 
 class Script:

@@ -25,8 +25,7 @@ from finops.processors.merge import Item
 from finops.processors.plan import plan
 from finops.projections.sink import INSERT_SETTINGS, TABLES, encode_rows
 from finops.schemas import topics, wire
-
-MICROS = 1_000_000
+from finops.schemas.money import MICROS_PER_CREDIT as MICROS
 
 
 @dataclass
@@ -166,10 +165,6 @@ def through_the_ledger(client, lines: list[bytes], *, per_batch: int = 1, token:
     return ledger
 
 
-def _ts(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def ninety_days(tenant: str, first: date, *, days: int = 90, seed: int = 3) -> list[bytes]:
     """A tenant's ``days`` days from ``first`` (UTC) as wire-v1 lines in time order: purchases (one
     expiring inside the period), an org, teams with one-time, windowed (one returning its rest on
@@ -184,14 +179,15 @@ def ninety_days(tenant: str, first: date, *, days: int = 90, seed: int = 3) -> l
     def add(at: datetime, type_: str, **fields) -> None:
         nonlocal n
         n += 1
-        lines.append((at, n, {"type": type_, "id": f"{type_}-{n}", "tenant_id": tenant, "ts": _ts(at), **fields}))
+        lines.append((at, n, {"type": type_, "id": f"{type_}-{n}", "tenant_id": tenant, "ts": wire.format_time(at),
+                              **fields}))
         # (an ``id`` in ``fields`` names the message: a hold, for its settle)
 
     t = start + timedelta(hours=1)
     add(t, "purchase", credits="20000")
     add(t, "open_account", account_id="org", kind="org", parent_id=tenant)
     add(t, "allocate", from_account=tenant, to_account="org", credits="12000")
-    add(t, "purchase", credits="1500.5", expires_at=_ts(start + timedelta(days=days // 2, hours=3)))
+    add(t, "purchase", credits="1500.5", expires_at=wire.format_time(start + timedelta(days=days // 2, hours=3)))
     teams = {"search": True, "support": True, "labs": False}  # team -> fallback
     for team, fallback in teams.items():
         add(t, "open_account", account_id=team, kind="team", parent_id="org", fallback=fallback)
@@ -200,9 +196,9 @@ def ninety_days(tenant: str, first: date, *, days: int = 90, seed: int = 3) -> l
     add(t, "allocate", from_account="org", to_account="search", credits="900",
         recurrence={"every": "month", "rollover_pct": 25})
     add(t, "allocate", from_account="org", to_account="support", credits="1200.25",
-        ends_at=_ts(start + timedelta(days=40)), on_expiry="return")
+        ends_at=wire.format_time(start + timedelta(days=40)), on_expiry="return")
     add(t, "allocate", from_account="org", to_account="labs", credits="300",
-        ends_at=_ts(start + timedelta(days=20)))
+        ends_at=wire.format_time(start + timedelta(days=20)))
     add(t, "allocate", from_account="search", to_account="search-u0", credits="40")
     for day in range(days):
         noon = start + timedelta(days=day, hours=12)
@@ -216,7 +212,7 @@ def ninety_days(tenant: str, first: date, *, days: int = 90, seed: int = 3) -> l
         if day % 7 == 3:
             hold = f"hold-{day}"
             add(noon + timedelta(hours=1), "reserve", id=hold, account_id="support-u1", credits="25",
-                expires_at=_ts(noon + timedelta(hours=2)))
+                expires_at=wire.format_time(noon + timedelta(hours=2)))
             if day % 14 == 3:  # every other hold is settled for less; the rest are released at expiry
                 add(noon + timedelta(hours=1, minutes=30), "settle", reservation_id=hold, credits="12.345678")
         if day == 45:
@@ -226,6 +222,6 @@ def ninety_days(tenant: str, first: date, *, days: int = 90, seed: int = 3) -> l
             add(noon + timedelta(hours=4), "purchase", credits="5000")
             add(noon + timedelta(hours=4), "allocate", from_account=tenant, to_account="org", credits="3000")
             add(noon + timedelta(hours=4), "allocate", from_account="org", to_account="labs", credits="100",
-                expires_at=_ts(noon + timedelta(days=10)))
+                expires_at=wire.format_time(noon + timedelta(days=10)))
     lines.sort(key=lambda x: (x[0], x[1]))
     return [msgspec.json.encode(body) for _, _, body in lines]

@@ -22,13 +22,14 @@ from finops.producers import publish
 from finops.producers.publish import Publisher, publish_lines, route
 from finops.producers.simulate import Simulation, run
 from finops.schemas import topics
+from finops.schemas.wire import format_time
 from finops.settings import Settings
 
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
 
 def _ts(seconds: float) -> str:
-    return (START + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_time(START + timedelta(seconds=seconds))
 
 
 class File:

@@ -20,13 +20,10 @@ from finops.producers.publish import publish_lines
 from finops.projections.balances import read_balances
 from finops.schemas import topics
 from finops.schemas.money import credits_str
+from finops.schemas.wire import format_time as iso
 from support import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Lines:
