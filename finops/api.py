@@ -452,8 +452,8 @@ def create_app(backends: Backends) -> FastAPI:
         who = await _principal(request)
         tenant, account, api_key, credits, at = _check_query(request)
         readable(who, tenant)
-        if (account is None) == (api_key is None):
-            raise Problem(400, "invalid-parameter", "Bad Request", "give exactly one of account and api_key",
+        if account is None and api_key is None:
+            raise Problem(400, "invalid-parameter", "Bad Request", "give account, api_key, or both",
                           reason="invalid")
         micros = _credits(credits)
         when = _time(at, "at") or datetime.now(timezone.utc)
@@ -761,9 +761,10 @@ def create_app(backends: Backends) -> FastAPI:
 CHECK_PARAMETERS = [
     {"name": "tenant", "in": "query", "required": True, "schema": {"type": "string"}, "description": "Tenant id."},
     {"name": "account", "in": "query", "schema": {"type": "string"},
-     "description": "The account charged (or give api_key)."},
+     "description": "The account charged (else the account api_key is bound to)."},
     {"name": "api_key", "in": "query", "schema": {"type": "string"},
-     "description": "An API key bound to the account (or give account)."},
+     "description": "The API key of the request: its bound account is charged when account is not given; "
+                    "rate_limit_rps is this key's limit."},
     {"name": "credits", "in": "query", "schema": {"type": "string", "default": "0"},
      "description": "What the request would cost: a decimal credit string, at most 6 decimals."},
     {"name": "at", "in": "query", "schema": {"type": "string", "format": "date-time"},

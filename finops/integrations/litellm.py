@@ -2,7 +2,7 @@
 when the ledger has blocked its key or account.
 
 Built on LiteLLM's own callback API (``litellm.integrations.custom_logger.CustomLogger``);
-install with ``pip install 'finops[litellm]'``.
+install with ``pip install 'finops[litellm]'``; docs/integrations.md is the user's guide.
 
 Library (``litellm.completion``)::
 
@@ -21,33 +21,38 @@ Proxy (``litellm --config config.yaml``)::
       callbacks: finops.integrations.litellm.proxy_handler
 
 with ``FINOPS_LITELLM_TENANT_ID`` (and the other ``FINOPS_LITELLM_*`` settings of
-:class:`LiteLLMSettings`) and ``FINOPS_KAFKA_BOOTSTRAP`` in the proxy's environment.
+:class:`~finops.integrations.settings.LiteLLMSettings`) and ``FINOPS_KAFKA_BOOTSTRAP`` in the
+proxy's environment.
 
-**Metering.** After each call, success or failure, :meth:`FinopsLiteLLM.log_success_event`
-(and its failure and async forms) publishes one usage through :class:`UsageProducer`:
-id = LiteLLM's call id (``litellm_call_id``), so a resent request, or the same call logged by
-both the sync and the async handler, is one usage (the ledger takes an id once:
-wire-v1.md, "Idempotency"); a failed attempt is ``<call id>:failed`` (LiteLLM retries under
-the same call id, and the success must not collide with the failure before it); ``ts`` = the call's start (event time); ``units_consumed`` = input
-+ output tokens; ``credits_consumed`` = LiteLLM's ``response_cost`` (US dollars) times
-``credits_per_usd``, rounded half-even to the micro-credit, or priced by a
-:class:`~finops.producers.usage.RateCard`, or left out so the tenant's ``set_rates`` card
-prices the tokens; ``response_latency_ms``; ``error_code`` for a failed call; labels
-``team``, ``user``, ``end_user``, ``model_group`` from LiteLLM's metadata (a key's registry
-entry overrides them in the ledger). ``input_tokens``, ``output_tokens``, ``cached_tokens``
-and ``provider_cost_usd`` ride along as extra fields: kept in the raw history
-(``usage_events.raw``), ignored by the ledger (wire-v1.md, "Unknown extra fields").
+**Metering.** After each call attempt, success or failure, the handler publishes one usage
+through :class:`UsageProducer`. Its id is LiteLLM's call id and the attempt's start
+(``<litellm_call_id>:<start µs>``, ``...:failed:<end µs>`` for a failed attempt): the same
+attempt logged twice (LiteLLM's sync and async loggers, another process) is one usage, as
+the ledger takes an id once (wire-v1.md, "Idempotency"), while a caller who sends its call id
+again (the proxy's ``x-litellm-call-id`` header is the caller's) makes a new attempt, billed
+again by the provider and charged again here. ``ts`` = the attempt's start (event time);
+``units_consumed`` = input + output tokens; ``credits_consumed`` = LiteLLM's
+``response_cost`` (US dollars) times ``credits_per_usd``, rounded half-even to the
+micro-credit, or priced by a :class:`~finops.producers.usage.RateCard`; left out (the
+tenant's ``set_rates`` card prices the tokens) without pricing, or when LiteLLM could not
+price the model; 0 for a cache hit. Also ``response_latency_ms``, ``error_code`` for a
+failed attempt, labels ``team``, ``user``, ``end_user``, ``model_group``, ``cache_hit`` (a
+key's registry entry overrides them in the ledger), and the extra fields ``input_tokens``,
+``output_tokens``, ``cached_tokens``, ``provider_cost_usd``: kept in the raw history
+(``usage_events.raw``), ignored by the ledger (wire-v1.md, "Unknown extra fields"). A
+request's ``no-log`` does not turn metering off (LiteLLM runs callbacks whose class name
+holds ``_PROXY_`` for such requests: its own spend tracking's convention).
 
 **Enforcement.** Before a call, :meth:`FinopsLiteLLM.check` asks ``finops serve``'s
-``GET /v1/check`` (the live view of the ledger's committed state) about the call's key, or
-its account when the call names one. ``blocked`` and ``hard_cap`` refuse the call with
-LiteLLM's ``BudgetExceededError``; a ``rate_limit_rps`` (an alert's critical action on a
-non-prod key, ``finops.enforcement.v1``) throttles the key in this process with a token
-bucket, refusing with LiteLLM's ``RateLimitError``. In the proxy the check runs in
-``async_pre_call_hook``. LiteLLM's SDK has no pre-call hook that may refuse a call (it logs
-and swallows what ``log_pre_api_call`` raises), so in the library the check runs in
-:meth:`FinopsLiteLLM.completion` / :meth:`FinopsLiteLLM.acompletion`, or call
-:meth:`FinopsLiteLLM.check` yourself. Without ``api_url`` there is no check: metering only.
+``GET /v1/check`` (the live view of the ledger's committed state) about the call's account
+and key. ``blocked`` and ``hard_cap`` refuse the call with LiteLLM's ``BudgetExceededError``;
+a ``rate_limit_rps`` (an alert's critical action on a non-prod key,
+``finops.enforcement.v1``) throttles the key in this process with a token bucket, refusing
+with LiteLLM's ``RateLimitError``. In the proxy the check runs in ``async_pre_call_hook``.
+LiteLLM's library has no pre-call hook that may refuse a call (it logs and swallows what
+``log_pre_api_call`` raises), so there the check runs in :meth:`FinopsLiteLLM.completion` /
+:meth:`FinopsLiteLLM.acompletion`, or call :meth:`FinopsLiteLLM.check` yourself. Without
+``api_url`` there is no check: metering only.
 """
 
 from __future__ import annotations
@@ -58,23 +63,26 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any, Literal, Mapping
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, Mapping
 
 import httpx
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
+
 from ..producers.usage import InvalidEvent, RateCard, UsageProducer
 from ..settings import Settings
-from .settings import LiteLLMSettings, Policy
+from .settings import AccountFrom, LiteLLMSettings, Policy
 
 log = logging.getLogger("finops.litellm")
 
 _MICRO = Decimal("0.000001")
-_SENT_MEMORY = 65_536  # call ids remembered to publish each once per process (the ledger dedupes as well)
+_SENT_MEMORY = 65_536  # usage ids remembered to publish each once per process (the ledger dedupes as well)
+_ACCOUNT_FROM = ("key", "team", "user", "end_user")
 
 #: LiteLLM's call types as the usage's ``operation_type`` (others pass through as named).
 OPERATION_TYPES = {
@@ -84,6 +92,11 @@ OPERATION_TYPES = {
     "atranscription": "audio", "speech": "speech", "aspeech": "speech", "responses": "responses",
     "aresponses": "responses", "anthropic_messages": "chat", "rerank": "rerank", "arerank": "rerank",
 }
+
+
+class NoTenant(ValueError):
+    """A call that names no finops tenant, and there is no default (``FINOPS_LITELLM_TENANT_ID``)."""
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -101,8 +114,8 @@ class Caller:
 @dataclass(frozen=True)
 class Verdict:
     """The pre-call check's answer. ``allow``: may the call run; ``reason``: the ledger's
-    (``blocked``, ``hard_cap``, ...), or ``unavailable`` / ``unknown`` when the policy decided;
-    ``rate_limit_rps``: the key's throttle (requests per second, wall time), if any."""
+    (``blocked``, ``hard_cap``, ...), or ``unavailable`` / ``unknown`` / ``auth_error`` when a
+    policy decided; ``rate_limit_rps``: the key's throttle (requests per second, wall time)."""
 
     allow: bool
     reason: str | None = None
@@ -123,7 +136,8 @@ def _first(*values: Any) -> str | None:
 
 
 def _metadata(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The call's metadata: what the caller passed (``metadata=``), then what the proxy added."""
+    """The call's metadata: LiteLLM's logging view, then what the caller passed (``metadata=``)
+    and what the proxy added (``user_api_key_*``)."""
     params = kwargs.get("litellm_params") or {}
     found: dict[str, Any] = {}
     for source in ((kwargs.get("standard_logging_object") or {}).get("metadata"), params.get("metadata"),
@@ -133,46 +147,52 @@ def _metadata(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
-def caller_of(metadata: Mapping[str, Any], *, tenant_id: str | None, account_from: str = "key",
-              default_api_key_id: str = "litellm", key: Any = None, user: Any = None) -> Caller:
+def caller_of(metadata: Mapping[str, Any], *, tenant_id: str | None, account_from: AccountFrom = "key",
+              default_api_key_id: str = "litellm", key: Any = None, user: Any = None,
+              trust_request: bool = False) -> Caller:
     """The :class:`Caller` of a call from its metadata.
 
-    ``metadata``: the call's ``metadata`` (LiteLLM's ``user_api_key_*`` keys in the proxy, any
-    keys in the library); ``finops_tenant_id``, ``finops_account_id`` and ``finops_api_key_id``
-    in the virtual key's own metadata (set by an admin), else in the call's, name finops ids
-    directly. ``key``: the proxy's
-    ``UserAPIKeyAuth`` when there is one. ``user``: the OpenAI ``user`` field (the end user).
-    Raises ValueError when no tenant is named and there is no default.
+    ``metadata``: the call's ``metadata`` (with LiteLLM's ``user_api_key_*`` keys in the proxy).
+    ``key``: the proxy's ``UserAPIKeyAuth`` in the pre-call hook. ``user``: the OpenAI ``user``
+    field (the end user). ``finops_tenant_id``, ``finops_api_key_id`` and ``finops_account_id``
+    name finops ids: from the virtual key's own metadata (set by an admin), then from the
+    call's metadata, which behind the proxy counts only with ``trust_request`` (else a caller
+    could pick whom it is charged to); the library has no proxy key, and its caller is the app.
+    Without them: the key's alias, then its hash, is the ``api_key_id``; ``account_from``
+    names the account (``key``: none, the ledger's ``bind_key`` registry finds it).
+    Raises :class:`NoTenant` when no tenant is named and there is no default.
     """
     key_meta = getattr(key, "metadata", None) or metadata.get("user_api_key_metadata") or {}
     if not isinstance(key_meta, Mapping):
         key_meta = {}
-    tenant = _first(key_meta.get("finops_tenant_id"), metadata.get("finops_tenant_id"), tenant_id)
+    behind_proxy = key is not None or _text(metadata.get("user_api_key_hash")) is not None
+    request = metadata if trust_request or not behind_proxy else {}
+    tenant = _first(key_meta.get("finops_tenant_id"), request.get("finops_tenant_id"), tenant_id)
     if tenant is None:
-        raise ValueError("the call names no finops tenant: set tenant_id (FINOPS_LITELLM_TENANT_ID) "
-                         "or metadata finops_tenant_id")
+        raise NoTenant("the call names no finops tenant: set FINOPS_LITELLM_TENANT_ID (tenant_id=), "
+                       "or finops_tenant_id in the key's metadata")
     team = _first(getattr(key, "team_id", None), metadata.get("user_api_key_team_id"))
     person = _first(getattr(key, "user_id", None), metadata.get("user_api_key_user_id"))
     end_user = _first(getattr(key, "end_user_id", None), metadata.get("user_api_key_end_user_id"), user)
-    api_key = _first(key_meta.get("finops_api_key_id"), metadata.get("finops_api_key_id"),
+    api_key = _first(key_meta.get("finops_api_key_id"), request.get("finops_api_key_id"),
                      getattr(key, "key_alias", None), metadata.get("user_api_key_alias"),
                      getattr(key, "token", None), metadata.get("user_api_key_hash"), default_api_key_id)
-    account = _first(key_meta.get("finops_account_id"), metadata.get("finops_account_id"),
-                     team if account_from == "team" else None, person if account_from == "user" else None)
+    by_identity = {"team": team, "user": person, "end_user": end_user}.get(account_from)
+    account = _first(key_meta.get("finops_account_id"), request.get("finops_account_id"), by_identity)
     return Caller(tenant, api_key or default_api_key_id, account, team, person, end_user)
 
 
 def credits_of_cost(cost_usd: Any, credits_per_usd: Decimal) -> Decimal:
     """LiteLLM's ``response_cost`` (US dollars, a float) in credits, rounded half-even to the
     micro-credit. The float is read by its shortest text (``0.000225``, not its binary
-    expansion); a missing, negative or non-finite cost is 0."""
+    expansion); a missing, negative, non-finite or absurd (over 10^12 dollars) cost is 0."""
     try:
-        cost = Decimal(repr(float(cost_usd))) if cost_usd is not None else Decimal(0)
-    except (TypeError, ValueError, InvalidOperation):
-        cost = Decimal(0)
-    if not cost.is_finite() or cost < 0:
-        cost = Decimal(0)
-    return (cost * credits_per_usd).quantize(_MICRO, rounding=ROUND_HALF_EVEN)
+        cost = float(cost_usd) if cost_usd is not None else 0.0
+    except (TypeError, ValueError):
+        cost = 0.0
+    if not math.isfinite(cost) or not 0 <= cost <= 1e12:
+        return Decimal(0).quantize(_MICRO)
+    return (Decimal(repr(cost)) * credits_per_usd).quantize(_MICRO, rounding=ROUND_HALF_EVEN)
 
 
 def _iso(epoch_s: float) -> str:
@@ -187,56 +207,79 @@ def _epoch(value: Any) -> float | None:
     return None
 
 
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else 0
+
+
 def _cached_tokens(response_obj: Any, metadata: Mapping[str, Any]) -> int:
     usage = getattr(response_obj, "usage", None)
     if usage is None:
         usage = metadata.get("usage_object")
     details = usage.get("prompt_tokens_details") if isinstance(usage, Mapping) else getattr(
         usage, "prompt_tokens_details", None)
-    cached = details.get("cached_tokens") if isinstance(details, Mapping) else getattr(details, "cached_tokens", None)
-    return int(cached) if isinstance(cached, (int, float)) and cached > 0 else 0
+    return _count(details.get("cached_tokens") if isinstance(details, Mapping)
+                  else getattr(details, "cached_tokens", None))
+
+
+def model_of(slo: Mapping[str, Any], fallback: Any = None) -> str:
+    """The model a call was priced as: LiteLLM's cost-map key (``gpt-4o`` for ``openai/gpt-4o``,
+    an Azure deployment's base model), else its model without the provider prefix."""
+    mapped = _text((slo.get("model_map_information") or {}).get("model_map_key"))
+    model = mapped or _first(slo.get("model"), fallback) or "unknown"
+    provider = _text(slo.get("custom_llm_provider"))
+    if provider and model.startswith(provider + "/"):
+        model = model[len(provider) + 1:]
+    return model
 
 
 def usage_of_call(kwargs: Mapping[str, Any], response_obj: Any, caller: Caller, *,
                   credits_per_usd: Decimal | None = None, rate_card: RateCard | None = None,
                   failed: bool = False, start_time: Any = None, end_time: Any = None) -> dict[str, Any]:
-    """The wire-v1 usage of one LiteLLM call, from the ``kwargs`` LiteLLM passes its loggers
-    (its ``standard_logging_object`` above all). Shape in the module docstring; amounts are
-    decimal strings of credits (6 places). Raises :class:`InvalidEvent` (``no_rate``) when the
-    rate card has no price for the model."""
+    """The wire-v1 usage of one LiteLLM call attempt, from the ``kwargs`` LiteLLM passes its
+    loggers (its ``standard_logging_object`` above all). Shape in the module docstring; amounts
+    are decimal strings of credits (6 places). Never raises for what LiteLLM logs: a model the
+    rate card or LiteLLM cannot price is left to the ledger's card (``credits_consumed`` out)."""
     slo = kwargs.get("standard_logging_object") or {}
     metadata = _metadata(kwargs)
     call_id = _first(kwargs.get("litellm_call_id"), slo.get("litellm_call_id"), slo.get("id"))
-    model = _first(slo.get("model"), kwargs.get("model"), getattr(response_obj, "model", None)) or "unknown"
-    input_tokens = int(slo.get("prompt_tokens") or 0)
-    output_tokens = int(slo.get("completion_tokens") or 0)
+    model = model_of(slo, kwargs.get("model") or getattr(response_obj, "model", None))
+    input_tokens, output_tokens = _count(slo.get("prompt_tokens")), _count(slo.get("completion_tokens"))
     started = _epoch(slo.get("startTime")) or _epoch(start_time) or time.time()
     ended = _epoch(slo.get("endTime")) or _epoch(end_time) or started
     cost = slo.get("response_cost", kwargs.get("response_cost"))
     failed = failed or slo.get("status") == "failure"
+    cache_hit = slo.get("cache_hit") is True
+    call_type = str(slo.get("call_type") or kwargs.get("call_type") or "completion")
+    labels = {"team": caller.team, "user": caller.user, "end_user": caller.end_user,
+              "model_group": _text(slo.get("model_group")), "cache_hit": "true" if cache_hit else None}
     event: dict[str, Any] = {
         "type": "usage", "tenant_id": caller.tenant_id, "ts": _iso(started), "api_key_id": caller.api_key_id,
-        "model_name": model, "operation_type": OPERATION_TYPES.get(str(slo.get("call_type") or kwargs.get(
-            "call_type") or "completion"), str(slo.get("call_type") or "chat")),
-        "units_consumed": input_tokens + output_tokens,
+        "model_name": model, "operation_type": OPERATION_TYPES.get(call_type, call_type),
+        "units_consumed": 0 if cache_hit else input_tokens + output_tokens,
         "response_latency_ms": max(0, round((ended - started) * 1000)),
-        "usage_labels": {k: v for k, v in (("team", caller.team), ("user", caller.user),
-                                           ("end_user", caller.end_user),
-                                           ("model_group", _text(slo.get("model_group")))) if v},
+        "usage_labels": {k: v for k, v in labels.items() if v},
         "input_tokens": input_tokens, "output_tokens": output_tokens,
         "cached_tokens": _cached_tokens(response_obj, metadata),
-        "provider_cost_usd": repr(float(cost)) if isinstance(cost, (int, float)) else None,
     }
-    if event["provider_cost_usd"] is None:
-        del event["provider_cost_usd"]
-    if call_id is not None:  # a failed attempt has its own id: a retry that succeeds reuses the call id
-        event["id"] = f"{call_id}:failed" if failed else call_id
+    if isinstance(cost, (int, float)) and math.isfinite(cost):
+        event["provider_cost_usd"] = repr(float(cost))
+    attempt = f"{call_id or 'call'}:{round(started * 1e6)}"
+    event["id"] = f"{attempt}:failed:{round(ended * 1e6)}" if failed else attempt
     if caller.account_id is not None:
         event["account_id"] = caller.account_id
-    if rate_card is not None:
-        event["credits_consumed"] = str(rate_card.credits(model, input_tokens, output_tokens))
-    elif credits_per_usd is not None:
+    unpriced = cost is None or bool(slo.get("response_cost_failure_debug_info"))
+    if cache_hit:  # served from LiteLLM's cache: the provider billed nothing
+        event["credits_consumed"] = "0.000000"
+    elif rate_card is not None:
+        try:
+            event["credits_consumed"] = str(rate_card.credits(model, input_tokens, output_tokens))
+        except InvalidEvent as exc:
+            log.warning("finops: %s; the ledger's rate card prices usage %s", exc, event["id"])
+    elif credits_per_usd is not None and (failed or not unpriced):
         event["credits_consumed"] = str(credits_of_cost(cost, credits_per_usd))
+    elif credits_per_usd is not None:
+        log.warning("finops: LiteLLM could not price model %s; the ledger's rate card prices usage %s",
+                    model, event["id"])
     if failed:
         info = slo.get("error_information") or {}
         event["error_code"] = _first(info.get("error_code"), info.get("error_class")) or "error"
@@ -267,66 +310,79 @@ class KeyThrottle:
 
 
 class EntitlementClient:
-    """Asks ``finops serve``'s ``GET /v1/check`` about a :class:`Caller`, synchronously or not.
+    """Asks ``finops serve``'s ``GET /v1/check`` about a :class:`Caller`, blocking or not.
 
     A 200 is the ledger's answer; a 404 (no such key or account in the view) follows
-    ``on_unknown``; anything else (connection refused, timeout, 503 while the view loads, a
-    refused token) follows ``on_unavailable`` and is logged.
+    ``on_unknown``; a 401 or 403 (the token is revoked, or another tenant's) follows
+    ``on_auth_error`` and is logged as an error; anything else (connection refused, timeout,
+    503 while the view loads) follows ``on_unavailable`` and is logged.
     """
 
-    def __init__(self, url: str, token: str | None, *, timeout_s: float = 0.5,
-                 on_unavailable: Policy = "allow", on_unknown: Policy = "allow") -> None:
+    def __init__(self, url: str, token: str | None, *, timeout_s: float = 0.5, on_unavailable: Policy = "allow",
+                 on_unknown: Policy = "allow", on_auth_error: Policy = "refuse") -> None:
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout_s = timeout_s
-        self.on_unavailable = on_unavailable
-        self.on_unknown = on_unknown
+        self.on_unavailable, self.on_unknown, self.on_auth_error = on_unavailable, on_unknown, on_auth_error
         self._client: httpx.Client | None = None
-        self._aclients: dict[int, httpx.AsyncClient] = {}  # one per event loop
+        self._aclients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its client
+        self._lock = threading.Lock()
 
-    def _params(self, caller: Caller) -> dict[str, str]:
+    @staticmethod
+    def params(caller: Caller) -> dict[str, str]:
+        """The check's query: the account when known (else the key's bound account), and the key."""
+        query = {"tenant": caller.tenant_id, "api_key": caller.api_key_id}
         if caller.account_id is not None:
-            return {"tenant": caller.tenant_id, "account": caller.account_id}
-        return {"tenant": caller.tenant_id, "api_key": caller.api_key_id}
+            query["account"] = caller.account_id
+        return query
 
-    def _verdict(self, caller: Caller, status: int | None, body: Any, problem: str) -> Verdict:
+    def verdict(self, caller: Caller, status: int | None, body: Any, problem: str) -> Verdict:
+        """The :class:`Verdict` of an HTTP answer (``status`` None: no answer, ``problem`` says why)."""
         if status == 200 and isinstance(body, Mapping):
             return Verdict(bool(body.get("allow")), body.get("reason"), body.get("account_id"),
                            body.get("rate_limit_rps"), tuple(body.get("blocked_by") or ()))
         if status == 404:
             return Verdict(self.on_unknown == "allow", "unknown", caller.account_id)
-        log.warning("finops check for %s/%s unavailable (%s): %s the call", caller.tenant_id,
-                    caller.account_id or caller.api_key_id, problem,
+        whom = f"{caller.tenant_id}/{caller.account_id or caller.api_key_id}"
+        if status in (401, 403):
+            log.error("finops check for %s: the API refused the token (HTTP %s): %s the call", whom, status,
+                      "allowing" if self.on_auth_error == "allow" else "refusing")
+            return Verdict(self.on_auth_error == "allow", "auth_error", caller.account_id)
+        log.warning("finops check for %s unavailable (%s): %s the call", whom, problem,
                     "allowing" if self.on_unavailable == "allow" else "refusing")
         return Verdict(self.on_unavailable == "allow", "unavailable", caller.account_id)
 
     def check(self, caller: Caller) -> Verdict:
-        """The verdict for ``caller``, asked over HTTP (blocking, at most ``timeout_s``)."""
-        if self._client is None:
-            self._client = httpx.Client(base_url=self.url, headers=self.headers, timeout=self.timeout_s)
+        """The verdict for ``caller``, asked over HTTP (blocking; ``timeout_s`` per connect and read)."""
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(base_url=self.url, headers=self.headers, timeout=self.timeout_s)
+            client = self._client
         try:
-            response = self._client.get("/v1/check", params=self._params(caller))
-            return self._verdict(caller, response.status_code, _json(response), f"HTTP {response.status_code}")
+            response = client.get("/v1/check", params=self.params(caller))
+            return self.verdict(caller, response.status_code, _json(response), f"HTTP {response.status_code}")
         except httpx.HTTPError as exc:
-            return self._verdict(caller, None, None, f"{type(exc).__name__}: {exc}")
+            return self.verdict(caller, None, None, f"{type(exc).__name__}: {exc}")
 
     async def acheck(self, caller: Caller) -> Verdict:
-        """The verdict for ``caller``, asked over HTTP without blocking the event loop."""
-        loop = id(asyncio.get_running_loop())
+        """The verdict for ``caller`` without blocking the event loop; ``timeout_s`` bounds the whole check."""
+        loop = asyncio.get_running_loop()
         client = self._aclients.get(loop)
         if client is None:
             client = self._aclients[loop] = httpx.AsyncClient(base_url=self.url, headers=self.headers,
                                                               timeout=self.timeout_s)
         try:
-            response = await client.get("/v1/check", params=self._params(caller))
-            return self._verdict(caller, response.status_code, _json(response), f"HTTP {response.status_code}")
-        except httpx.HTTPError as exc:
-            return self._verdict(caller, None, None, f"{type(exc).__name__}: {exc}")
+            response = await asyncio.wait_for(client.get("/v1/check", params=self.params(caller)), self.timeout_s)
+            return self.verdict(caller, response.status_code, _json(response), f"HTTP {response.status_code}")
+        except (httpx.HTTPError, asyncio.TimeoutError) as exc:
+            return self.verdict(caller, None, None, f"{type(exc).__name__}: {exc}")
 
     def close(self) -> None:
-        """Close the blocking client (the async ones close with their event loops)."""
-        if self._client is not None:
-            self._client.close()
+        """Close the blocking client; an event loop's client goes with its loop."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
 
 def _json(response: httpx.Response) -> Any:
@@ -339,29 +395,31 @@ def _json(response: httpx.Response) -> Any:
 # ----------------------------------------------------------------------------- the logger
 
 
-class FinopsLiteLLM(CustomLogger):
+class _PROXY_FinopsLiteLLM(CustomLogger):  # "_PROXY_": LiteLLM runs it for no-log requests (module docstring)
     """LiteLLM's ``CustomLogger`` that meters every call into finops and, with ``api_url``,
     refuses what the ledger blocks. See the module docstring for what it publishes and checks.
 
-    ``tenant_id``: the default tenant (a call's metadata ``finops_tenant_id`` overrides it).
-    ``settings``: finops's Kafka settings (default: ``FINOPS_*`` from the environment), or pass
-    a ``producer`` (a :class:`UsageProducer`, not closed by :meth:`close`). Pricing, at most one
-    of ``credits_per_usd`` (credits per US dollar of LiteLLM's cost) and ``rate_card``. The other
-    parameters are :class:`LiteLLMSettings`'s. Counters: ``published``, ``unmetered`` (calls
-    that could not become a valid usage: logged with the reason), ``refused``, ``throttled``.
+    ``tenant_id``: the default tenant. ``settings``: finops's Kafka settings (default:
+    ``FINOPS_*`` from the environment), or pass a ``producer`` (a :class:`UsageProducer`, not
+    closed by :meth:`close`). Pricing: at most one of ``credits_per_usd`` (credits per US
+    dollar of LiteLLM's cost) and ``rate_card``. The other parameters are
+    :class:`~finops.integrations.settings.LiteLLMSettings`'s. Raises ValueError for bad ones.
+    Counters: ``published``; ``unmetered`` (an attempt that could not become a usage: logged
+    with the reason); ``refused``; ``throttled``; :attr:`undelivered` (Kafka gave up on them).
     """
 
     def __init__(self, tenant_id: str | None = None, *, settings: Settings | None = None,
                  producer: UsageProducer | None = None, credits_per_usd: Decimal | str | int | None = None,
                  rate_card: RateCard | None = None, api_url: str | None = None, api_token: str | None = None,
-                 account_from: Literal["key", "team", "user"] = "key", default_api_key_id: str = "litellm",
-                 on_unavailable: Policy = "allow", on_unknown: Policy = "allow",
+                 account_from: AccountFrom = "key", default_api_key_id: str = "litellm",
+                 trust_request_metadata: bool = False, on_unavailable: Policy = "allow",
+                 on_unknown: Policy = "allow", on_auth_error: Policy = "refuse",
                  check_timeout_s: float = 0.5) -> None:
         super().__init__()
         if credits_per_usd is not None and rate_card is not None:
             raise ValueError("give at most one of credits_per_usd and rate_card")
-        if account_from not in ("key", "team", "user"):
-            raise ValueError(f"account_from must be key, team or user, not {account_from!r}")
+        if account_from not in _ACCOUNT_FROM:
+            raise ValueError(f"account_from must be one of {', '.join(_ACCOUNT_FROM)}, not {account_from!r}")
         self.tenant_id = tenant_id
         self.credits_per_usd = Decimal(str(credits_per_usd)) if credits_per_usd is not None else None
         if self.credits_per_usd is not None and (not self.credits_per_usd.is_finite() or self.credits_per_usd < 0):
@@ -369,14 +427,16 @@ class FinopsLiteLLM(CustomLogger):
         self.rate_card = rate_card
         self.account_from = account_from
         self.default_api_key_id = default_api_key_id
-        self.entitlements = EntitlementClient(api_url, api_token, timeout_s=check_timeout_s,
-                                              on_unavailable=on_unavailable,
-                                              on_unknown=on_unknown) if api_url else None
+        self.trust_request_metadata = trust_request_metadata
+        self.entitlements = EntitlementClient(
+            api_url, api_token, timeout_s=check_timeout_s, on_unavailable=on_unavailable, on_unknown=on_unknown,
+            on_auth_error=on_auth_error) if api_url else None
         self.throttle = KeyThrottle()
         self._settings = settings
         self._producer = producer
         self._own_producer = producer is None
         self._sent: OrderedDict[str, None] = OrderedDict()
+        self._running: dict[str, float] = {}  # call ids LiteLLM is still running or logging -> wall time seen
         self._lock = threading.Lock()
         self.published = self.unmetered = self.refused = self.throttled = 0
 
@@ -387,76 +447,103 @@ class FinopsLiteLLM(CustomLogger):
         return cls(s.tenant_id, credits_per_usd=s.credits_per_usd, api_url=s.api_url,
                    api_token=s.api_token.get_secret_value() if s.api_token else None,
                    account_from=s.account_from, default_api_key_id=s.default_api_key_id,
-                   on_unavailable=s.on_unavailable, on_unknown=s.on_unknown, check_timeout_s=s.check_timeout_s)
+                   trust_request_metadata=s.trust_request_metadata, on_unavailable=s.on_unavailable,
+                   on_unknown=s.on_unknown, on_auth_error=s.on_auth_error, check_timeout_s=s.check_timeout_s)
+
+    def _bump(self, counter: str) -> None:
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + 1)
 
     # --------------------------------------------------------------- metering
 
     @property
     def producer(self) -> UsageProducer:
-        """The usage producer, created on first use (flushed at interpreter exit when it is ours)."""
+        """The usage producer, made on first use (closed, so flushed, at interpreter exit when it is ours)."""
         with self._lock:
             if self._producer is None:
                 self._producer = UsageProducer(self._settings)
                 atexit.register(self.close)
             return self._producer
 
+    @property
+    def undelivered(self) -> int:
+        """Usage Kafka did not take (a delivery that failed after the producer's retries)."""
+        return self._producer.failed if self._producer is not None else 0
+
     def _caller(self, metadata: Mapping[str, Any], key: Any = None, user: Any = None) -> Caller:
         return caller_of(metadata, tenant_id=self.tenant_id, account_from=self.account_from,
-                         default_api_key_id=self.default_api_key_id, key=key, user=user)
+                         default_api_key_id=self.default_api_key_id, key=key, user=user,
+                         trust_request=self.trust_request_metadata)
 
-    def _first_time(self, call_id: str | None) -> bool:
-        if call_id is None:
-            return True
+    def _first_time(self, usage_id: str) -> bool:
         with self._lock:
-            if call_id in self._sent:
+            if usage_id in self._sent:
                 return False
-            self._sent[call_id] = None
+            self._sent[usage_id] = None
             if len(self._sent) > _SENT_MEMORY:
                 self._sent.popitem(last=False)
             return True
 
+    def _started(self, kwargs: Mapping[str, Any]) -> None:
+        call_id = _text(kwargs.get("litellm_call_id"))
+        if call_id is not None:
+            with self._lock:
+                self._running[call_id] = time.time()
+
     def meter(self, kwargs: Mapping[str, Any], response_obj: Any, *, failed: bool = False,
               start_time: Any = None, end_time: Any = None) -> str | None:
-        """Publish the usage of one finished call; returns its id, or None when it was already
-        published by this process or could not be made valid (then ``unmetered`` counts it and
-        the reason is logged). Never raises: LiteLLM would only log it."""
+        """Publish the usage of one finished call attempt; returns its id, or None when this
+        process already published it, or it could not be made a usage (``unmetered`` counts it
+        and the reason is logged). Never raises: LiteLLM would only log it."""
         try:
             params = kwargs.get("litellm_params") or {}
             caller = self._caller(_metadata(kwargs), user=kwargs.get("user") or params.get("user"))
             event = usage_of_call(kwargs, response_obj, caller, credits_per_usd=self.credits_per_usd,
                                   rate_card=self.rate_card, failed=failed, start_time=start_time, end_time=end_time)
-            if not self._first_time(event.get("id")):
+            if not self._first_time(event["id"]):
                 return None
             sent = self.producer.send(event)
-            self.published += 1
+            self._bump("published")
             return sent
-        except (InvalidEvent, ValueError) as exc:
-            self.unmetered += 1
-            log.error("finops: a LiteLLM call could not be metered (%s); call id %s", exc,
-                      kwargs.get("litellm_call_id"))
+        except Exception as exc:  # noqa: BLE001 - a call LiteLLM served must never break on its metering
+            self._bump("unmetered")
+            log.error("finops: LiteLLM call %s could not be metered: %s: %s", kwargs.get("litellm_call_id"),
+                      type(exc).__name__, exc)
             return None
+        finally:
+            with self._lock:
+                self._running.pop(_text(kwargs.get("litellm_call_id")) or "", None)
 
-    def log_success_event(self, kwargs, response_obj, start_time, end_time):  # noqa: D102 - LiteLLM's hook
-        """LiteLLM's hook after a call succeeded: its usage is metered (:meth:`meter`)."""
+    def log_pre_api_call(self, model, messages, kwargs):
+        """LiteLLM's hook before the provider is called: the call is running (:meth:`flush` waits for it)."""
+        self._started(kwargs)
+
+    async def async_log_pre_api_call(self, model, messages, kwargs):
+        """:meth:`log_pre_api_call`, for LiteLLM's async calls."""
+        self._started(kwargs)
+
+    def log_success_event(self, kwargs, response_obj, start_time, end_time):
+        """LiteLLM's hook after a call succeeded (in its logging thread): publish its usage."""
         self.meter(kwargs, response_obj, start_time=start_time, end_time=end_time)
 
-    def log_failure_event(self, kwargs, response_obj, start_time, end_time):  # noqa: D102 - LiteLLM's hook
-        """LiteLLM's hook after a call failed: metered as a failed attempt (:meth:`meter` with ``failed``)."""
+    def log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        """LiteLLM's hook after a call failed: publish the attempt's usage with its error code."""
         self.meter(kwargs, response_obj, failed=True, start_time=start_time, end_time=end_time)
 
-    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):  # noqa: D102
-        """The async proxy's hook after a call succeeded; meters it like :meth:`log_success_event`."""
-        self.meter(kwargs, response_obj, start_time=start_time, end_time=end_time)
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        """:meth:`log_success_event` for async calls, off the event loop (Kafka's queue may be full)."""
+        await asyncio.to_thread(self.meter, kwargs, response_obj, start_time=start_time, end_time=end_time)
 
-    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):  # noqa: D102
-        """The async proxy's hook after a call failed; meters it like :meth:`log_failure_event`."""
-        self.meter(kwargs, response_obj, failed=True, start_time=start_time, end_time=end_time)
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        """:meth:`log_failure_event` for async calls, off the event loop."""
+        await asyncio.to_thread(self.meter, kwargs, response_obj, failed=True, start_time=start_time,
+                                end_time=end_time)
 
     # --------------------------------------------------------------- enforcement
 
     def _enforce(self, caller: Caller, verdict: Verdict, model: str | None) -> Verdict:
         if not verdict.allow:
-            self.refused += 1
+            self._bump("refused")
             whom = verdict.account_id or caller.account_id or f"key {caller.api_key_id}"
             behind = f" by {', '.join(verdict.blocked_by)}" if verdict.blocked_by else ""
             raise litellm.BudgetExceededError(
@@ -464,23 +551,32 @@ class FinopsLiteLLM(CustomLogger):
                 message=f"finops: {whom} of tenant {caller.tenant_id} may not spend: {verdict.reason}{behind}")
         if verdict.rate_limit_rps is not None and not self.throttle.admit(
                 caller.tenant_id, caller.api_key_id, float(verdict.rate_limit_rps)):
-            self.throttled += 1
+            self._bump("throttled")
             raise litellm.RateLimitError(
                 message=f"finops: key {caller.api_key_id} of tenant {caller.tenant_id} is limited to "
                         f"{verdict.rate_limit_rps:g} requests/s by a critical budget alert",
                 llm_provider="finops", model=model or "")
         return verdict
 
+    def _checked_caller(self, metadata: Mapping[str, Any] | None, user: Any, model: str | None,
+                        key: Any = None) -> Caller:
+        try:
+            return self._caller(metadata or {}, key=key, user=user)
+        except NoTenant as exc:
+            self._bump("refused")
+            raise litellm.BadRequestError(message=f"finops: {exc}", model=model or "", llm_provider="finops") from None
+
     def check(self, metadata: Mapping[str, Any] | None = None, *, user: str | None = None,
               model: str | None = None) -> Verdict:
         """Check a call about to run (its ``metadata`` and ``user`` as passed to LiteLLM).
 
         Returns the :class:`Verdict` when it may run. Raises ``litellm.BudgetExceededError``
-        when the ledger refuses it (``blocked``, ``hard_cap``; or a policy's ``unknown`` /
-        ``unavailable``) and ``litellm.RateLimitError`` when its key is over its rate limit.
-        Without ``api_url``: always allowed.
+        when the ledger refuses it (``blocked``, ``hard_cap``; or a policy's ``unknown``,
+        ``unavailable``, ``auth_error``), ``litellm.RateLimitError`` when its key is over its
+        rate limit, ``litellm.BadRequestError`` when it names no tenant. Without ``api_url``:
+        allowed.
         """
-        caller = self._caller(metadata or {}, user=user)
+        caller = self._checked_caller(metadata, user, model)
         if self.entitlements is None:
             return Verdict(True)
         return self._enforce(caller, self.entitlements.check(caller), model)
@@ -488,15 +584,15 @@ class FinopsLiteLLM(CustomLogger):
     async def acheck(self, metadata: Mapping[str, Any] | None = None, *, user: str | None = None,
                      model: str | None = None, key: Any = None) -> Verdict:
         """:meth:`check` without blocking the event loop; ``key``: the proxy's ``UserAPIKeyAuth``."""
-        caller = self._caller(metadata or {}, key=key, user=user)
+        caller = self._checked_caller(metadata, user, model, key)
         if self.entitlements is None:
             return Verdict(True)
         return self._enforce(caller, await self.entitlements.acheck(caller), model)
 
-    async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):  # noqa: D102 - proxy hook
-        """The proxy's hook: check the call's key (or account) before it runs; raise to refuse."""
-        await self.acheck(data.get("metadata") or {}, user=data.get("user"), model=data.get("model"),
-                          key=user_api_key_dict)
+    async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):
+        """The proxy's hook before a call: check its key and account; raise to refuse it."""
+        await self.acheck(data.get("metadata") or data.get("litellm_metadata") or {}, user=data.get("user"),
+                          model=data.get("model"), key=user_api_key_dict)
         return data
 
     def completion(self, *args: Any, **kwargs: Any) -> Any:
@@ -512,11 +608,27 @@ class FinopsLiteLLM(CustomLogger):
     # --------------------------------------------------------------- lifecycle
 
     def flush(self, timeout: float = 30.0) -> int:
-        """Wait for published usage to be delivered; returns how many are still queued."""
-        return self._producer.flush(timeout) if self._producer is not None else 0
+        """Wait (up to ``timeout`` wall seconds) for calls LiteLLM is still running or logging in its
+        background threads, then for their usage to reach Kafka. Returns how many are not
+        delivered yet (calls still running, such as open streams, and queued messages)."""
+        deadline = time.monotonic() + timeout
+        while self._still_running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        queued = self._producer.flush(max(0.0, deadline - time.monotonic())) if self._producer is not None else 0
+        return self._still_running() + queued
 
-    def close(self) -> None:
-        """Flush and close the producer this handler made (not one passed in) and the check's client."""
+    def _still_running(self) -> int:
+        """Calls started in the last hour and not logged yet (one LiteLLM never logs is forgotten then)."""
+        with self._lock:
+            recent = time.time() - 3600
+            for call_id in [c for c, seen in self._running.items() if seen < recent]:
+                del self._running[call_id]
+            return len(self._running)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """:meth:`flush`, then close the producer this handler made (not one passed in) and the
+        check's client. Usage logged after this makes a new producer, closed at exit."""
+        self.flush(timeout)
         if self.entitlements is not None:
             self.entitlements.close()
         with self._lock:
@@ -525,14 +637,19 @@ class FinopsLiteLLM(CustomLogger):
             producer.close()
 
 
+FinopsLiteLLM = _PROXY_FinopsLiteLLM
+"""The handler: ``FinopsLiteLLM(tenant_id, ...)``, added to ``litellm.callbacks`` (see above)."""
+
 _proxy_handler: FinopsLiteLLM | None = None
+_proxy_lock = threading.Lock()
 
 
 def __getattr__(name: str) -> Any:
     """``proxy_handler``: the handler the proxy config names, made from the environment on first use."""
     global _proxy_handler
     if name == "proxy_handler":
-        if _proxy_handler is None:
-            _proxy_handler = FinopsLiteLLM.from_env()
-        return _proxy_handler
+        with _proxy_lock:
+            if _proxy_handler is None:
+                _proxy_handler = FinopsLiteLLM.from_env()
+            return _proxy_handler
     raise AttributeError(name)

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Policy = Literal["allow", "refuse"]
+AccountFrom = Literal["key", "team", "user", "end_user"]
 
 
 class LiteLLMSettings(BaseSettings):
@@ -28,13 +29,21 @@ class LiteLLMSettings(BaseSettings):
     """``finops serve``'s base URL for the pre-call check; unset: no check, metering only."""
     api_token: SecretStr | None = None
     """A bearer token of ``finops serve`` that may read the tenant (``finops tokens add``)."""
-    account_from: Literal["key", "team", "user"] = "key"
-    """Which LiteLLM identity names the finops account: ``key`` (the ledger's ``bind_key`` registry), ``team`` or ``user``."""
+    account_from: AccountFrom = "key"
+    """Which LiteLLM identity names the finops account: ``key`` (the ledger's ``bind_key``
+    registry), ``team``, ``user`` or ``end_user`` (the OpenAI ``user`` field: charge by end user)."""
+    trust_request_metadata: bool = False
+    """Read ``finops_*`` ids from a proxy request's own metadata. Off: only the virtual key's
+    metadata (set by an admin) names them, so a caller cannot pick whom a call is charged to.
+    The library (no proxy key) always reads the call's metadata: the app is the caller."""
     default_api_key_id: str = "litellm"
     """The ``api_key_id`` of a call with no virtual key and no ``finops_api_key_id``."""
     on_unavailable: Policy = "allow"
     """When ``finops serve`` cannot answer (down, loading, timeout): let the call through, or refuse it."""
     on_unknown: Policy = "allow"
     """When ``finops serve`` knows no such key or account (404): let the call through (the ledger decides), or refuse it."""
+    on_auth_error: Policy = "refuse"
+    """When ``finops serve`` refuses the token (401, 403: revoked, or another tenant's): a
+    misconfiguration, refused by default so that it cannot silently turn enforcement off."""
     check_timeout_s: float = 0.5
-    """Wall-clock seconds the pre-call check may take before ``on_unavailable`` applies."""
+    """Seconds (wall time) the pre-call check may take before ``on_unavailable`` applies."""

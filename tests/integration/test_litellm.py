@@ -9,10 +9,13 @@ import time
 import uuid
 from decimal import Decimal
 
+import httpx
 import pytest
 
 
 litellm = pytest.importorskip("litellm", reason="the LiteLLM extra: pip install 'finops[litellm]'")
+
+from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
 
 from finops import clients  # noqa: E402
 from finops.integrations.litellm import FinopsLiteLLM, credits_of_cost  # noqa: E402
@@ -40,23 +43,43 @@ def served(settings, tmp_path):
         yield running, tokens
 
 
+class Capture(CustomLogger):
+    """Keeps what LiteLLM passed the loggers for each successful call, to log one again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, tuple] = {}
+
+    def log_success_event(self, kwargs, response_obj, start_time, end_time):
+        self.calls[kwargs["litellm_call_id"]] = (kwargs, response_obj, start_time, end_time)
+
+
+def uninstall(*loggers) -> None:
+    """Take loggers out of every list LiteLLM copied them into (it keeps them past ``litellm.callbacks``)."""
+    for name in ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
+                 "_async_failure_callback", "input_callback", "_async_input_callback"):
+        listed = getattr(litellm, name, None)
+        if isinstance(listed, list):
+            listed[:] = [c for c in listed if all(c is not logger for logger in loggers)]
+
+
 @pytest.fixture
 def metered(settings):
-    """Install a handler as LiteLLM's callback (the test passes its arguments); restore after."""
-    made: list[FinopsLiteLLM] = []
-    before = list(litellm.callbacks)
+    """Install a handler (and any other loggers) as LiteLLM's callbacks; take them out after."""
+    made: list = []
 
-    def install(tenant: str, **kwargs) -> FinopsLiteLLM:
+    def install(tenant: str, *others, **kwargs) -> FinopsLiteLLM:
         handler = FinopsLiteLLM(tenant, producer=UsageProducer(settings), **kwargs)
-        litellm.callbacks = [handler]
-        made.append(handler)
+        litellm.callbacks = [handler, *others]
+        made.extend([handler, *others])
         return handler
 
     yield install
-    litellm.callbacks = before
+    uninstall(*made)
     for handler in made:
-        handler.close()
-        handler._producer.close()
+        if isinstance(handler, FinopsLiteLLM):
+            handler.close()
+            handler._producer.close()
 
 
 def settle(settings, pipeline: Pipeline, handler: FinopsLiteLLM, calls: int) -> None:
@@ -95,40 +118,51 @@ def setup(tenant: str, *extra) -> list[bytes]:
     return s.lines
 
 
-def test_200_completions_are_charged_litellms_cost_per_team_and_a_resend_is_one_usage(settings, served, metered):
+def test_200_completions_are_charged_litellms_cost_per_team_and_a_logged_call_is_one_usage(
+        settings, served, metered):
     pipeline, _tokens = served
     tenant = f"litellm-{uuid.uuid4().hex[:8]}"
     assert publish_lines(settings, setup(tenant)).failed == 0
     rate = Decimal("1000")  # credits per US dollar
-    handler = metered(tenant, credits_per_usd=rate)
-
-    # when 200 calls of two models run through litellm.completion, spread over the two teams' keys
+    capture = Capture()
+    handler = metered(tenant, capture, credits_per_usd=rate)
     expected = {"team-a": 0, "team-b": 0}
-    for n in range(200):
-        account, key = ("team-a", "key-a") if n % 3 else ("team-b", "key-b")
-        response = litellm.completion(model=("gpt-4o", "gpt-4o-mini")[n % 2], messages=MESSAGES, mock_response=MOCK,
-                                      metadata={"finops_api_key_id": key})
+
+    def call(account: str, key: str, model: str = "gpt-4o", **kwargs):
+        response = litellm.completion(model=model, messages=MESSAGES, mock_response=MOCK,
+                                      metadata={"finops_api_key_id": key}, **kwargs)
         cost = response._hidden_params["response_cost"]
         assert cost > 0
         expected[account] += int(credits_of_cost(cost, rate) * 1_000_000)
-    # and one call is sent twice with the same LiteLLM call id, and one fails
-    resent = f"call-{uuid.uuid4().hex}"
+        return response
+
+    # when 200 calls of two models run through litellm.completion, spread over the two teams' keys
+    for n in range(200):
+        call(*(("team-a", "key-a") if n % 3 else ("team-b", "key-b")), model=("gpt-4o", "gpt-4o-mini")[n % 2])
+    # and a caller sends one call id twice (the provider bills both attempts), one call fails,
+    # one fails and its retry under the same call id succeeds, and one asks LiteLLM not to log it
+    twice = f"call-{uuid.uuid4().hex}"
     for _ in range(2):
-        response = litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=MOCK, litellm_call_id=resent,
-                                      metadata={"finops_api_key_id": "key-a"})
-    expected["team-a"] += int(credits_of_cost(response._hidden_params["response_cost"], rate) * 1_000_000)
+        call("team-a", "key-a", litellm_call_id=twice)
     with pytest.raises(litellm.InternalServerError):
         litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=Exception("provider down"),
                            metadata={"finops_api_key_id": "key-b"})
-    # and one call fails, then its retry under the same call id succeeds (as LiteLLM's num_retries does)
     retried = f"call-{uuid.uuid4().hex}"
     with pytest.raises(litellm.InternalServerError):
         litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=Exception("overloaded"),
                            litellm_call_id=retried, metadata={"finops_api_key_id": "key-a"})
-    response = litellm.completion(model="gpt-4o", messages=MESSAGES, mock_response=MOCK, litellm_call_id=retried,
-                                  metadata={"finops_api_key_id": "key-a"})
-    expected["team-a"] += int(credits_of_cost(response._hidden_params["response_cost"], rate) * 1_000_000)
-    settle(settings, pipeline, handler, 204)
+    call("team-a", "key-a", litellm_call_id=retried)
+    quiet = f"call-{uuid.uuid4().hex}"
+    call("team-b", "key-b", litellm_call_id=quiet, **{"no-log": True})
+    settle(settings, pipeline, handler, 206)
+    # and the retry's success is logged again, here and by a handler in another process
+    again = capture.calls[retried]
+    handler.log_success_event(*again)
+    other = FinopsLiteLLM(tenant, producer=UsageProducer(settings), credits_per_usd=rate)
+    other.log_success_event(*again)
+    other.close()
+    other._producer.close()
+    settle(settings, pipeline, handler, 206)
 
     # then the ledger consumed, per team, exactly LiteLLM's cost at the rate, in micro-credits
     entries = [e for e in read(settings, topics.LEDGER, tenant) if e["kind"] in ("consume", "overage")]
@@ -136,13 +170,18 @@ def test_200_completions_are_charged_litellms_cost_per_team_and_a_resend_is_one_
     for e in entries:
         consumed[e.get("charged_to") or e["account_id"]] += e["amount_micros"]
     assert consumed == expected
-    # and the resent call is one usage; a failed attempt is a usage with its error and no credits
+    # and each attempt is one usage: the success logged three times is one, published twice;
+    # the call LiteLLM was asked not to log is metered all the same
     usage = read(settings, topics.USAGE, tenant)
-    assert len({u["id"] for u in usage}) == len(usage) == 204
-    assert sum(u["id"] == resent for u in usage) == 1
+    assert len({u["id"] for u in usage}) == 206 and len(usage) == 207
+    assert sum(u["id"].startswith(f"{retried}:") for u in usage) == 3
+    assert sum(u["id"].startswith(f"{twice}:") for u in usage) == 2
+    assert sum(u["id"].startswith(f"{quiet}:") for u in usage) == 1
+    # a failed attempt is a usage with its error and no credits
     failed = sorted((f["api_key_id"], f["credits_consumed"], f["units_consumed"]) for f in usage if "error_code" in f)
     assert failed == [("key-a", "0.000000", 0), ("key-b", "0.000000", 0)]
-    assert {u["id"] for u in usage if u["id"].startswith(retried)} == {retried, f"{retried}:failed"}
+    assert sorted(":failed:" in i for i in {u["id"] for u in usage if u["id"].startswith(f"{retried}:")}) == [
+        False, True]
     assert all(u["input_tokens"] + u["output_tokens"] == u["units_consumed"] for u in usage)
     assert not read(settings, topics.REJECTED, tenant)
 
@@ -218,3 +257,8 @@ def test_after_the_critical_alert_a_non_prod_key_is_throttled_to_max_rps_and_a_p
     assert max_rps <= dev_allowed <= max_rps + max_rps * dev_s + 1, (dev_allowed, dev_s)
     assert handler.throttled == 12 - dev_allowed
     assert prod_allowed == 12
+    # and a check that names the account as well as the key learns the key's limit too
+    asked = httpx.get(f"{pipeline.api.url}/v1/check", params={"tenant": tenant, "account": "search",
+                                                               "api_key": "key-dev"},
+                      headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
+    assert (asked["account_id"], asked["rate_limit_rps"]) == ("search", max_rps)
