@@ -66,7 +66,7 @@ import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Mapping
 
@@ -75,6 +75,7 @@ import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
 from ..producers.usage import InvalidEvent, RateCard, UsageProducer
+from ..schemas import wire
 from ..settings import Settings
 from .settings import AccountFrom, LiteLLMSettings, Policy
 
@@ -195,10 +196,6 @@ def credits_of_cost(cost_usd: Any, credits_per_usd: Decimal) -> Decimal:
     return (Decimal(repr(cost)) * credits_per_usd).quantize(_MICRO, rounding=ROUND_HALF_EVEN)
 
 
-def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def _epoch(value: Any) -> float | None:
     if isinstance(value, datetime):
         return (value if value.tzinfo else value.astimezone()).timestamp()
@@ -253,7 +250,7 @@ def usage_of_call(kwargs: Mapping[str, Any], response_obj: Any, caller: Caller, 
     labels = {"team": caller.team, "user": caller.user, "end_user": caller.end_user,
               "model_group": _text(slo.get("model_group")), "cache_hit": "true" if cache_hit else None}
     event: dict[str, Any] = {
-        "type": "usage", "tenant_id": caller.tenant_id, "ts": _iso(started), "api_key_id": caller.api_key_id,
+        "type": "usage", "tenant_id": caller.tenant_id, "ts": wire.format_time(started), "api_key_id": caller.api_key_id,
         "model_name": model, "operation_type": OPERATION_TYPES.get(call_type, call_type),
         "units_consumed": 0 if cache_hit else input_tokens + output_tokens,
         "response_latency_ms": max(0, round((ended - started) * 1000)),
