@@ -1,4 +1,5 @@
 """What several test folders share: waiting on a condition, a free local port, a bearer header,
+a local HTTP endpoint that answers POSTs,
 and the thin slice (publish, ledger, sink, balances) that tests/e2e/test_pipeline.py and
 tests/integration/test_docker.py both run."""
 
@@ -9,8 +10,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
@@ -93,3 +96,41 @@ def settled(settings, pipeline: Pipeline, client: httpx.Client) -> None:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+class PostReceiver:
+    """A real HTTP server on ``127.0.0.1:port`` (default: a free one) that answers each POST with
+    the status :meth:`answer` returns; not started (or stopped) it refuses connections."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+
+    def answer(self, headers, body: bytes) -> int:
+        """The HTTP status for one POST (``headers``: the request's; ``body``: its bytes)."""
+        raise NotImplementedError
+
+    def start(self):
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    status = receiver.answer(self.headers, body)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()

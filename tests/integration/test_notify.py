@@ -13,7 +13,6 @@ import time
 import uuid
 from datetime import datetime, timezone
 from email import message_from_bytes, policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import msgspec
 import pytest
@@ -25,8 +24,7 @@ from finops.producers.notify import (Notifier, RoutesError, email_message, incid
                                      parse_routes, slack_payload)
 from finops.producers.webhooks import verify
 from finops.schemas import outputs, topics
-from support import wait_until
-from support import free_port
+from support import PostReceiver, free_port, wait_until
 
 SECRET = "hook-secret-for-tests"
 PD_KEY = "pd-routing-key-for-tests"
@@ -221,43 +219,22 @@ class TestPayloads:
 # ----------------------------------------------------------------------------- against the broker
 
 
-class HttpReceiver:
+class HttpReceiver(PostReceiver):
     """One channel's endpoint: records every accepted POST; ``status`` is what it answers; not
     started (or stopped) it refuses connections."""
 
     def __init__(self, port: int | None = None, status: int = 200) -> None:
-        self.port, self.status = port or free_port(), status
+        super().__init__(port)
+        self.status = status
         self.posts: list[tuple[dict, dict]] = []  # (headers, body) of answered-2xx POSTs
         self.refused = 0
-        self.lock = threading.Lock()
-        self.server: ThreadingHTTPServer | None = None
 
-    def start(self) -> HttpReceiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with receiver.lock:
-                    if receiver.status < 300:
-                        receiver.posts.append((dict(self.headers), body))
-                    else:
-                        receiver.refused += 1
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+    def answer(self, headers, body: bytes) -> int:
+        if self.status < 300:
+            self.posts.append((dict(headers), json.loads(body)))
+        else:
+            self.refused += 1
+        return self.status
 
 
 class SmtpReceiver:

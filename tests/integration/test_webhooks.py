@@ -6,7 +6,6 @@ import json
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from pydantic import SecretStr
@@ -18,7 +17,7 @@ from finops.producers.publish import publish_lines
 from finops.producers.webhooks import WebhookForwarder, sign, slack_text, verify
 from finops.producers.workload import generate
 from finops.schemas import topics
-from support import free_port, wait_until
+from support import PostReceiver, free_port, wait_until
 
 SECRET = "s3cret-for-tests"
 
@@ -41,42 +40,22 @@ class TestSignature:
         assert text == ":rotating_light: [critical] acme/search: threshold 90 %; used 450 of 500 credits (2026-11)"
 
 
-class Receiver:
-    """A real HTTP receiver on a fixed port that checks every signature; ``status`` is what it answers."""
+class Receiver(PostReceiver):
+    """A real HTTP receiver that checks every signature; ``status`` is what it answers."""
 
     def __init__(self, port: int, status: int = 200) -> None:
-        self.port, self.status = port, status
+        super().__init__(port)
+        self.status = status
         self.received: list[tuple[str, dict]] = []
         self.bad_signatures = 0
-        self.server: ThreadingHTTPServer | None = None
 
-    def start(self) -> Receiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if not verify(SECRET, body, self.headers["X-Finops-Timestamp"], self.headers["X-Finops-Signature"]):
-                    receiver.bad_signatures += 1
-                    self.send_response(401)
-                else:
-                    if receiver.status == 200:
-                        receiver.received.append((self.headers["Idempotency-Key"], json.loads(body)))
-                    self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+    def answer(self, headers, body: bytes) -> int:
+        if not verify(SECRET, body, headers["X-Finops-Timestamp"], headers["X-Finops-Signature"]):
+            self.bad_signatures += 1
+            return 401
+        if self.status == 200:
+            self.received.append((headers["Idempotency-Key"], json.loads(body)))
+        return self.status
 
 
 @pytest.fixture
