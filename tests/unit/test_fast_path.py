@@ -134,12 +134,8 @@ def test_finops_fold_is_the_same_on_both_paths(lines):
     assert fast.summary() == general.summary()
 
 
-def test_usual_usage_does_take_the_fast_path(monkeypatch):
-    """The properties above mean something only if the fast path runs: usual usage takes it."""
-    s = Script("acme")
-    lines = [s.purchase(100, ts=at()), s.open("team", "acme", ts=at()), s.open("alice", "team", ts=at())]
-    lines += [s.use("alice", "0.5", ts=at(seconds=n)) for n in range(1, 50)]
-    ledger = Ledger()
+def fast_path_count(monkeypatch):
+    """Count the usages the ledger's fast path (``charge_common_usage``) charged; returns the reader."""
     taken = 0
     original = ledger_module.charge_common_usage
 
@@ -150,9 +146,19 @@ def test_usual_usage_does_take_the_fast_path(monkeypatch):
         return produced
 
     monkeypatch.setattr(ledger_module, "charge_common_usage", counting)
+    return lambda: taken
+
+
+def test_usual_usage_does_take_the_fast_path(monkeypatch):
+    """The properties above mean something only if the fast path runs: usual usage takes it."""
+    s = Script("acme")
+    lines = [s.purchase(100, ts=at()), s.open("team", "acme", ts=at()), s.open("alice", "team", ts=at())]
+    lines += [s.use("alice", "0.5", ts=at(seconds=n)) for n in range(1, 50)]
+    ledger = Ledger()
+    taken = fast_path_count(monkeypatch)
     for line in lines:
         assert ledger.handle(wire.decode(line), line)[1] is None
-    assert taken >= 45  # the first usage prunes the id memories (a fresh tenant): the general path
+    assert taken() >= 45  # the first usage prunes the id memories (a fresh tenant): the general path
 
 
 def test_usage_of_a_registered_key_takes_the_fast_path_stamped(monkeypatch):
@@ -163,20 +169,11 @@ def test_usage_of_a_registered_key_takes_the_fast_path_stamped(monkeypatch):
              s.msg("set_policy", require_key_registry=True, ts=at())]
     lines += [s.use(None, "0.5", ts=at(seconds=n), usage_labels={"team": "ads"}) for n in range(1, 50)]
     ledger = Ledger()
-    taken = 0
-    original = ledger_module.charge_common_usage
-
-    def counting(state, message):
-        nonlocal taken
-        produced = original(state, message)
-        taken += produced is not None
-        return produced
-
-    monkeypatch.setattr(ledger_module, "charge_common_usage", counting)
+    taken = fast_path_count(monkeypatch)
     stamped = []
     for line in lines:
         produced, refused = ledger.handle(wire.decode(line), line)
         assert refused is None
         stamped += [(o.usage_labels, o.caller_labels, o.untagged) for o in produced if getattr(o, "kind", "") == "consume"]
-    assert taken >= 45
+    assert taken() >= 45
     assert len(stamped) == 49 and all(entry == (TAGS_DEV, {"team": "ads"}, False) for entry in stamped)
