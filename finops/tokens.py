@@ -37,10 +37,10 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import FinopsError
+from .schemas.wire import format_time
 
 ROLES = ("read", "write", "admin")
 """read: GET endpoints; write: read plus POST of usage and commands; admin: everything."""
@@ -100,10 +100,6 @@ class Principal:
 
 def _scrypt(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(secret.encode(), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=_KEY_BYTES)
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _parse(token: object) -> tuple[str, str] | None:
@@ -286,7 +282,7 @@ class TokenStore:
             while token_id in taken:
                 token_id = secrets.token_hex(4)
             tokens.append({"token_id": token_id, "tenant_id": tenant_id, "role": role, "note": note,
-                           "created": _now_iso(),
+                           "created": format_time(time.time(), "seconds"),
                            "scrypt": {**_SCRYPT, "salt": salt.hex(), "hash": key.hex()}})
             self._write(tokens)
         return token_id, f"{PREFIX}{token_id}_{secret}"

@@ -41,6 +41,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Vali
 from .. import clients
 from ..errors import FinopsError
 from ..schemas import topics
+from ..schemas.wire import format_time
 from ..service import Service
 from ..settings import Settings
 from .webhooks import SEVERITIES, alert_body, backoff_delay, post_json, post_signed, severity_rank, slack_text
@@ -728,7 +729,7 @@ class Notifier(Service):
     def _dead_letter(self, name: str | None, value: bytes, error: str, attempts: int) -> None:
         channel = self.routes.channels.get(name) if name else None
         record = json.dumps({"channel": name, "type": getattr(channel, "type", None), "attempts": attempts,
-                             "error": error, "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "error": error, "ts": format_time(time.time(), "seconds"),
                              "alert": value.decode("utf-8", errors="replace")}).encode()
         with self._dead_letter_lock:
             self.producer.produce(topics.ALERTS_DEADLETTER, record)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 import msgspec
 
 from .. import clients
 from ..schemas import topics
+from ..schemas.wire import format_time
 from ..service import Service
 from ..settings import Settings
 
@@ -28,7 +28,7 @@ log = logging.getLogger("finops.scheduler")
 def tick_lines(tenants: set[str], now: float, every: float) -> list[tuple[str, bytes]]:
     """(tenant, tick message) for each tenant at ``now`` rounded down to the interval."""
     at = int(now // every * every)
-    ts = datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ts = format_time(at, "seconds")
     return [(tenant, msgspec.json.encode({"type": "tick", "id": f"tick:{tenant}:{at}", "tenant_id": tenant,
                                           "ts": ts}))
             for tenant in sorted(tenants)]

@@ -29,6 +29,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from .. import clients
 from ..errors import FinopsError
 from ..schemas import topics
+from ..schemas.wire import format_time
 from ..service import Service
 from ..settings import Settings
 
@@ -213,7 +214,7 @@ class WebhookForwarder(Service):
 
     def _dead_letter(self, value: bytes, error: str, attempts: int) -> None:
         record = json.dumps({"url": self.url, "attempts": attempts, "error": error,
-                             "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "ts": format_time(time.time(), "seconds"),
                              "alert": value.decode("utf-8", errors="replace")}).encode()
         self.producer.produce(topics.ALERTS_DEADLETTER, record)
         if self.producer.flush(30):
