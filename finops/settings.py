@@ -1,7 +1,8 @@
 """Settings, read from the environment (prefix ``FINOPS_``) with embedded defaults.
 
 Everything that builds a client or starts a process takes a :class:`Settings`; nothing
-else reads the environment.
+else reads the environment, but for the optional integrations' own settings
+(``FINOPS_LITELLM_*``: :mod:`finops.integrations.settings`).
 """
 
 from __future__ import annotations

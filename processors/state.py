@@ -6,7 +6,8 @@ times are event time (timezone-aware UTC ``datetime``, or epoch seconds where no
 Every change is also recorded as *dirty* on the :class:`TenantState` (accounts in ``balance_outbox``,
 holds, recurring allocations, key bindings, the rate card, timers and held usage in their
 own change logs), so the runner can write exactly the keys a transaction changed to its
-state store and changelog (:mod:`.store`); ``drain_changes`` hands them over.
+state store and changelog (:mod:`.store`; the records are :mod:`.changelog`'s, and
+``changelog.drain_changes`` hands them over).
 """
 
 from __future__ import annotations
