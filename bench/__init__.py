@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import clickhouse, e2e, fold, kafka, latency, serve
+from . import alerts, clickhouse, e2e, fold, kafka, latency, serve
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Benchmark:
 # In the order `bench all` runs them: ClickHouse and the pure fold first, then every
 # benchmark that needs the (one, shared) broker. `events` is usage events, except: rows
 # for reports and sink, usage events per second for the latency benchmarks, checks per second
-# for serve.
+# for serve, spend records for alert-rate.
 BENCHMARKS: dict[str, Benchmark] = {
     "fold": Benchmark(fold.fold, Size(200_000, 3), Size(100_000, 3)),
     "sink": Benchmark(clickhouse.sink, Size(500_000, 3), Size(200_000, 1)),
@@ -51,6 +51,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "balance-latency": Benchmark(latency.balance_latency, Size(10_000, 1, {"seconds": 60.0}),
                                  Size(10_000, 1, {"seconds": 20.0})),
     "alerts": Benchmark(latency.alerts, Size(10_000, 1, {"seconds": 30.0}), Size(10_000, 1, {"seconds": 20.0})),
+    "alert-rate": Benchmark(alerts.alert_rate, Size(50_000, 3), Size(10_000, 1)),
     "serve": Benchmark(serve.serve, Size(1_000, 1, {"seconds": 30.0}), Size(1_000, 1, {"seconds": 10.0})),
     "ledger-memory": Benchmark(kafka.ledger_memory, Size(1_000_000, 1, {"accounts": 100_000}),
                                Size(200_000, 1, {"accounts": 100_000})),

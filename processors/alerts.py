@@ -36,8 +36,8 @@ from pathlib import Path
 
 import msgspec
 
-from ..schemas import outputs, topics
-from ..schemas.money import credits_str
+from ..schemas import outputs, topics, wire
+from ..schemas.money import MICROS_PER_CREDIT, credits_str
 from ..settings import Settings
 
 log = logging.getLogger("finops.alerts")
@@ -45,7 +45,7 @@ log = logging.getLogger("finops.alerts")
 HOUR = 3600
 DAY = 86_400
 DAYS_KEPT = 70
-MICROS = 1_000_000
+_DEFAULT = Settings.model_fields  # the FINOPS_ALERT_* settings' defaults (finops/settings.py)
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,14 @@ class Rules:
     ``mom_spike`` stays quiet while last month's spend to the same point is below this many credits;
     ``low_balance_credits`` in credits (0: off); percentages in percent, days in days."""
 
-    zscore: float = 3.0
-    min_hours: int = 24
+    zscore: float = _DEFAULT["alert_zscore"].default
+    min_hours: int = _DEFAULT["alert_min_hours"].default
     history_hours: int = 168
-    mom_pct: float = 20.0
+    mom_pct: float = _DEFAULT["alert_mom_pct"].default
     mom_min_credits: float = 1.0
-    ending_soon_days: float = 7.0
-    low_balance_pct: float = 10.0
-    low_balance_credits: float = 0.0
+    ending_soon_days: float = _DEFAULT["alert_ending_soon_days"].default
+    low_balance_pct: float = _DEFAULT["alert_low_balance_pct"].default
+    low_balance_credits: float = _DEFAULT["alert_low_balance_credits"].default
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Rules:
@@ -80,8 +80,41 @@ def _epoch(value) -> float:
     return value.timestamp()
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+class AccountState(msgspec.Struct, kw_only=True):
+    """The account as its latest spend record (``outputs.Spend``) left it."""
+
+    available: int  # micro-credits it can spend now
+    granted: int  # micro-credits granted to it for its current budget period
+    period: str  # its budget period ("YYYY-MM", or "" for its lifetime)
+    window_end: str | None  # RFC 3339: the earliest end of a grant it can still spend; None: none ends
+    ts: float  # the latest event time the record includes, epoch s
+
+
+class Profile(msgspec.Struct, kw_only=True):
+    """One account's alert state: the value of the ``alert-profiles`` table.
+
+    Stored as a JSON object with these field names (:meth:`stored`, :meth:`from_stored`), the
+    shape the table had when it held plain dicts, so a changelog written either way restores.
+    Event time throughout; amounts in micro-credits.
+    """
+
+    offset: int = -1  # the last finops.spend.v1 offset applied (records at or below it are repeats)
+    hour: int | None = None  # start of the open hour, epoch s; None: no record yet
+    hour_spend: int = 0  # spent in the open hour so far
+    history: list[int] = []  # each closed hour's spend, oldest first (at most ``Rules.history_hours``)
+    days: dict[str, int] = {}  # "YYYY-MM-DD" (UTC) -> spend that day, the last ``DAYS_KEPT`` days
+    state: AccountState | None = None  # None until the first record
+    firing: dict[str, str] = {}  # alert type -> the period it fires for now
+
+    @classmethod
+    def from_stored(cls, value: dict | None) -> Profile:
+        """A profile from its table value (a JSON object; None or empty: a new account).
+        Raises ``msgspec.ValidationError`` for a value of another shape."""
+        return msgspec.convert(value, cls) if value else cls()
+
+    def stored(self) -> dict:
+        """The table value: a JSON-able dict with the field names as keys."""
+        return msgspec.to_builtins(self)
 
 
 class Judge:
@@ -90,80 +123,81 @@ class Judge:
     def __init__(self, rules: Rules = Rules()) -> None:
         self.rules = rules
 
-    def apply(self, profile: dict, r: dict, offset: int) -> tuple[dict, list[outputs.Alert]]:
-        """Fold one spend record (``outputs.Spend`` as JSON) into ``profile`` (a JSON-able dict, changed
-        in place); the alerts it raises."""
-        if offset <= profile.get("offset", -1):
+    def apply(self, profile: Profile, r: dict, offset: int) -> tuple[Profile, list[outputs.Alert]]:
+        """Fold one spend record (``outputs.Spend`` as JSON) at input ``offset`` into ``profile``
+        (changed in place); the alerts it raises (none for a repeat: ``offset`` not above
+        ``profile.offset``)."""
+        if offset <= profile.offset:
             return profile, []
-        profile["offset"] = offset
+        profile.offset = offset
         hour = int(_epoch(r["hour"]))
         spent = int(r["spent_micros"])
         alerts: list[outputs.Alert] = []
-        current = profile.get("hour")
-        history: list[int] = profile.setdefault("history", [])
+        current = profile.hour
+        history = profile.history
         if current is None:
-            profile["hour"], profile["hour_spend"] = hour, 0
+            profile.hour, profile.hour_spend = hour, 0
         elif hour > current:
             alerts += self._close_hour(profile, r, current)
-            history.append(profile["hour_spend"])
+            history.append(profile.hour_spend)
             history.extend([0] * min((hour - current) // HOUR - 1, self.rules.history_hours))
             del history[:-self.rules.history_hours]
-            profile["hour"], profile["hour_spend"] = hour, 0
-        if hour < profile["hour"]:  # a late record for an hour already closed
-            back = (profile["hour"] - hour) // HOUR
+            profile.hour, profile.hour_spend = hour, 0
+        if hour < profile.hour:  # a late record for an hour already closed
+            back = (profile.hour - hour) // HOUR
             if back <= len(history):
                 history[-back] += spent
         else:
-            profile["hour_spend"] += spent
+            profile.hour_spend += spent
         day = datetime.fromtimestamp(hour, timezone.utc).date().isoformat()
-        days: dict[str, int] = profile.setdefault("days", {})
+        days = profile.days
         days[day] = days.get(day, 0) + spent
         if len(days) > DAYS_KEPT:
             for old in sorted(days)[:-DAYS_KEPT]:
                 del days[old]
-        profile["state"] = {"available": int(r["available_micros"]), "granted": int(r["granted_micros"]),
-                            "period": r.get("period") or "", "window_end": r.get("window_end"),
-                            "ts": _epoch(r["ts"])}
+        profile.state = AccountState(available=int(r["available_micros"]), granted=int(r["granted_micros"]),
+                                     period=r.get("period") or "", window_end=r.get("window_end"),
+                                     ts=_epoch(r["ts"]))
         alerts += self._judge(profile, r)
         return profile, alerts
 
     # ------------------------------------------------------------------ rules
 
-    def _judge(self, profile: dict, r: dict) -> list[outputs.Alert]:
-        rules, state = self.rules, profile["state"]
-        now = state["ts"]
+    def _judge(self, profile: Profile, r: dict) -> list[outputs.Alert]:
+        rules, state = self.rules, profile.state
+        now = state.ts
         out: list[outputs.Alert] = []
-        hour_label = _iso(profile["hour"])
-        history = profile["history"]
+        hour_label = wire.format_time(profile.hour, "seconds")
+        history = profile.history
 
-        z, mean = self._zscore(profile["hour_spend"], history)
+        z, mean = self._zscore(profile.hour_spend, history)
         out += self._set(profile, r, "zscore_spike", hour_label, z is not None and z > rules.zscore,
-                         "warning", round(rules.zscore), profile["hour_spend"], state["granted"])
+                         "warning", round(rules.zscore), profile.hour_spend, state.granted)
 
         mtd, previous = self._month_to_date(profile, now)
-        mom = previous is not None and previous >= rules.mom_min_credits * MICROS and \
+        mom = previous is not None and previous >= rules.mom_min_credits * MICROS_PER_CREDIT and \
             mtd * 100 >= previous * (100 + rules.mom_pct)
         month = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m")
         out += self._set(profile, r, "mom_spike", month, mom, "warning", round(rules.mom_pct), mtd,
-                         state["granted"])
+                         state.granted)
 
-        window_end = state["window_end"]
+        window_end = state.window_end
         ends = _epoch(window_end) if window_end else None
         last_day = history[-24:]
         burn = sum(last_day) / len(last_day) if last_day else 0.0  # micros per hour
-        window = _iso(ends)[:10] if ends else ""
-        dry = ends is not None and burn > 0 and now < ends and state["available"] / burn < (ends - now) / HOUR
+        window = wire.format_time(ends, "seconds")[:10] if ends else ""
+        dry = ends is not None and burn > 0 and now < ends and state.available / burn < (ends - now) / HOUR
         out += self._set(profile, r, "runway", window, dry, "critical",
-                         int((ends - now) // DAY) if ends and ends > now else 0, state["available"], state["granted"])
+                         int((ends - now) // DAY) if ends and ends > now else 0, state.available, state.granted)
 
-        soon = ends is not None and 0 < ends - now <= rules.ending_soon_days * DAY and state["available"] > 0
+        soon = ends is not None and 0 < ends - now <= rules.ending_soon_days * DAY and state.available > 0
         out += self._set(profile, r, "ending_soon", window, soon, "info", round(rules.ending_soon_days),
-                         state["available"], state["granted"])
+                         state.available, state.granted)
 
-        granted, available = state["granted"], state["available"]
+        granted, available = state.granted, state.available
         low = (granted > 0 and available * 100 < granted * rules.low_balance_pct) or \
-            (rules.low_balance_credits > 0 and available < rules.low_balance_credits * MICROS)
-        out += self._set(profile, r, "low_balance", state["period"] or "-", low, "warning",
+            (rules.low_balance_credits > 0 and available < rules.low_balance_credits * MICROS_PER_CREDIT)
+        out += self._set(profile, r, "low_balance", state.period or "-", low, "warning",
                          round(rules.low_balance_pct), available, granted)
         return out
 
@@ -176,11 +210,11 @@ class Judge:
         std = max(std, 0.05 * mean, 1.0)  # a flat history: a rise of 5 % of the mean is one deviation
         return (spend - mean) / std, mean
 
-    def _month_to_date(self, profile: dict, now: float) -> tuple[int, int | None]:
+    def _month_to_date(self, profile: Profile, now: float) -> tuple[int, int | None]:
         today = datetime.fromtimestamp(now, timezone.utc).date()
         start = today.replace(day=1)
         prev_start = (start - timedelta(days=1)).replace(day=1)
-        days = profile["days"]
+        days = profile.days
         mtd = sum(v for d, v in days.items() if start.isoformat() <= d <= today.isoformat())
         if not days or min(days) > prev_start.isoformat():
             return mtd, None  # no full previous month to compare with
@@ -188,19 +222,19 @@ class Judge:
         previous = sum(v for d, v in days.items() if prev_start.isoformat() <= d <= same_point.isoformat())
         return mtd, previous
 
-    def _close_hour(self, profile: dict, r: dict, hour: int) -> list[outputs.Alert]:
+    def _close_hour(self, profile: Profile, r: dict, hour: int) -> list[outputs.Alert]:
         """The hour is over: a spike alert on it clears."""
-        firing = profile.setdefault("firing", {})
-        if firing.get("zscore_spike") == _iso(hour):
-            state = profile.get("state") or {"granted": 0}
-            return self._set(profile, r, "zscore_spike", _iso(hour), False, "info", round(self.rules.zscore),
-                             profile["hour_spend"], state["granted"])
+        label = wire.format_time(hour, "seconds")
+        if profile.firing.get("zscore_spike") == label:
+            granted = profile.state.granted if profile.state is not None else 0
+            return self._set(profile, r, "zscore_spike", label, False, "info", round(self.rules.zscore),
+                             profile.hour_spend, granted)
         return []
 
-    def _set(self, profile: dict, r: dict, kind: str, period: str, active: bool, severity: str, threshold: int,
+    def _set(self, profile: Profile, r: dict, kind: str, period: str, active: bool, severity: str, threshold: int,
              usage: int, granted: int) -> list[outputs.Alert]:
         """Fire once when ``active`` starts for ``period``, resolve once when it stops."""
-        firing: dict[str, str] = profile.setdefault("firing", {})
+        firing = profile.firing
         was = firing.get(kind)
         if active and was == period:
             return []
@@ -262,18 +296,19 @@ def build_app(settings: Settings, rules: Rules | None = None):
     spend = app.topic(topics.SPEND, key_type=bytes, key_serializer="raw", value_type=SpendEvent)
     alerts = app.topic(topics.ALERTS, key_type=bytes, key_serializer="raw", value_type=bytes,
                        value_serializer="raw")
+    # values: Profile.stored() (JSON objects); a key never written reads as {} (a new account)
     profiles = app.Table("alert-profiles", default=dict, partitions=settings.topic_partitions, key_type=str)
 
     @app.agent(spend)
     async def fold(stream):
         async for event in stream.events():
             account, record = event.key.decode(), event.value
-            profile = dict(profiles[account])
+            profile = Profile.from_stored(profiles[account])
             offset = event.message.offset
-            if offset <= profile.get("offset", -1):
+            if offset <= profile.offset:
                 continue  # applied before a restart: nothing twice
             profile, raised = judge.apply(profile, record.asdict(), offset)
-            profiles[account] = profile
+            profiles[account] = profile.stored()
             for alert in raised:
                 await alerts.send(key=alert.tenant_id.encode(), value=encoder.encode(alert))
 

@@ -17,6 +17,7 @@ BENCH_HELP = (
     "Benchmark to run: fold (pure ledger), ledger (the Kafka processor against raw confluent-kafka, on a "
     "dedicated broker), reports (every report on generated ClickHouse data), sink (the sink's ClickHouse write "
     "path, no Kafka), alerts (publish-to-alert latency under steady load; --events is events per second), "
+    "alert-rate (finops.spend.v1 records per second through `finops run alerts`; --events is records), "
     "balance-latency (publish-to-balance latency under steady load; --events is events per second), sdk "
     "(UsageProducer against raw confluent-kafka produce), e2e (publish to ClickHouse rows through `finops run "
     "ledger` and `finops run sink` child processes), ledger-memory (peak RSS of `finops run ledger` folding "

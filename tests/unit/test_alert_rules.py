@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import datetime, timedelta, timezone
 
-from finops.processors.alerts import Judge, Rules
+from finops.processors.alerts import Judge, Profile, Rules
+from finops.schemas.money import MICROS_PER_CREDIT as MICROS
 
 START = datetime(2026, 10, 5, tzinfo=timezone.utc)  # a Monday
-MICROS = 1_000_000
 
 
 def record(account: str, hour: datetime, spent: float, *, available: float = 1e6, granted: float = 1e6,
@@ -20,18 +21,18 @@ def record(account: str, hour: datetime, spent: float, *, available: float = 1e6
             "window_end": window_end.isoformat() if window_end else None}
 
 
-def feed(judge: Judge, records: list[dict], profile: dict | None = None) -> tuple[dict, list]:
-    profile = {} if profile is None else profile
+def feed(judge: Judge, records: list[dict], profile: Profile | None = None) -> tuple[Profile, list]:
+    profile = Profile() if profile is None else profile
     alerts = []
-    for offset, r in enumerate(records, start=profile.get("offset", -1) + 1):
+    for offset, r in enumerate(records, start=profile.offset + 1):
         profile, raised = judge.apply(profile, r, offset)
         alerts += raised
     return profile, alerts
 
 
 def steady(account: str, hours: int, rng: random.Random, base: float = 10.0, noise: float = 0.1,
-           start: datetime = START) -> list[dict]:
-    return [record(account, start + timedelta(hours=h), base * max(0.0, 1 + rng.gauss(0, noise)))
+           start: datetime = START, **kw) -> list[dict]:
+    return [record(account, start + timedelta(hours=h), base * max(0.0, 1 + rng.gauss(0, noise)), **kw)
             for h in range(hours)]
 
 
@@ -113,5 +114,22 @@ class TestRepeats:
         rng = random.Random(4)
         records = steady("a", 48, rng) + [record("a", START + timedelta(hours=48), 100)]
         profile, alerts = feed(judge, records)
-        again, repeated = judge.apply(dict(profile), records[-1], profile["offset"])
+        again, repeated = judge.apply(Profile.from_stored(profile.stored()), records[-1], profile.offset)
         assert repeated == [] and again == profile and len(firing(alerts, "zscore_spike")) == 1
+
+
+class TestStoredProfile:
+    def test_the_table_value_keeps_the_shape_of_the_untyped_profile(self):
+        """A changelog written when the table held plain dicts restores, and what is stored now
+        has the same keys (``alert-profiles`` values are JSON objects)."""
+        rng = random.Random(5)
+        records = steady("a", 30, rng, window_end=START + timedelta(days=40))
+        profile, _ = feed(Judge(), records)
+        old_shape = {"offset": 29, "hour": profile.hour, "hour_spend": profile.hour_spend,
+                     "history": list(profile.history), "days": dict(profile.days),
+                     "state": {"available": profile.state.available, "granted": profile.state.granted,
+                               "period": "2026-10", "window_end": profile.state.window_end, "ts": profile.state.ts},
+                     "firing": dict(profile.firing)}
+        assert profile.stored() == old_shape
+        assert Profile.from_stored(json.loads(json.dumps(old_shape))) == profile
+        assert Profile.from_stored({}) == Profile() and Profile.from_stored(None) == Profile()
