@@ -32,10 +32,12 @@ pytestmark = pytest.mark.integration
 
 
 def committed(settings, ends: dict) -> int:
-    """Input messages committed by the ledger group so far."""
-    probe = clients.consumer(settings, f"{settings.group_prefix}-ledger")
+    """Input messages committed by the ledger group so far. Committed offsets are read stable:
+    while a killed instance's transaction is open they wait for its abort, up to the ledger's
+    transaction.timeout.ms (60 s), so the probe waits longer than that."""
+    probe = clients.consumer(settings, settings.group("ledger"))
     try:
-        tps = clients.committed_offsets(probe, [TopicPartition(t, p) for t, p in ends], timeout=30)
+        tps = clients.committed_offsets(probe, [TopicPartition(t, p) for t, p in ends], timeout=90)
         return sum(max(tp.offset, 0) for tp in tps)
     finally:
         probe.close()
