@@ -126,7 +126,8 @@ class Settings(BaseSettings):
         ``alerts`` (the faust app, also its data dir), ``webhooks``, ``notify``,
         ``commands-client`` (the SDK's reader of rejections) and ``probe`` (asks watermarks
         and committed offsets, never joins). ``unique``: a group of one short-lived reader
-        that never commits (``<group_prefix>-<part>-<8 hex digits>``), e.g. ``reader``, ``view``.
+        that never commits (``<group_prefix>-<part>-<8 hex digits>``), e.g. ``reader``, ``view``, ``tail``
+        (``finops alerts tail``).
         """
         name = f"{self.group_prefix}-{part}"
         return f"{name}-{uuid.uuid4().hex[:8]}" if unique else name

@@ -275,10 +275,10 @@ def build_app(settings: Settings, rules: Rules | None = None):
     # faust makes its folder but not the data dir above it (a new machine has none yet)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        f"{settings.group_prefix}-alerts", broker=f"kafka://{settings.bootstrap}", store="memory://",
+        settings.group("alerts"), broker=f"kafka://{settings.bootstrap}", store="memory://",
         web_enabled=False, topic_partitions=settings.topic_partitions, consumer_auto_offset_reset="earliest",
         producer_acks=-1, producer_linger=0.005, broker_commit_every=100, broker_commit_interval=1.0,
-        table_standby_replicas=0, datadir=str(settings.data_dir / f"{settings.group_prefix}-alerts-data"),
+        table_standby_replicas=0, datadir=str(settings.data_dir / f"{settings.group('alerts')}-data"),
         topic_replication_factor=1, stream_wait_empty=False, key_serializer="json", value_serializer="json")
 
     class SpendEvent(faust.Record, serializer="json"):

@@ -10,7 +10,6 @@ the forwarder's (:func:`~finops.producers.webhooks.alert_wanted`).
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Iterator
 
@@ -41,7 +40,7 @@ def tail_alerts(settings: Settings, *, tenant: str | None = None, min_severity: 
 
 def _follow(settings: Settings, tenant: str | None, min_severity: str, from_beginning: bool, count: int | None,
             timeout: float | None) -> Iterator[tuple[bytes, dict]]:
-    consumer = clients.consumer(settings, f"{settings.group_prefix}-tail-{os.getpid()}-{int(time.time())}",
+    consumer = clients.consumer(settings, settings.group("tail", unique=True),
                                 **{"auto.offset.reset": "earliest" if from_beginning else "latest"})
     consumer.subscribe([topics.ALERTS])
     shown = 0
