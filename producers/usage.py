@@ -204,6 +204,12 @@ class UsageProducer:
 _MICRO = Decimal("0.000001")
 
 
+def round_credits(exact: Decimal) -> Decimal:
+    """An exact amount of credits rounded half-even to the micro-credit (6 decimals): how the
+    SDK prices a request before it becomes ``credits_consumed``."""
+    return exact.quantize(_MICRO, rounding=ROUND_HALF_EVEN)
+
+
 @dataclass(frozen=True)
 class ModelPrice:
     """Credits per 1,000 input (prompt) and output (completion) tokens."""
@@ -241,7 +247,7 @@ class RateCard:
         """Credits for one request, rounded half-even to 6 decimals (micro-credits)."""
         p = self.price(model)
         exact = (p.input_per_1k * input_tokens + p.output_per_1k * output_tokens) / 1000
-        return exact.quantize(_MICRO, rounding=ROUND_HALF_EVEN)
+        return round_credits(exact)
 
 
 @dataclass

@@ -67,21 +67,20 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any, Mapping
 
 import httpx
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
-from ..producers.usage import InvalidEvent, RateCard, UsageProducer
+from ..producers.usage import InvalidEvent, RateCard, UsageProducer, round_credits
 from ..schemas import wire
 from ..settings import Settings
 from .settings import AccountFrom, LiteLLMSettings, Policy
 
 log = logging.getLogger("finops.litellm")
 
-_MICRO = Decimal("0.000001")
 _SENT_MEMORY = 65_536  # usage ids remembered to publish each once per process (the ledger dedupes as well)
 _ACCOUNT_FROM = ("key", "team", "user", "end_user")
 
@@ -192,8 +191,8 @@ def credits_of_cost(cost_usd: Any, credits_per_usd: Decimal) -> Decimal:
     except (TypeError, ValueError):
         cost = 0.0
     if not math.isfinite(cost) or not 0 <= cost <= 1e12:
-        return Decimal(0).quantize(_MICRO)
-    return (Decimal(repr(cost)) * credits_per_usd).quantize(_MICRO, rounding=ROUND_HALF_EVEN)
+        return round_credits(Decimal(0))
+    return round_credits(Decimal(repr(cost)) * credits_per_usd)
 
 
 def _epoch(value: Any) -> float | None:
@@ -250,8 +249,8 @@ def usage_of_call(kwargs: Mapping[str, Any], response_obj: Any, caller: Caller, 
     labels = {"team": caller.team, "user": caller.user, "end_user": caller.end_user,
               "model_group": _text(slo.get("model_group")), "cache_hit": "true" if cache_hit else None}
     event: dict[str, Any] = {
-        "type": "usage", "tenant_id": caller.tenant_id, "ts": wire.format_time(started), "api_key_id": caller.api_key_id,
-        "model_name": model, "operation_type": OPERATION_TYPES.get(call_type, call_type),
+        "type": "usage", "tenant_id": caller.tenant_id, "ts": wire.format_time(started),
+        "api_key_id": caller.api_key_id, "model_name": model, "operation_type": OPERATION_TYPES.get(call_type, call_type),
         "units_consumed": 0 if cache_hit else input_tokens + output_tokens,
         "response_latency_ms": max(0, round((ended - started) * 1000)),
         "usage_labels": {k: v for k, v in labels.items() if v},
