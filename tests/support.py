@@ -89,6 +89,12 @@ def free_port() -> int:
 def settled(settings, pipeline: Pipeline, client: httpx.Client) -> None:
     """Wait until the ledger committed everything published and ClickHouse and the live view hold it."""
     wait_processed(settings, timeout=120, sink=True)
+    view_caught_up(pipeline)
+
+
+def view_caught_up(pipeline: Pipeline) -> None:
+    """Wait until the API's live view has been complete at a moment after now (it holds every
+    ledger commit made before this call)."""
     committed_at = time.time()
     view = pipeline.api.view
     wait_until(lambda: view._fresh_at is not None and view._fresh_at > committed_at, 30, "the live view", pipeline)

@@ -25,7 +25,7 @@ from finops.producers.usage import UsageProducer  # noqa: E402
 from finops.schemas import topics  # noqa: E402
 from finops.tokens import TokenStore  # noqa: E402
 from ledger_helpers import Script, at  # noqa: E402
-from support import wait_until  # noqa: E402
+from support import view_caught_up, wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.integration,  # litellm builds pydantic models of ReadOnly TypedDicts as it imports
               pytest.mark.filterwarnings("ignore:.*ReadOnly. qualifier:UserWarning")]
@@ -89,9 +89,7 @@ def settle(settings, pipeline: Pipeline, handler: FinopsLiteLLM, calls: int) -> 
     assert handler.flush(30) == 0
     ends = clients.input_ends(settings)
     wait_until(lambda: pipeline.ledger.caught_up(ends), 120, "the ledger", pipeline)
-    committed_at = time.time()
-    view = pipeline.api.view
-    wait_until(lambda: view._fresh_at is not None and view._fresh_at > committed_at, 30, "the live view", pipeline)
+    view_caught_up(pipeline)
 
 
 def read(settings, topic: str, tenant: str) -> list[dict]:
